@@ -1,0 +1,120 @@
+"""Class names, colours, facial parts and dataset label mappings: the one source of truth.
+
+Every other module (model, training, pipeline, output schema, rendering) imports from here,
+so a class or part is renamed or recoloured in exactly one place.
+
+Side convention (the same as Helen's label files and the authors' code): "1" is the part on
+the image's left, "2" the one on the image's right. For a frontal, unmirrored photo, brow_1 and
+eye_1 are therefore the subject's *right* brow and eye.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Index = the pixel value written in every label map this project produces.
+CLASS_NAMES: tuple[str, ...] = (
+    "background",  # everything else, skin and hair included (the model has no skin/hair class)
+    "brow_1",
+    "brow_2",
+    "eye_1",
+    "eye_2",
+    "nose",
+    "upper_lip",
+    "inner_mouth",
+    "lower_lip",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+BACKGROUND = 0
+
+# RGB colours for overlays and legends; chosen to stay distinct on skin tones.
+CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 0),
+    (255, 170, 0),
+    (255, 85, 0),
+    (0, 200, 255),
+    (0, 90, 255),
+    (170, 255, 0),
+    (255, 0, 120),
+    (140, 0, 255),
+    (255, 0, 220),
+)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A facial part: one STN window and one stage-2 network.
+
+    classes: the class indices this part's stage-2 foreground channels map to, in order.
+    network: the stage-2 iCNN that parses it (brows share one, eyes share one).
+    mirrored: the window is flipped left-right before the shared network and back after,
+              so the network only ever sees "side 1" parts.
+    """
+
+    name: str
+    classes: tuple[int, ...]
+    network: str
+    mirrored: bool
+
+    @property
+    def num_outputs(self) -> int:
+        """Stage-2 output channels: background plus the part's classes."""
+        return 1 + len(self.classes)
+
+
+# Order matters: it is the authors' order of the six STN transforms (theta rows).
+PARTS: tuple[Part, ...] = (
+    Part("brow_1", (1,), "brow", False),
+    Part("brow_2", (2,), "brow", True),
+    Part("eye_1", (3,), "eye", False),
+    Part("eye_2", (4,), "eye", True),
+    Part("nose", (5,), "nose", False),
+    Part("mouth", (6, 7, 8), "mouth", False),
+)
+PART_NAMES: tuple[str, ...] = tuple(p.name for p in PARTS)
+
+# The four stage-2 networks, in the authors' order (model C's `model.0` ... `model.3`).
+STAGE2_NETWORKS: tuple[str, ...] = ("brow", "eye", "nose", "mouth")
+STAGE2_OUTPUTS: dict[str, int] = {p.network: p.num_outputs for p in PARTS}
+
+# Helen (SmithCVPR2013_dataset_resized): labels/NAME/NAME_lblXX.png, XX = index below.
+HELEN_LABELS: tuple[str, ...] = (
+    "background",
+    "face_skin",
+    "left_brow",
+    "right_brow",
+    "left_eye",
+    "right_eye",
+    "nose",
+    "upper_lip",
+    "inner_mouth",
+    "lower_lip",
+    "hair",
+)
+HELEN_TO_CLASS: tuple[int, ...] = (0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0)
+
+# CelebAMask-HQ (CelebAMask-HQ-mask-anno/K/NNNNN_<part>.png). Its l_/r_ prefixes name the
+# subject's side, so l_ lands on the image's right: side 2 in our convention.
+# Parts not listed (skin, hair, ears, neck, cloth, hat, glasses...) are background here.
+CELEBAMASK_TO_CLASS: dict[str, int] = {
+    "r_brow": 1,
+    "l_brow": 2,
+    "r_eye": 3,
+    "l_eye": 4,
+    "nose": 5,
+    "u_lip": 6,
+    "mouth": 7,
+    "l_lip": 8,
+}
+
+# Evaluation groups, Helen convention (see batch_parse/train/evaluate.py).
+F1_GROUPS: dict[str, tuple[int, ...]] = {
+    "brows": (1, 2),
+    "eyes": (3, 4),
+    "nose": (5,),
+    "upper_lip": (6,),
+    "inner_mouth": (7,),
+    "lower_lip": (8,),
+    "mouth": (6, 7, 8),
+    "overall": (1, 2, 3, 4, 5, 6, 7, 8),
+}
