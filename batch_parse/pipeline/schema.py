@@ -69,15 +69,26 @@ COLUMN_DOCS: dict[str, str] = {
     + ", ".join(PART_NAMES)
     + ".",
     "<part>_box": "The part's window as [x0, y0, x1, y1] in original pixel coordinates (may extend past the image edge).",
-    "<part>_confidence": "Mean over the part's window of the stage-2 max class probability, 0..1.",
+    "<part>_confidence": "Mean stage-2 max class probability over the window pixels labelled as the part, 0..1 (0 = part not found in its window).",
     "pixels_<class>": "Number of pixels of the label map with that class. Classes: " + ", ".join(CLASS_NAMES) + ".",
     "model_version": "Model name and weights hash, e.g. `stn-icnn/default@1a2b3c4d`; output of each version lives in its own folder.",
     "processed_at": "UTC time the row was produced.",
 }
 
 
-def file_metadata(model_name: str, weights_sha256: str, crop_format: str) -> dict[bytes, bytes]:
-    """Schema-level metadata written into every output file."""
+def file_metadata(
+    model_name: str,
+    weights_sha256: str,
+    crop_format: str,
+    *,
+    source: str | None = None,
+    endpoint_url: str | None = None,
+) -> dict[bytes, bytes]:
+    """Schema-level metadata written into every output file.
+
+    source / endpoint_url: where the labelled images were read from (an s3:// URI or a local
+    folder, and the S3 endpoint), so `render` can fetch an original by its row's key.
+    """
     meta = {
         "schema_version": SCHEMA_VERSION,
         "model": model_name,
@@ -86,12 +97,18 @@ def file_metadata(model_name: str, weights_sha256: str, crop_format: str) -> dic
         "class_colors": [list(c) for c in CLASS_COLORS],
         "parts": [{"name": p.name, "classes": list(p.classes)} for p in PARTS],
         "crop_format": crop_format,
+        "source": source,
+        "endpoint_url": endpoint_url,
     }
     return {METADATA_KEY: json.dumps(meta).encode()}
 
 
-def output_schema(model_name: str, weights_sha256: str, crop_format: str) -> pa.Schema:
-    return BASE_SCHEMA.with_metadata(file_metadata(model_name, weights_sha256, crop_format))
+def output_schema(
+    model_name: str, weights_sha256: str, crop_format: str, *, source: str | None = None, endpoint_url: str | None = None
+) -> pa.Schema:
+    return BASE_SCHEMA.with_metadata(
+        file_metadata(model_name, weights_sha256, crop_format, source=source, endpoint_url=endpoint_url)
+    )
 
 
 def read_metadata(schema: pa.Schema) -> dict:
@@ -99,4 +116,8 @@ def read_metadata(schema: pa.Schema) -> dict:
     raw = (schema.metadata or {}).get(METADATA_KEY)
     if raw is None:
         raise ValueError("not a batch-parse output file (no batch_parse schema metadata)")
-    return json.loads(raw)
+    meta = json.loads(raw)
+    # Files written before these keys existed read as "source unknown".
+    meta.setdefault("source", None)
+    meta.setdefault("endpoint_url", None)
+    return meta

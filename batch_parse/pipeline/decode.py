@@ -1,0 +1,107 @@
+"""Bytes -> upright HxWx3 uint8 RGB array, or a DecodeError with a short code and a one-line message."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Below this the face parser's part windows are smaller than a pixel; such files are icons or
+# tracking pixels, not faces.
+MIN_SIDE = 16
+_WHITE = (255, 255, 255, 255)
+
+
+class DecodeError(Exception):
+    """An image that cannot be labelled; `code` goes to the output row's error_code column."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode the first frame of `data` at full resolution, EXIF orientation applied, as RGB.
+
+    The size declared in the header is checked before any pixel is decoded, so a decompression
+    bomb costs a header read. No `Image.draft`: it only helps when downscaling, and the label map
+    must match the original resolution.
+    """
+    if not data:
+        raise DecodeError("empty", "the object is empty (0 bytes)")
+    # Our max_pixels check below is the real limit; Pillow's own warning would only be noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = _open(data, max_pixels)
+        _check_size(image.size, max_pixels)
+        _load(image, max_pixels)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a corrupt EXIF block should not cost a readable image its label
+        pass
+    return _to_rgb(image)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise DecodeError("not_an_image", f"not an image file Pillow can read ({len(data)} bytes)") from None
+    except Image.DecompressionBombError as exc:
+        raise DecodeError("too_large", f"declared size is above Pillow's safety limit: {_first_line(exc)}") from None
+    except Exception as exc:
+        raise _classify(exc) from None
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        message = f"image is {width}x{height} = {width * height:,} pixels, above max_pixels={max_pixels:,}"
+        raise DecodeError("too_large", message)
+    if min(width, height) < MIN_SIDE:
+        raise DecodeError("too_small", f"image is {width}x{height}, smaller than {MIN_SIDE} px on a side")
+
+
+def _load(image: Image.Image, max_pixels: int) -> None:
+    try:
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise DecodeError("too_large", f"above Pillow's safety limit: {_first_line(exc)}") from None
+    except Exception as exc:
+        raise _classify(exc) from None
+
+
+def _classify(exc: Exception) -> DecodeError:
+    text = _first_line(exc)
+    if isinstance(exc, EOFError) or "truncat" in text.lower():
+        return DecodeError("truncated", f"image data is truncated: {text}")
+    return DecodeError("decode_failed", f"cannot decode image: {type(exc).__name__}: {text}")
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit greyscale: scale the full 0..65535 range to 0..255 (convert("L") would clip at 255).
+        values = np.asarray(image).astype(np.int64)
+        grey = ((np.clip(values, 0, 65535) + 128) // 257).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if mode == "F":
+        grey = np.clip(np.asarray(image), 0, 255).round().astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        # Transparent pixels are usually black underneath; on white they look like the
+        # background a viewer shows, which is what the model was trained on.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE)
+        image = Image.alpha_composite(background, rgba)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.array(image, dtype=np.uint8)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] if text else type(exc).__name__

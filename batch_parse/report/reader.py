@@ -1,0 +1,128 @@
+"""Finds and reads a job's output Parquet files (local folder or S3), only the columns asked for.
+
+The output is `DST/<model version folder>/data/*.parquet`, but nothing here relies on folder
+names: every `*.parquet` under DST counts (names starting with '_' or '.' are skipped: Ray's
+checkpoints, temporary and hidden files), and rows say their own model_version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from batch_parse.pipeline.schema import read_metadata
+from batch_parse.storage.location import Location, parse_location
+from batch_parse.storage.s3 import StorageError, describe_error, pyarrow_filesystem
+
+BATCH_ROWS = 65_536
+# Footers are one small request each; on S3 latency, not bandwidth, is what threads hide.
+FOOTER_THREADS = 8
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    path: str  # as the filesystem spells it ('bucket/key' on S3)
+    metadata: dict  # schema.read_metadata of the file
+    num_rows: int
+
+
+@dataclass
+class Output:
+    """The batch-parse files under one output location."""
+
+    location: Location
+    endpoint_url: str | None
+    filesystem: pafs.FileSystem
+    files: list[OutputFile]
+    foreign: list[str]  # Parquet files without batch-parse metadata, left out of `files`
+
+    def relative(self, path: str) -> str:
+        """A file's path under the output location, for messages."""
+        root = self.location.fs_path()
+        return path[len(root) :].lstrip("/") if path.startswith(root) else path
+
+    def batches(self, columns: Sequence[str], files: Sequence[OutputFile] | None = None) -> Iterator[tuple[OutputFile, pa.RecordBatch]]:
+        """Every row of the files (default: all), `columns` only, a bounded number of rows at a time."""
+        for file in self.files if files is None else files:
+            try:
+                with self.filesystem.open_input_file(file.path) as stream:
+                    parquet = pq.ParquetFile(stream)
+                    _require_columns(parquet.schema_arrow, columns, self.relative(file.path))
+                    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(columns)):
+                        yield file, batch
+            except OSError as exc:
+                raise StorageError(f"cannot read {self.relative(file.path)}: {describe_error(exc, self.location, self.endpoint_url)}") from exc
+
+    def read_rows(self, file: OutputFile, columns: Sequence[str], ids: Sequence[int]) -> pa.Table:
+        """The rows of one file whose id is in `ids`; Parquet statistics skip row groups without them."""
+        try:
+            dataset = ds.dataset(file.path, filesystem=self.filesystem, format="parquet")
+            _require_columns(dataset.schema, columns, self.relative(file.path))
+            return dataset.to_table(columns=list(columns), filter=pc.field("id").isin(pa.array(ids, pa.int64())))
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.relative(file.path)}: {describe_error(exc, self.location, self.endpoint_url)}") from exc
+
+
+def open_output(dst: str, endpoint_url: str | None = None) -> Output:
+    """List and open the output at `dst`; ValueError if nothing is there, StorageError if it cannot be read."""
+    location = parse_location(dst)
+    filesystem = pyarrow_filesystem(location, endpoint_url)
+    root = location.fs_path()
+    try:
+        info = filesystem.get_file_info(root)
+        if info.type == pafs.FileType.File:
+            paths = [root] if root.endswith(".parquet") else []
+        else:
+            entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+            paths = sorted(e.path for e in entries if e.type == pafs.FileType.File and _is_data_file(e.path, root))
+            if not entries and info.type == pafs.FileType.NotFound:
+                raise ValueError(f"output location not found: {location.uri}")
+    except OSError as exc:
+        raise StorageError(describe_error(exc, location, endpoint_url)) from exc
+    if not paths:
+        raise ValueError(f"no Parquet files under {location.uri}: is this a batch-parse output location?")
+
+    def footer(path: str) -> OutputFile | str:
+        try:
+            with filesystem.open_input_file(path) as stream:
+                parquet = pq.ParquetFile(stream)
+                schema, num_rows = parquet.schema_arrow, parquet.metadata.num_rows
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {describe_error(exc, location, endpoint_url)}") from exc
+        except pa.ArrowInvalid:
+            return path  # not Parquet despite the name
+        try:
+            return OutputFile(path, read_metadata(schema), num_rows)
+        except ValueError:
+            return path
+
+    with ThreadPoolExecutor(max_workers=min(FOOTER_THREADS, len(paths))) as pool:
+        found = list(pool.map(footer, paths))
+    output = Output(
+        location=location,
+        endpoint_url=endpoint_url,
+        filesystem=filesystem,
+        files=[f for f in found if isinstance(f, OutputFile)],
+        foreign=[f for f in found if isinstance(f, str)],
+    )
+    if not output.files:
+        raise ValueError(f"no batch-parse output under {location.uri}: {len(paths)} Parquet file(s), none written by batch-parse")
+    return output
+
+
+def _is_data_file(path: str, root: str) -> bool:
+    parts = path[len(root) :].strip("/").split("/")
+    return parts[-1].endswith(".parquet") and not any(p.startswith(("_", ".")) for p in parts)
+
+
+def _require_columns(schema: pa.Schema, columns: Sequence[str], name: str) -> None:
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise ValueError(f"{name}: column(s) {', '.join(missing)} missing: written by an incompatible batch-parse version?")

@@ -1,0 +1,97 @@
+"""Reads the bytes of many objects concurrently; a failed object becomes a FetchError, never an exception."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import botocore.exceptions as boto_errors
+
+from batch_parse.storage.location import Location
+from batch_parse.storage.s3 import describe_error, s3_client
+
+DEFAULT_THREADS = 16
+
+_clients: dict[tuple[int, str | None], object] = {}
+_clients_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class FetchError:
+    code: str  # "not_found", "access_denied" or "fetch_failed" (an output row's error_code)
+    message: str  # one line, no secrets
+
+
+def fetch_objects(
+    keys: Sequence[str], location: Location, endpoint_url: str | None = None, threads: int = DEFAULT_THREADS
+) -> list[bytes | FetchError]:
+    """The bytes of each key (same order as `keys`), or a FetchError for the ones that failed.
+
+    S3 keys are full object keys; local keys are relative to the location's folder. Throttling and
+    5xx are retried by the client's config before an object is reported as failed.
+    """
+    if not keys:
+        return []
+    if location.is_s3:
+        client = _client(endpoint_url)
+
+        def read(key: str) -> bytes | FetchError:
+            return _get_s3(client, location, key, endpoint_url)
+
+    else:
+
+        def read(key: str) -> bytes | FetchError:
+            return _read_local(location.path, key)
+
+    if threads <= 1 or len(keys) == 1:
+        return [read(k) for k in keys]
+    with ThreadPoolExecutor(max_workers=min(threads, len(keys))) as pool:
+        return list(pool.map(read, keys))
+
+
+def _client(endpoint_url: str | None):
+    # One client per process and endpoint: creating one costs ~50 ms and clients are thread-safe.
+    # The pid is in the key because a forked child must not share its parent's connection pool.
+    cache_key = (os.getpid(), endpoint_url)
+    with _clients_lock:
+        client = _clients.get(cache_key)
+        if client is None:
+            client = _clients[cache_key] = s3_client(endpoint_url)
+        return client
+
+
+def _get_s3(client, location: Location, key: str, endpoint_url: str | None) -> bytes | FetchError:
+    try:
+        return client.get_object(Bucket=location.bucket, Key=key)["Body"].read()
+    except boto_errors.ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        # A bare 404 (no error body) is a missing key too; NoSuchBucket also comes as 404.
+        if code in ("NoSuchKey", "404") or (status == 404 and code != "NoSuchBucket"):
+            return FetchError("not_found", f"s3://{location.bucket}/{key} no longer exists (deleted since listing?)")
+        message = describe_error(exc, _object_location(location, key), endpoint_url)
+        if code in ("AccessDenied", "403") or status == 403:
+            return FetchError("access_denied", message)
+        return FetchError("fetch_failed", message)
+    except (boto_errors.BotoCoreError, OSError) as exc:
+        return FetchError("fetch_failed", describe_error(exc, _object_location(location, key), endpoint_url))
+
+
+def _read_local(root: str, key: str) -> bytes | FetchError:
+    path = os.path.join(root, *key.split("/"))
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return FetchError("not_found", f"{path} no longer exists (deleted since listing?)")
+    except PermissionError:
+        return FetchError("access_denied", f"permission denied reading {path}")
+    except OSError as exc:
+        return FetchError("fetch_failed", f"cannot read {path}: {exc.strerror or exc}")
+
+
+def _object_location(location: Location, key: str) -> Location:
+    return Location(uri=f"s3://{location.bucket}/{key}", is_s3=True, bucket=location.bucket, prefix=key)

@@ -1,0 +1,147 @@
+"""Training samples: batched geometric + photometric augmentation, and part-window targets.
+
+A batch of square source images (faces, pixel labels) becomes a batch of square "photos" of
+the same size in which the face is rotated (+-15 deg), rescaled (the authors' 0.8-1.5, plus a
+zoom-out down to 0.4 so loosely framed photos work), shifted, sometimes mirrored (sides
+swapped in the labels) and letterboxed, then recoloured and noised.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from batch_parse.labels import NUM_CLASSES, PARTS
+
+# Mirroring an image swaps the sides: brow_1 <-> brow_2, eye_1 <-> eye_2.
+_SWAP_SIDES = torch.tensor([0, 2, 1, 4, 3, 5, 6, 7, 8], dtype=torch.long)
+# Window side = this many times the part's larger bounding-box side: room for localiser error.
+WINDOW_MARGIN = 1.6
+MIN_WINDOW_FRACTION = 0.06  # of the image side, so tiny or missing parts still get a window
+
+
+def augment(images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (B,3,S,S) float 0..1, labels (B,S,S) long -> augmented copies of the same shapes."""
+    b, _, s, _ = images.shape
+    rnd = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+    angle = (rnd(b) * 2 - 1) * math.radians(15)
+    zoom_out = rnd(b) < 0.5
+    scale = torch.where(zoom_out, 0.4 + rnd(b) * 0.45, 0.85 + rnd(b) * 0.45)  # face size / photo size
+    # In source units: the face centre may move up to ~80% of the free room around it.
+    shift = (rnd(b, 2) * 2 - 1) * (0.1 + 0.8 * ((1 - scale).clamp(min=0) / scale).unsqueeze(1))
+    flip = rnd(b) < 0.5
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    sign = torch.where(flip, -1.0, 1.0)
+    # Output pixel -> source pixel (normalised): rotate, scale, shift, then optionally mirror x.
+    theta = torch.stack(
+        [torch.stack([cos * sign, -sin * sign, shift[:, 0] * sign], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    lab = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    lab = lab[:, 0].long()
+    lab = torch.where(flip[:, None, None], _SWAP_SIDES[lab], lab)
+
+    # Letterbox a quarter of them: photos that are not square reach stage 1 with black bars.
+    bars = rnd(b) < 0.25
+    for i in torch.nonzero(bars).flatten().tolist():
+        band = int(s * (0.05 + 0.15 * rnd(1).item()))
+        if rnd(1).item() < 0.5:
+            out[i, :, :band], out[i, :, s - band :] = 0, 0
+            lab[i, :band], lab[i, s - band :] = 0, 0
+        else:
+            out[i, :, :, :band], out[i, :, :, s - band :] = 0, 0
+            lab[i, :, :band], lab[i, :, s - band :] = 0, 0
+
+    # Photometric: brightness, contrast, saturation, occasional grey, Gaussian noise.
+    grey = out.mean(1, keepdim=True)
+    sat = torch.where(rnd(b) < 0.1, torch.zeros(b), 0.6 + rnd(b) * 0.8)[:, None, None, None]
+    out = grey + (out - grey) * sat
+    contrast = (0.7 + rnd(b) * 0.6)[:, None, None, None]
+    mean = out.mean((1, 2, 3), keepdim=True)
+    out = (out - mean) * contrast + mean + ((rnd(b) - 0.5) * 0.3)[:, None, None, None]
+    noise = (rnd(b) * 0.04)[:, None, None, None] * torch.randn(out.shape, generator=gen)
+    return (out + noise).clamp(0, 1), lab
+
+
+def target_windows(labels: torch.Tensor) -> torch.Tensor:
+    """Window per part from pixel labels (B,S,S): (B,P,4) = (ax, bx, ay, by), square in pixels.
+
+    Centre: the part's label centroid (mouth: mean of the centroids of its three classes that
+    are present, as the authors do). Half-side: WINDOW_MARGIN / 2 times the part's larger
+    bounding-box side.
+    """
+    b, s, _ = labels.shape
+    coords = torch.arange(s, dtype=torch.float32)
+    out = torch.zeros(b, len(PARTS), 4)
+    for p, part in enumerate(PARTS):
+        centres, present = [], []
+        mask_any = torch.zeros(b, s, s, dtype=torch.bool)
+        for cls in part.classes:
+            m = labels == cls
+            mask_any |= m
+            n = m.sum((1, 2)).float()
+            cx = (m.float().sum(1) * coords).sum(1) / n.clamp(min=1)
+            cy = (m.float().sum(2) * coords).sum(1) / n.clamp(min=1)
+            centres.append(torch.stack([cx, cy], 1))
+            present.append(n > 0)
+        centres_t, present_t = torch.stack(centres, 1), torch.stack(present, 1).float()
+        centre = (centres_t * present_t[..., None]).sum(1) / present_t.sum(1, keepdim=True).clamp(min=1)
+        cols, rows = mask_any.any(1), mask_any.any(2)
+        width = _extent(cols, coords)
+        height = _extent(rows, coords)
+        half = (WINDOW_MARGIN * torch.maximum(width, height) / 2).clamp(min=MIN_WINDOW_FRACTION * s / 2)
+        missing = present_t.sum(1) == 0
+        centre[missing] = (s - 1) / 2
+        out[:, p] = torch.stack([half, centre[:, 0], half, centre[:, 1]], 1)
+    return out
+
+
+def _extent(occupied: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    big = coords.numel()
+    lo = torch.where(occupied, coords, torch.full_like(coords, big)).amin(1)
+    hi = torch.where(occupied, coords, torch.full_like(coords, -1)).amax(1)
+    return (hi - lo + 1).clamp(min=0)
+
+
+def jitter_windows(windows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Stage-2 augmentation: the part is not always centred nor at the same scale."""
+    b, p, _ = windows.shape
+    rnd = lambda: torch.rand(b, p, generator=gen)  # noqa: E731
+    half = windows[..., 0] * (0.85 + 0.35 * rnd())
+    bx = windows[..., 1] + (rnd() * 2 - 1) * 0.15 * half
+    by = windows[..., 3] + (rnd() * 2 - 1) * 0.15 * half
+    return torch.stack([half, bx, half, by], -1)
+
+
+def sample_windows(images: torch.Tensor, labels: torch.Tensor, windows: torch.Tensor, size: int):
+    """Batched crops of same-size images: (B,3,S,S), (B,S,S), (B,P,4) -> (B,P,3,n,n), (B,P,n,n).
+
+    Same sampling as geometry.crop_parts (bilinear, align_corners=True, zeros outside), labels
+    by nearest.
+    """
+    b, _, s, _ = images.shape
+    p = windows.shape[1]
+    u = torch.linspace(-1, 1, size)
+    xs = windows[..., 0, None] * u + windows[..., 1, None]  # (B,P,n) pixels
+    ys = windows[..., 2, None] * u + windows[..., 3, None]
+    gx, gy = 2 * xs / (s - 1) - 1, 2 * ys / (s - 1) - 1
+    grid = torch.stack([gx[:, :, None, :].expand(b, p, size, size), gy[:, :, :, None].expand(b, p, size, size)], -1)
+    grid = grid.reshape(b, p * size, size, 2)
+    crops = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    crops = crops.reshape(b, 3, p, size, size).permute(0, 2, 1, 3, 4)
+    lab = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=True)
+    return crops, lab.reshape(b, p, size, size).long()
+
+
+def part_targets(label_crops: torch.Tensor) -> list[torch.Tensor]:
+    """Full-class label crops (B,P,n,n) -> per part local targets: 0 = background, k = k-th class."""
+    out = []
+    for p, part in enumerate(PARTS):
+        lut = torch.zeros(NUM_CLASSES, dtype=torch.long)
+        for k, cls in enumerate(part.classes, start=1):
+            lut[cls] = k
+        out.append(lut[label_crops[:, p]])
+    return out

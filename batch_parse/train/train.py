@@ -1,0 +1,266 @@
+"""Training STN-iCNN in the authors' stages: A (stage 1), B (localiser), C (parts), then end to end.
+
+    a    stage-1 iCNN, cross-entropy on 128x128 inputs
+    b    localiser with A frozen, smooth L1 on part windows from the labels
+    c    the four part iCNNs on windows from the labels (jittered)
+    e2e  A and B frozen, C fine-tuned on the localiser's own windows, kept only if
+         validation F1 after paste-back improves
+
+Each stage writes RUN/stage_<s>.safetensors (best by validation) and RUN/stage_<s>.ckpt
+(resumable state: our own file, read back with weights_only=True). Stages a and c are
+independent and can run in parallel processes; b needs a; e2e needs b and c.
+The schedule is a step budget per stage (Adam, cosine decay) instead of the authors' epochs,
+so a CPU-only run can be planned in minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from batch_parse.labels import PARTS, STAGE2_NETWORKS
+from batch_parse.model.config import DEFAULT_CONFIG, ModelConfig
+from batch_parse.model.geometry import theta_to_windows, windows_to_theta
+from batch_parse.model.parser import FaceParser
+from batch_parse.model.stn_icnn import STNiCNN
+from batch_parse.model.weights import load_weights, save_weights
+from batch_parse.train import augment
+from batch_parse.train.datasets import open_dataset
+from batch_parse.train.evaluate import evaluate, format_scores
+
+STAGES = ("a", "b", "c", "e2e")
+LEARNING_RATES = {"a": 9e-4, "b": 8e-4, "c": 8e-4, "e2e": 2.5e-3}  # the authors' values
+BATCH_SIZES = {"a": 16, "b": 32, "c": 32, "e2e": 16}
+
+
+@dataclass
+class TrainOptions:
+    data: str
+    run_dir: str
+    stage: str
+    steps: int
+    batch_size: int | None = None
+    canvas: int = 256  # training "photo" size
+    val_every: int = 500
+    val_images: int = 200
+    threads: int | None = None
+    limit: int | None = None  # cap on training images (quick runs)
+    seed: int = 0
+
+
+def log(msg: str) -> None:
+    print(f"[train {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def load_split(root: str, split: str, canvas: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of a split, squared (edge-padded) and resized to canvas: uint8 (N,3,S,S), (N,S,S)."""
+    ds = open_dataset(root, split)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    images = torch.empty(n, 3, canvas, canvas, dtype=torch.uint8)
+    labels = torch.empty(n, canvas, canvas, dtype=torch.uint8)
+    t0 = time.time()
+    for i in range(n):
+        _, image, label = ds[i]
+        img = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        lab = torch.from_numpy(label)[None, None].float()
+        h, w = label.shape
+        side = max(h, w)
+        pads = ((side - w) // 2, side - w - (side - w) // 2, (side - h) // 2, side - h - (side - h) // 2)
+        img = F.pad(img, pads, mode="replicate") if side != min(h, w) else img
+        lab = F.pad(lab, pads) if side != min(h, w) else lab
+        images[i] = F.interpolate(img, size=(canvas, canvas), mode="bilinear", antialias=True, align_corners=False)[0].round().clamp(0, 255).byte()
+        labels[i] = F.interpolate(lab, size=(canvas, canvas), mode="nearest")[0, 0].byte()
+        if (i + 1) % 2000 == 0:
+            log(f"loaded {i + 1}/{n} {split} images ({(i + 1) / (time.time() - t0):.0f}/s)")
+    return images, labels
+
+
+class Batches:
+    """Endless shuffled augmented batches from in-memory tensors."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order, self.pos = torch.randperm(len(images), generator=self.gen), 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos + self.batch_size > len(self.order):
+            self.order, self.pos = torch.randperm(len(self.images), generator=self.gen), 0
+        idx = self.order[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return augment.augment(self.images[idx].float() / 255, self.labels[idx].long(), self.gen)
+
+
+def stage1_batch(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    # Same resize as geometry.stage1_input for a square photo (no letterbox needed).
+    s = cfg.stage1_size
+    return F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+
+
+def stage_loss(model: STNiCNN, stage: str, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    cfg = model.cfg
+    x = stage1_batch(images, cfg)
+    if stage == "a":
+        target = F.interpolate(labels[:, None].float(), size=x.shape[-2:], mode="nearest")[:, 0].long()
+        return F.cross_entropy(model.stage1(x), target)
+    canvas = images.shape[-1]
+    windows = augment.target_windows(labels)
+    if stage == "b":
+        with torch.no_grad():
+            probs = model.stage1(x).softmax(1)
+        target = windows_to_theta(windows, [(canvas, canvas)] * len(images), cfg)
+        return F.smooth_l1_loss(model.localise(probs), target)
+    if stage == "c":
+        windows = augment.jitter_windows(windows, gen)
+    else:  # e2e: the localiser's own windows
+        with torch.no_grad():
+            theta = model.localise(model.stage1(x).softmax(1))
+        windows = theta_to_windows(theta, [(canvas, canvas)] * len(images), cfg).float()
+    crops, label_crops = augment.sample_windows(images, labels, windows, cfg.part_size)
+    logits = model.parse_parts(crops)
+    targets = augment.part_targets(label_crops)
+    return sum(F.cross_entropy(y, t) for y, t in zip(logits, targets)) / len(PARTS)
+
+
+def trainable(model: STNiCNN, stage: str) -> list[torch.nn.Parameter]:
+    module = {"a": model.stage1, "b": model.localiser, "c": model.stage2, "e2e": model.stage2}[stage]
+    return list(module.parameters())
+
+
+def set_modes(model: STNiCNN, stage: str) -> None:
+    """Frozen networks stay in eval mode so their BatchNorm statistics do not drift."""
+    model.eval()
+    {"a": model.stage1, "b": model.localiser, "c": model.stage2, "e2e": model.stage2}[stage].train()
+
+
+def initial_model(opts: TrainOptions, run: Path) -> STNiCNN:
+    """Stage b starts from a; e2e from b's A+B and c's C; a and c from scratch."""
+    model = STNiCNN(DEFAULT_CONFIG)
+    if opts.stage == "b":
+        a, _ = load_weights(run / "stage_a.safetensors")
+        model.stage1.load_state_dict(a.stage1.state_dict())
+    if opts.stage == "e2e":
+        b, _ = load_weights(run / "stage_b.safetensors")
+        c, _ = load_weights(run / "stage_c.safetensors")
+        model.stage1.load_state_dict(b.stage1.state_dict())
+        model.localiser.load_state_dict(b.localiser.state_dict())
+        model.stage2.load_state_dict(c.stage2.state_dict())
+    return model
+
+
+def validation_score(model: STNiCNN, stage: str, data: str, n: int, canvas: int) -> tuple[float, str]:
+    """Higher is better. a: pixel accuracy on parts at 128; b: -window error; c/e2e: overall F1."""
+    model.eval()
+    if stage in ("c", "e2e"):
+        ds = open_dataset(data, "val")
+        samples = [ds[i] for i in range(min(n, len(ds)))]
+        parser = FaceParser(model, "val", "0" * 64, device="cpu")
+        _, scores = evaluate(lambda ims: [r.label_map for r in parser.parse(ims)], samples)
+        return scores["overall"], format_scores(scores)
+    images, labels = load_split(data, "val", canvas, n)
+    images, labels = images.float() / 255, labels.long()
+    with torch.no_grad():
+        probs = model.stage1(stage1_batch(images, model.cfg)).softmax(1)
+        if stage == "a":
+            target = F.interpolate(labels[:, None].float(), size=probs.shape[-2:], mode="nearest")[:, 0].long()
+            pred = probs.argmax(1)
+            fg = (target > 0) | (pred > 0)
+            iou = ((pred == target) & fg).sum().item() / max(1, fg.sum().item())
+            return iou, f"stage-1 part IoU {iou:.4f}"
+        target = windows_to_theta(augment.target_windows(labels), [(canvas, canvas)] * len(images), model.cfg)
+        err = F.l1_loss(model.localise(probs), target).item()
+        return -err, f"theta L1 {err:.5f}"
+
+
+def train_stage(opts: TrainOptions) -> Path:
+    if opts.stage not in STAGES:
+        raise ValueError(f"unknown stage {opts.stage!r}: expected one of {', '.join(STAGES)}")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    run = Path(opts.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    model = initial_model(opts, run)
+    params = trainable(model, opts.stage)
+    optimizer = torch.optim.Adam(params, lr=LEARNING_RATES[opts.stage])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, opts.steps) / opts.steps)))
+    ckpt_path, best_path = run / f"stage_{opts.stage}.ckpt", run / f"stage_{opts.stage}.safetensors"
+    step, best = 0, -math.inf
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        step, best = state["step"], state["best"]
+        log(f"stage {opts.stage}: resumed at step {step} (best {best:.4f})")
+    if opts.stage == "e2e" and step == 0:
+        best, text = validation_score(model, opts.stage, opts.data, opts.val_images, opts.canvas)
+        log(f"stage e2e: staged model before fine-tuning: {text}")
+        save_weights(model, best_path, info={"stage": "e2e", "step": 0, "val": text})
+
+    images, labels = load_split(opts.data, "train", opts.canvas, opts.limit)
+    log(f"stage {opts.stage}: {len(images)} training images, {opts.steps} steps")
+    batches = Batches(images, labels, opts.batch_size or BATCH_SIZES[opts.stage], opts.seed + step)
+    t0, seen, running = time.time(), 0, None
+    while step < opts.steps:
+        set_modes(model, opts.stage)
+        imgs, labs = batches.next()
+        loss = stage_loss(model, opts.stage, imgs, labs, batches.gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        step, seen = step + 1, seen + len(imgs)
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if step % 25 == 0:
+            log(f"stage {opts.stage} step {step}/{opts.steps} loss {running:.4f} lr {schedule.get_last_lr()[0]:.2e} {seen / (time.time() - t0):.1f} img/s")
+        if step % opts.val_every == 0 or step == opts.steps:
+            score, text = validation_score(model, opts.stage, opts.data, opts.val_images, opts.canvas)
+            improved = score > best
+            if improved:
+                best = score
+                save_weights(model, best_path, info={"stage": opts.stage, "step": step, "val": text})
+            log(f"stage {opts.stage} step {step}: val {text}{' (best, saved)' if improved else ''}")
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                        "step": step, "best": best}, ckpt_path)
+    (run / f"stage_{opts.stage}.json").write_text(json.dumps({"steps": step, "best": best}))
+    return best_path
+
+
+def export_weights(run_dir: str, out: str, fp16: bool = True) -> Path:
+    """The final model of a run (e2e if done, else the staged one) as a small shippable file."""
+    run = Path(run_dir)
+    src = run / "stage_e2e.safetensors"
+    model, info = load_weights(src)
+    save_weights(model, out, dtype=torch.float16 if fp16 else torch.float32, info=info)
+    return Path(out)
+
+
+def _main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data")
+    ap.add_argument("run_dir")
+    ap.add_argument("--stage", required=True, choices=STAGES)
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--val-every", type=int, default=500)
+    ap.add_argument("--val-images", type=int, default=200)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--limit", type=int)
+    a = ap.parse_args()
+    train_stage(TrainOptions(a.data, a.run_dir, a.stage, a.steps, a.batch_size, val_every=a.val_every,
+                             val_images=a.val_images, threads=a.threads, limit=a.limit))
+
+
+if __name__ == "__main__":
+    _main()
