@@ -73,7 +73,8 @@ class FaceParser:
         """RGB uint8 (H,W,3) arrays of any sizes -> one FaceParse each."""
         if not images:
             return []
-        tensors = [torch.from_numpy(np.ascontiguousarray(im)).to(self.device).permute(2, 0, 1) for im in images]
+        # np.array(copy) only when needed: torch refuses to wrap read-only arrays (e.g. from PIL) silently.
+        tensors = [torch.from_numpy(im if im.flags.writeable and im.flags.c_contiguous else np.array(im)).to(self.device).permute(2, 0, 1) for im in images]
         sizes = [(t.shape[2], t.shape[1]) for t in tensors]
         x = torch.stack([geometry.stage1_input(t, self.cfg) for t in tensors])
         with self._autocast():

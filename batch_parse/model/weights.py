@@ -59,7 +59,8 @@ def _persistent_keys(model: torch.nn.Module) -> dict[str, torch.Size]:
 
 
 def save_weights(model: STNiCNN, path: str | Path, dtype: torch.dtype = torch.float32, info: dict | None = None) -> None:
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items() if k in _persistent_keys(model)}
+    keep = _persistent_keys(model)
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items() if k in keep}
     meta = {"format": FORMAT, "config": model.cfg.to_json(), "info": json.dumps(info or {})}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
@@ -73,7 +74,8 @@ def load_weights(path: str | Path) -> tuple[STNiCNN, dict]:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for foreign files
-        raise WeightsError(f"{path}: not a safetensors weights file ({exc.__class__.__name__})") from None
+        hint = "; authors' .pth.tar checkpoints need `batch-parse convert` first" if path.name.endswith((".pth", ".tar")) else ""
+        raise WeightsError(f"{path}: not a safetensors weights file ({exc.__class__.__name__}){hint}") from None
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path}: not a batch-parse STN-iCNN weights file (format={meta.get('format')!r}); "
                            "authors' .pth.tar files need `batch-parse convert` first")

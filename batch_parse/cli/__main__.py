@@ -1,0 +1,5 @@
+"""`python -m batch_parse.cli`: the `batch-parse` command where its console script is not installed."""
+
+from batch_parse.cli.main import cli
+
+cli(prog_name="batch-parse")

@@ -1,0 +1,301 @@
+"""Job spec files: the YAML a user writes once and hands to `run --spec`, `submit` or a RayCronJob."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+from batch_parse.pipeline.options import JobOptions
+from batch_parse.storage.location import parse_location
+
+# Spec keys and the types they accept. Option keys mirror JobOptions field names so a spec,
+# the `run` flags and the dataclass read the same; the cluster-shaped ones sit under `resources`.
+_RESOURCE_KEYS = {
+    "gpus_per_actor": (int, float, type(None)),
+    "cpus_per_actor": (int, float),
+    "min_actors": (int,),
+    "max_actors": (int,),
+}
+_OPTION_KEYS = {
+    "source": (str,),
+    "output": (str,),
+    "endpoint_url": (str, type(None)),
+    "model": (str,),
+    "batch_size": (int,),
+    "crop_format": (str,),
+    "jpeg_quality": (int,),
+    "max_pixels": (int,),
+    "rows_per_file": (int,),
+    "device": (str, type(None)),
+}
+_TOP_KEYS = {
+    "name": (str,),
+    **_OPTION_KEYS,
+    "resources": (dict, type(None)),
+    "schedule": (str, type(None)),
+    "runtime_env": (dict, type(None)),
+}
+# What `submit` may add to the job's Ray runtime env; the code itself is always shipped by submit.
+_RUNTIME_ENV_KEYS = {"env_vars": (dict,), "pip": (list,)}
+_REQUIRED = ("name", "source", "output")
+_DEVICES = ("cpu", "cuda")
+
+# Job names end up in submission ids and Kubernetes object names: keep them to a safe alphabet.
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", dict: "a mapping", list: "a list", type(None): "null"}
+
+
+@dataclass
+class JobSpec:
+    name: str
+    options: JobOptions
+    schedule: str | None = None  # 5-field cron, UTC; only schedulers read it, `run` ignores it
+    runtime_env: dict = field(default_factory=dict)  # extra env_vars / pip for `submit`
+
+
+def load_job_spec(path: str | os.PathLike) -> JobSpec:
+    """Read and validate a spec; ValueError (one line, first problem) when it is not valid."""
+    raw, problems = _read(Path(path))
+    if not problems:
+        problems = _check(raw)
+    if problems:
+        more = f" (and {len(problems) - 1} more: run `batch-parse validate {path}`)" if len(problems) > 1 else ""
+        raise ValueError(f"{path}: {problems[0]}{more}")
+    return _build(raw, Path(path))
+
+
+def validate_job_spec(path: str | os.PathLike) -> list[str]:
+    """Every problem in the spec file, one line each; an empty list means it is valid."""
+    raw, problems = _read(Path(path))
+    return problems or _check(raw)
+
+
+def spec_mapping(spec: JobSpec) -> dict:
+    """The spec as a plain mapping in file layout (local paths absolute), for shipping a copy."""
+    o = spec.options
+    data = {"name": spec.name}
+    data.update({k: getattr(o, k) for k in _OPTION_KEYS})
+    data["resources"] = {k: getattr(o, k) for k in _RESOURCE_KEYS}
+    data["schedule"] = spec.schedule
+    if spec.runtime_env:
+        data["runtime_env"] = spec.runtime_env
+    return data
+
+
+def _read(path: Path) -> tuple[dict, list[str]]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}, ["no such file"]
+    except IsADirectoryError:
+        return {}, ["is a folder, not a spec file"]
+    except (PermissionError, UnicodeDecodeError) as e:
+        return {}, [f"cannot read it: {e.__class__.__name__}"]
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        return {}, [f"not valid YAML: {where}{getattr(e, 'problem', None) or e}"]
+    if not isinstance(raw, dict):
+        return {}, ["a job spec must be a YAML mapping of keys (name, source, output, ...)"]
+    return raw, []
+
+
+def _check(raw: dict) -> list[str]:
+    problems = _check_keys(raw, _TOP_KEYS, "", extra_hint=_RESOURCE_KEYS)
+    resources = raw.get("resources")
+    if isinstance(resources, dict):
+        problems += _check_keys(resources, _RESOURCE_KEYS, "resources.")
+    runtime_env = raw.get("runtime_env")
+    if isinstance(runtime_env, dict):
+        problems += _check_keys(runtime_env, _RUNTIME_ENV_KEYS, "runtime_env.")
+        problems += _check_runtime_env(runtime_env)
+    for key in _REQUIRED:
+        if raw.get(key) in (None, ""):
+            problems.append(f"{key}: required")
+
+    name = raw.get("name")
+    if isinstance(name, str) and name and not _NAME_RE.match(name):
+        problems.append(
+            f"name: {name!r} must be 1-64 lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        )
+    if isinstance(raw.get("schedule"), str):
+        problems += [f"schedule: {p}" for p in cron_problems(raw["schedule"])]
+
+    # Options that are missing or mistyped were reported above; check the rest on their own.
+    mistyped = {k for k in ("source", "output") if not isinstance(raw.get(k), str) or not raw[k]}
+    mistyped |= {k for k in _OPTION_KEYS if k in raw and not _type_ok(raw[k], _OPTION_KEYS[k])}
+    resources = resources if isinstance(resources, dict) else {}
+    mistyped |= {k for k, v in resources.items() if k in _RESOURCE_KEYS and not _type_ok(v, _RESOURCE_KEYS[k])}
+    usable = {k: v for k, v in raw.items() if k in _OPTION_KEYS and k not in mistyped}
+    usable["resources"] = {k: v for k, v in resources.items() if k in _RESOURCE_KEYS and k not in mistyped}
+    usable.setdefault("source", "")
+    usable.setdefault("output", "")
+    for line in option_problems(_build(usable, None).options):
+        key = line.split(":", 1)[0]
+        if key not in mistyped:
+            problems.append(f"resources.{line}" if key in _RESOURCE_KEYS else line)
+    return problems
+
+
+def _type_ok(value, types: tuple) -> bool:
+    # bool is an int subclass in Python; `batch_size: yes` is a mistake, not 1.
+    return not isinstance(value, bool) and isinstance(value, types)
+
+
+def option_problems(options: JobOptions) -> list[str]:
+    """Every problem with a job's options (locations, endpoint, device, ranges), one line each."""
+    problems = []
+    for key in ("source", "output"):
+        try:
+            parse_location(getattr(options, key))
+        except ValueError as e:
+            problems.append(f"{key}: {e}")
+    if options.endpoint_url is not None:
+        problems += _check_endpoint(options.endpoint_url)
+    if options.device is not None and options.device not in _DEVICES:
+        problems.append(f"device: must be one of {', '.join(_DEVICES)} or null, got {options.device!r}")
+    return problems + options.validate()
+
+
+def _check_keys(mapping: dict, allowed: dict, prefix: str, extra_hint: dict | None = None) -> list[str]:
+    problems = []
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            problems.append(f"{prefix}{key!r}: keys must be strings")
+        elif key in allowed:
+            types = allowed[key]
+            if not _type_ok(value, types):
+                names = [_TYPE_NAMES[t] for t in types if not (t is int and float in types)]
+                expected = " or ".join(names)
+                problems.append(f"{prefix}{key}: must be {expected}, got {_describe(value)}")
+        elif extra_hint and key in extra_hint:
+            problems.append(f"{prefix}{key}: unknown key (did you mean 'resources.{key}'?)")
+        else:
+            close = difflib.get_close_matches(key, list(allowed), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known keys: {', '.join(allowed)})"
+            problems.append(f"{prefix}{key}: unknown key{hint}")
+    return problems
+
+
+def _check_runtime_env(runtime_env: dict) -> list[str]:
+    problems = []
+    env_vars = runtime_env.get("env_vars")
+    if isinstance(env_vars, dict):
+        for k, v in env_vars.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                # Values are never echoed: env_vars is where people put secrets.
+                problems.append(f"runtime_env.env_vars.{k}: names and values must be strings (quote numbers)")
+    pip = runtime_env.get("pip")
+    if isinstance(pip, list) and not all(isinstance(p, str) for p in pip):
+        problems.append("runtime_env.pip: must be a list of requirement strings")
+    return problems
+
+
+def _check_endpoint(url: str) -> list[str]:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return [f"endpoint_url: must be an http:// or https:// URL, got {_redact_userinfo(url)!r}"]
+    if parsed.username or parsed.password:
+        return ["endpoint_url: must not contain credentials; use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"]
+    try:
+        parsed.port
+    except ValueError:
+        return [f"endpoint_url: bad port in {url!r}"]
+    return []
+
+
+def _redact_userinfo(url: str) -> str:
+    return re.sub(r"://[^/@]*@", "://***@", url)
+
+
+def _describe(value) -> str:
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, (dict, list)):
+        return f"{_TYPE_NAMES[type(value)]}"
+    return f"{value!r}"
+
+
+def _build(raw: dict, path: Path | None) -> JobSpec:
+    values = {k: raw[k] for k in _OPTION_KEYS if k in raw and raw[k] is not None}
+    values.update({k: v for k, v in (raw.get("resources") or {}).items() if k in _RESOURCE_KEYS})
+    # As with `run --min-actors 4`: a spec that names only min_actors asks for a fixed pool.
+    values.setdefault("max_actors", max(values.get("min_actors", 1), JobOptions.max_actors))
+    for key in ("source", "output"):
+        # Relative local folders are read against the spec's own folder (as docker-compose does),
+        # so a spec means the same thing whichever directory the command runs from.
+        if path is not None and "://" not in values[key] and not os.path.isabs(os.path.expanduser(values[key])):
+            values[key] = str((path.parent / values[key]).resolve())
+    options = JobOptions(**values)
+    return JobSpec(
+        name=raw.get("name", ""),
+        options=options,
+        schedule=raw.get("schedule"),
+        runtime_env=dict(raw.get("runtime_env") or {}),
+    )
+
+
+# --- cron -----------------------------------------------------------------------------------
+
+_CRON_FIELDS = (  # name, low, high, names accepted in place of numbers
+    ("minute", 0, 59, None),
+    ("hour", 0, 23, None),
+    ("day of month", 1, 31, None),
+    ("month", 1, 12, ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]),
+    ("day of week", 0, 7, ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]),  # 7 is Sunday too
+)
+# The shorthands Kubernetes CronJob and KubeRay's RayCronJob (robfig/cron) accept.
+_CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
+def cron_problems(expr: str) -> list[str]:
+    """Problems with a standard 5-field cron expression (minute hour day-of-month month day-of-week)."""
+    text = expr.strip()
+    if text.lower() in _CRON_MACROS:
+        return []
+    parts = text.split()
+    if len(parts) != 5:
+        return [f"{expr!r} has {len(parts)} fields, cron needs 5: minute hour day-of-month month day-of-week"]
+    problems = []
+    for part, (label, low, high, names) in zip(parts, _CRON_FIELDS):
+        problem = _cron_field_problem(part, low, high, names)
+        if problem:
+            problems.append(f"{label} field {part!r}: {problem}")
+    return problems
+
+
+def _cron_field_problem(part: str, low: int, high: int, names: list[str] | None) -> str | None:
+    for item in part.split(","):
+        base, slash, step = item.partition("/")
+        if slash:
+            if not step.isdigit() or int(step) < 1:
+                return f"step {step!r} must be a positive integer"
+        if base == "*":
+            continue
+        bounds = base.split("-")
+        if len(bounds) > 2 or not all(bounds):
+            return f"{item!r} is not a number, a range a-b, or *"
+        values = []
+        for b in bounds:
+            if b.isdigit():
+                values.append(int(b))
+            elif names and b.upper() in names:
+                values.append(names.index(b.upper()) + low)
+            else:
+                return f"{b!r} is not a number" + (f" or a name ({', '.join(names)})" if names else "")
+        for v in values:
+            if not low <= v <= high:
+                return f"{v} is out of range {low}-{high}"
+        if len(values) == 2 and values[0] > values[1]:
+            return f"range {base!r} runs backwards"
+    return None
+

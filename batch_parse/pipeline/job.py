@@ -1,0 +1,158 @@
+"""The labeling job: list the source, skip what is committed, then one Ray Data chain to Parquet.
+
+    OUTPUT/<model-version>/data/*.parquet        the labels (schema.py), one row per image
+    OUTPUT/<model-version>/_manifests/*.parquet  what each run set out to do (id, key, size, etag)
+
+Each model version (name + weights hash) has its own folder, so a rerun with other weights never
+mixes with earlier output. Resume and incremental runs come from commit.py: the rows already
+in the data folder are the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from datetime import datetime, timezone
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batch_parse.model.weights import file_sha256, resolve
+from batch_parse.pipeline import commit, stages
+from batch_parse.pipeline.options import JobOptions
+from batch_parse.pipeline.progress import ProgressCounter, ProgressPrinter
+from batch_parse.pipeline.schema import output_schema
+from batch_parse.pipeline.summary import JobSummary
+from batch_parse.storage.listing import iter_objects
+from batch_parse.storage.location import Location, parse_location
+from batch_parse.storage.manifest import write_manifest
+from batch_parse.storage.s3 import check_access, pyarrow_filesystem
+
+# Rows per fetch/decode task: enough to keep 16 GET threads busy, small enough to stream.
+DECODE_BATCH = 32
+
+
+def version_folder(model_name: str, sha256: str) -> str:
+    return f"{model_name.replace('/', '-')}-{sha256[:8]}"
+
+
+def connect_ray() -> None:
+    """Join the cluster in RAY_ADDRESS (or the one `ray job submit` runs us in), else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level="WARNING")
+    else:
+        # "local" forces a fresh single-machine cluster: never join a stray `ray start` by accident.
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+
+
+def run_job(options: JobOptions) -> JobSummary:
+    problems = options.validate()
+    if problems:
+        raise ValueError("; ".join(problems))
+    source, output = parse_location(options.source), parse_location(options.output)
+    for location in (source, output):
+        if location.is_s3:
+            check_access(location, options.endpoint_url)
+    if not source.is_s3 and not os.path.isdir(source.path):
+        raise ValueError(f"source folder not found: {source.path}")
+    model_name, weights_path = resolve(options.model)
+    sha = file_sha256(weights_path)
+    model_version = f"{model_name}@{sha[:8]}"
+    version = version_folder(model_name, sha)
+    fs = pyarrow_filesystem(output, options.endpoint_url)
+    data_dir = output.fs_path(version, "data")
+    summary = JobSummary(output_dir=output.join(version, "data"), model_version=model_version)
+
+    t0 = time.time()
+    before = commit.recover(fs, data_dir)
+    summary.recovered_incomplete = len(before.removed_incomplete)
+    summary.duplicates_removed = before.duplicates_removed
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    manifest_path = output.fs_path(version, "_manifests", f"{stamp}.parquet")
+    manifest = write_manifest(iter_objects(source, options.endpoint_url), manifest_path, fs, exclude_ids=before.ids)
+    summary.listed, summary.already_done = manifest.listed, manifest.excluded
+    summary.skipped_non_image = manifest.skipped_non_image
+    if manifest.written == 0:
+        fs.delete_file(manifest_path)  # a run that found nothing leaves nothing behind
+        summary.seconds = time.time() - t0
+        return summary
+
+    _label(options, source, fs, manifest_path, data_dir, model_version, sha, manifest.written)
+
+    after = commit.recover(fs, data_dir)
+    summary.duplicates_removed += after.duplicates_removed
+    summary.new_files = sorted(set(after.files) - set(before.files))
+    _count_rows(summary, fs, summary.new_files)
+    summary.seconds = time.time() - t0
+    return summary
+
+
+def _label(options: JobOptions, source: Location, fs, manifest_path: str, data_dir: str, model_version: str, sha: str, todo: int) -> None:
+    """The Ray Data chain: manifest -> fetch+decode -> model actors -> encode -> Parquet."""
+    import ray
+
+    connect_ray()
+    ctx = ray.data.DataContext.get_current()
+    # Our own one-line progress (progress.py) replaces Ray's per-operator bars and logs.
+    ctx.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    gpus = options.gpus_per_actor
+    if gpus is None:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    device = options.device or ("cuda" if gpus > 0 else "cpu")
+    schema = output_schema(model_version.split("@")[0], sha, options.crop_format, source=options.source, endpoint_url=options.endpoint_url)
+    counter = ProgressCounter.remote()
+
+    with ProgressPrinter(counter, todo):
+        (
+            ray.data.read_parquet(manifest_path, filesystem=fs)
+            # Small blocks: work spreads over actors, progress moves, and a crash loses little.
+            .repartition(target_num_rows_per_block=options.batch_size)
+            .map_batches(
+                stages.fetch_and_decode,
+                fn_kwargs={"source": options.source, "endpoint_url": options.endpoint_url, "max_pixels": options.max_pixels},
+                batch_size=DECODE_BATCH,
+                num_cpus=1,
+            )
+            .map_batches(
+                stages.ParseActor,
+                fn_constructor_kwargs={"model": options.model, "device": device, "threads": stages.actor_threads(options, gpus > 0),
+                                       "progress": counter},
+                batch_size=options.batch_size,
+                compute=ray.data.ActorPoolStrategy(min_size=options.min_actors, max_size=options.max_actors),
+                num_gpus=gpus,
+                num_cpus=options.cpus_per_actor,
+            )
+            .map_batches(
+                stages.encode_rows,
+                fn_kwargs={"schema": schema, "model_version": model_version, "crop_format": options.crop_format,
+                           "jpeg_quality": options.jpeg_quality},
+                batch_size=options.batch_size,
+                num_cpus=1,
+            )
+            .write_parquet(
+                data_dir,
+                filesystem=fs,
+                schema=schema,
+                min_rows_per_file=min(options.rows_per_file, todo),
+                max_rows_per_file=options.rows_per_file,
+            )
+        )
+
+
+def _count_rows(summary: JobSummary, fs, files: list[str]) -> None:
+    for path in files:
+        with fs.open_input_file(path) as f:
+            table = pq.read_table(f, columns=["status", "error_code", "error"])
+        errors = table.filter(pc.equal(table["status"], "error"))
+        summary.rows_ok += table.num_rows - errors.num_rows
+        codes = Counter(errors["error_code"].to_pylist())
+        summary.errors.update(codes)
+        for code, message in zip(errors["error_code"].to_pylist(), errors["error"].to_pylist()):
+            summary.error_examples.setdefault(code, message)

@@ -1,0 +1,77 @@
+"""Live progress of a running job: images done, images/s, ETA, errors so far.
+
+The encode stage reports each finished batch to a small Ray actor; the driver polls it and
+prints one status line (redrawn in place on a terminal, every 10 s in logs).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import ray
+
+
+@ray.remote(num_cpus=0)
+class ProgressCounter:
+    def __init__(self) -> None:
+        self.ok = 0
+        self.errors = 0
+
+    def add(self, ok: int, errors: int) -> None:
+        self.ok += ok
+        self.errors += errors
+
+    def totals(self) -> tuple[int, int]:
+        return self.ok, self.errors
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class ProgressPrinter:
+    """Context manager: a thread printing the counter's totals until the block ends."""
+
+    def __init__(self, counter, total: int, stream=sys.stderr):
+        self.counter, self.total, self.stream = counter, total, stream
+        self.tty = stream.isatty()
+        self.interval = 1.0 if self.tty else 10.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def line(self, elapsed: float) -> str:
+        ok, errors = ray.get(self.counter.totals.remote())
+        done = ok + errors
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = _eta((self.total - done) / rate) if rate > 0 else "?"
+        pct = 100 * done / self.total if self.total else 100.0
+        return f"labelled {done}/{self.total} images ({pct:.0f}%), {errors} errors, {rate:.1f} images/s, ETA {eta}"
+
+    def _loop(self) -> None:
+        start = time.time()
+        while not self._stop.wait(self.interval):
+            self._emit(self.line(time.time() - start))
+        self._final = self.line(time.time() - start)
+
+    def _emit(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r" + text.ljust(100))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def __enter__(self) -> "ProgressPrinter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._emit(self._final)
+        if self.tty:
+            self.stream.write("\n")
