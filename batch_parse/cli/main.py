@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from batch_parse.cli import jobs
+from batch_parse.cli import demo, jobs, model
 from batch_parse.cli.redact import echo, redact
 from batch_parse.pipeline.options import CROP_FORMATS, JobOptions
 
@@ -81,9 +81,6 @@ def _one_line(e: BaseException) -> str:
 @click.option("--debug", is_flag=True, help="Show the traceback of unexpected errors.")
 def cli(debug: bool) -> None:
     """Face parsing (STN-iCNN) of image corpora on Ray: S3 or a folder in, Parquet out."""
-
-
-# `train`, `eval`, `convert` and `demo` are added next to these by the model side of the project.
 
 
 @cli.command()
@@ -180,5 +177,5 @@ def render(dst: str, out_dir: Path, limit: int, endpoint_url: str | None) -> Non
     echo(f"wrote {index}")
 
 
-for _command in jobs.COMMANDS:
+for _command in (*jobs.COMMANDS, *model.COMMANDS, *demo.COMMANDS):
     cli.add_command(_command)

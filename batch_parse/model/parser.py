@@ -23,6 +23,7 @@ import torch
 
 from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, PART_NAMES
 from batch_parse.model import geometry
+from batch_parse.model.fuse import optimize_for_inference
 from batch_parse.model.stn_icnn import STNiCNN
 from batch_parse.model.weights import file_sha256, load_weights, resolve
 
@@ -49,7 +50,8 @@ def pick_device(device: str | None) -> torch.device:
 class FaceParser:
     def __init__(self, model: STNiCNN, name: str, weights_sha256: str, device: str | None = None, precision: str = "auto"):
         self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.eval()  # as loaded, for inspection
+        self._net = optimize_for_inference(model).to(self.device)  # what runs
         self.cfg = model.cfg
         self.model_name = name
         self.weights_sha256 = weights_sha256
@@ -76,14 +78,14 @@ class FaceParser:
         # np.array(copy) only when needed: torch refuses to wrap read-only arrays (e.g. from PIL) silently.
         tensors = [torch.from_numpy(im if im.flags.writeable and im.flags.c_contiguous else np.array(im)).to(self.device).permute(2, 0, 1) for im in images]
         sizes = [(t.shape[2], t.shape[1]) for t in tensors]
-        x = torch.stack([geometry.stage1_input(t, self.cfg) for t in tensors])
+        x = torch.stack([geometry.stage1_input(t, self.cfg) for t in tensors]).contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            stage1_probs = self.model.stage1(x).float().softmax(1)
-            theta = self.model.localise(stage1_probs).float()
+            stage1_probs = self._net.stage1(x).float().softmax(1)
+            theta = self._net.localise(stage1_probs).float()
         windows = geometry.theta_to_windows(theta, sizes, self.cfg)
         crops = torch.stack([geometry.crop_parts(t, w, self.cfg.part_size) for t, w in zip(tensors, windows)])
         with self._autocast():
-            part_probs = [y.float().softmax(1) for y in self.model.parse_parts(crops)]
+            part_probs = [y.float().softmax(1) for y in self._net.parse_parts(crops)]
         boxes = geometry.window_boxes(windows).float().numpy()
         confidences = part_confidences(part_probs).cpu().numpy()
         results = []

@@ -1,0 +1,88 @@
+"""Model verbs of `batch-parse`: train, eval, convert."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from batch_parse.cli.redact import echo
+
+DEFAULT_STEPS = {"a": 900, "b": 400, "c": 450, "e2e": 200}  # what stn-icnn/default was trained with on 2 CPU cores
+
+
+@click.command()
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--stage", type=click.Choice(["a", "b", "c", "e2e", "all"]), default="all", show_default=True,
+              help="a: stage 1, b: localiser, c: part nets, e2e: end-to-end fine-tuning; all: a, b, c, e2e in turn.")
+@click.option("--steps", type=click.IntRange(min=1), help="Optimiser steps for the stage.  [default: a 900, b 400, c 450, e2e 200]")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per step.  [default: the authors' per stage]")
+@click.option("--val-every", type=click.IntRange(min=1), default=300, show_default=True, help="Steps between validations.")
+@click.option("--val-images", type=click.IntRange(min=1), default=200, show_default=True, help="Validation images used.")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads.  [default: all cores]")
+@click.option("--limit", type=click.IntRange(min=1), help="Use at most this many training images.")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False), help="After e2e, write the final fp16 weights here.")
+def train(data, run_dir, stage, steps, batch_size, val_every, val_images, threads, limit, export_path) -> None:
+    """Train STN-iCNN on a labelled dataset folder.
+
+    DATA is a Helen- or CelebAMask-HQ-layout folder; RUN_DIR keeps checkpoints, and a rerun resumes.
+    """
+    from batch_parse.train.train import TrainOptions, export_weights, train_stage
+
+    for name in (["a", "b", "c", "e2e"] if stage == "all" else [stage]):
+        best = train_stage(TrainOptions(data, run_dir, name, steps or DEFAULT_STEPS[name], batch_size, val_every=val_every,
+                                        val_images=val_images, threads=threads, limit=limit))
+        echo(f"stage {name}: best weights in {best}")
+    if export_path:
+        echo(f"exported {export_weights(run_dir, export_path)}")
+
+
+@click.command(name="eval")
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", default="stn-icnn/default", show_default=True, help="Registry name or .safetensors path.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N images of the split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda when available]")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the scores and histogram as JSON.")
+def evaluate(data, model, split, limit, batch_size, device, json_path) -> None:
+    """Score a model (F1 per part) on a labelled dataset.
+
+    Helen convention: one confusion histogram over the split at original resolution.
+    """
+    from batch_parse.model import load_parser
+    from batch_parse.train.datasets import open_dataset
+    from batch_parse.train.evaluate import evaluate as run_eval
+
+    parser = load_parser(model, device=device)
+    ds = open_dataset(data, split)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    hist, scores = run_eval(lambda ims: [r.label_map for r in parser.parse(ims)], (ds[i] for i in range(n)), batch_size)
+    echo(f"model {parser.model_version} on {data} [{split}], {n} images, F1 (%):")
+    for group, value in scores.items():
+        echo(f"  {group:<12} {100 * value:6.2f}")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"model": parser.model_version, "data": str(data), "split": split, "images": n,
+                                               "f1": scores, "confusion": hist.tolist()}, indent=1))
+
+
+@click.command()
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Output .safetensors file.")
+@click.option("--fp16", is_flag=True, help="Store float16 (half the size).")
+def convert(checkpoints, out, fp16) -> None:
+    """Convert the authors' .pth.tar checkpoints to safetensors.
+
+    Give the A+B and C files, or one end-to-end file; the result runs with --model PATH.
+    """
+    import torch
+
+    from batch_parse.model.convert import convert_checkpoints
+
+    path = convert_checkpoints(list(checkpoints), out, dtype=torch.float16 if fp16 else torch.float32)
+    echo(f"wrote {path} (load it with --model {path})")
+
+
+COMMANDS = [train, evaluate, convert]
