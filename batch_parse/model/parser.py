@@ -70,9 +70,21 @@ class FaceParser:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    @torch.inference_mode()
     def parse(self, images: list[np.ndarray]) -> list[FaceParse]:
         """RGB uint8 (H,W,3) arrays of any sizes -> one FaceParse each."""
+        results = self._parse_once(images)
+        if self.cfg.refine_small_faces > 0:
+            regions = {i: refine_region(r.boxes, im.shape[1], im.shape[0], self.cfg.refine_small_faces)
+                       for i, (im, r) in enumerate(zip(images, results))}
+            regions = {i: box for i, box in regions.items() if box is not None}
+            if regions:
+                crops = [images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1) in regions.items()]
+                for (i, (x0, y0, _, _)), r in zip(regions.items(), self._parse_once(crops)):
+                    results[i] = _place(r, x0, y0, images[i].shape[1], images[i].shape[0])
+        return results
+
+    @torch.inference_mode()
+    def _parse_once(self, images: list[np.ndarray]) -> list[FaceParse]:
         if not images:
             return []
         # np.array(copy) only when needed: torch refuses to wrap read-only arrays (e.g. from PIL) silently.
@@ -94,6 +106,33 @@ class FaceParser:
             counts = torch.bincount(labels.flatten().long(), minlength=NUM_CLASSES).cpu().numpy()
             results.append(FaceParse(labels.cpu().numpy(), boxes[i], confidences[i], counts))
         return results
+
+
+REFINE_MARGIN = 1.8  # crop side / side of the windows' union: the face fills a crop as in training
+
+
+def refine_region(boxes: np.ndarray, width: int, height: int, below: float) -> tuple[int, int, int, int] | None:
+    """Square crop (x0, y0, x1, y1), clipped to the image, around a face that came out small."""
+    x0, y0 = max(0.0, boxes[:, 0].min()), max(0.0, boxes[:, 1].min())
+    x1, y1 = min(float(width), boxes[:, 2].max()), min(float(height), boxes[:, 3].max())
+    side = max(x1 - x0, y1 - y0)
+    if side <= 0 or side >= below * max(width, height):
+        return None
+    half = REFINE_MARGIN * side / 2
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    box = (max(0, int(cx - half)), max(0, int(cy - half)), min(width, int(np.ceil(cx + half))), min(height, int(np.ceil(cy + half))))
+    return box if min(box[2] - box[0], box[3] - box[1]) >= 16 else None
+
+
+def _place(crop_result: FaceParse, x0: int, y0: int, width: int, height: int) -> FaceParse:
+    """A result on a crop, put back into the full image's coordinates."""
+    h, w = crop_result.label_map.shape
+    labels = np.zeros((height, width), dtype=np.uint8)
+    labels[y0 : y0 + h, x0 : x0 + w] = crop_result.label_map
+    counts = crop_result.class_pixels.copy()
+    counts[0] += width * height - w * h
+    boxes = crop_result.boxes + np.array([x0, y0, x0, y0], dtype=np.float32)
+    return FaceParse(labels, boxes, crop_result.confidences, counts)
 
 
 def part_confidences(part_probs: list[torch.Tensor]) -> torch.Tensor:

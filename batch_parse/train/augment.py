@@ -22,13 +22,20 @@ WINDOW_MARGIN = 1.6
 MIN_WINDOW_FRACTION = 0.06  # of the image side, so tiny or missing parts still get a window
 
 
-def augment(images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """images (B,3,S,S) float 0..1, labels (B,S,S) long -> augmented copies of the same shapes."""
+def augment(
+    images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, zoom_min: float = 0.4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (B,3,S,S) float 0..1, labels (B,S,S) long -> augmented copies of the same shapes.
+
+    Half the samples keep the authors' scale range (0.85-1.3); the other half are zoomed out to
+    a face size between zoom_min and 0.85 of the photo, log-uniformly so small faces are common.
+    """
     b, _, s, _ = images.shape
     rnd = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
     angle = (rnd(b) * 2 - 1) * math.radians(15)
     zoom_out = rnd(b) < 0.5
-    scale = torch.where(zoom_out, 0.4 + rnd(b) * 0.45, 0.85 + rnd(b) * 0.45)  # face size / photo size
+    small = torch.exp(math.log(zoom_min) + rnd(b) * (math.log(0.85) - math.log(zoom_min)))
+    scale = torch.where(zoom_out, small, 0.85 + rnd(b) * 0.45)  # face size / photo size
     # In source units: the face centre may move up to ~80% of the free room around it.
     shift = (rnd(b, 2) * 2 - 1) * (0.1 + 0.8 * ((1 - scale).clamp(min=0) / scale).unsqueeze(1))
     flip = rnd(b) < 0.5

@@ -54,6 +54,8 @@ class TrainOptions:
     threads: int | None = None
     limit: int | None = None  # cap on training images (quick runs)
     seed: int = 0
+    zoom_min: float = 0.4  # smallest face size / photo size in the zoom-out augmentation
+    init: str | None = None  # weights file to start from (fine-tuning), before the stage's own inputs
 
 
 def log(msg: str) -> None:
@@ -86,8 +88,8 @@ def load_split(root: str, split: str, canvas: int, limit: int | None = None) -> 
 class Batches:
     """Endless shuffled augmented batches from in-memory tensors."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
-        self.images, self.labels, self.batch_size = images, labels, batch_size
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, zoom_min: float = 0.4):
+        self.images, self.labels, self.batch_size, self.zoom_min = images, labels, batch_size, zoom_min
         self.gen = torch.Generator().manual_seed(seed)
         self.order, self.pos = torch.randperm(len(images), generator=self.gen), 0
 
@@ -96,7 +98,7 @@ class Batches:
             self.order, self.pos = torch.randperm(len(self.images), generator=self.gen), 0
         idx = self.order[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
-        return augment.augment(self.images[idx].float() / 255, self.labels[idx].long(), self.gen)
+        return augment.augment(self.images[idx].float() / 255, self.labels[idx].long(), self.gen, self.zoom_min)
 
 
 def stage1_batch(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
@@ -142,8 +144,10 @@ def set_modes(model: STNiCNN, stage: str) -> None:
 
 
 def initial_model(opts: TrainOptions, run: Path) -> STNiCNN:
-    """Stage b starts from a; e2e from b's A+B and c's C; a and c from scratch."""
+    """Stage b starts from a; e2e from b's A+B and c's C; a and c from scratch (or opts.init)."""
     model = STNiCNN(DEFAULT_CONFIG)
+    if opts.init:
+        model.load_state_dict(load_weights(opts.init)[0].state_dict())
     if opts.stage == "b":
         a, _ = load_weights(run / "stage_a.safetensors")
         model.stage1.load_state_dict(a.stage1.state_dict())
@@ -218,7 +222,7 @@ def train_stage(opts: TrainOptions) -> Path:
 
     images, labels = load_split(opts.data, "train", opts.canvas, opts.limit)
     log(f"stage {opts.stage}: {len(images)} training images, {opts.steps} steps")
-    batches = Batches(images, labels, opts.batch_size or BATCH_SIZES[opts.stage], opts.seed + step)
+    batches = Batches(images, labels, opts.batch_size or BATCH_SIZES[opts.stage], opts.seed + step, opts.zoom_min)
     t0, seen, running = time.time(), 0, None
     while step < opts.steps:
         set_modes(model, opts.stage)
@@ -267,9 +271,11 @@ def _main() -> None:
     ap.add_argument("--val-images", type=int, default=200)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--limit", type=int)
+    ap.add_argument("--zoom-min", type=float, default=0.4)
+    ap.add_argument("--init")
     a = ap.parse_args()
     train_stage(TrainOptions(a.data, a.run_dir, a.stage, a.steps, a.batch_size, val_every=a.val_every,
-                             val_images=a.val_images, threads=a.threads, limit=a.limit))
+                             val_images=a.val_images, threads=a.threads, limit=a.limit, zoom_min=a.zoom_min, init=a.init))
 
 
 if __name__ == "__main__":
