@@ -49,7 +49,7 @@ from PIL import Image
 from batch_parse.model.weights import file_sha256, resolve
 from batch_parse.pipeline import job as job_module
 from batch_parse.pipeline import stages
-from batch_parse.pipeline.job import DECODE_BATCH, run_job
+from batch_parse.pipeline.job import run_job
 from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.schema import output_schema
 from batch_parse.storage.listing import iter_objects
@@ -225,7 +225,7 @@ def time_stages(options: JobOptions, device: str, threads: int, model_version: s
     rows = manifest_batch(options)
     timing = StageTiming(len(rows["id"]))
     decoded = []
-    for batch in slices(rows, DECODE_BATCH):
+    for batch in slices(rows, options.batch_size):  # as the job batches fetch+decode
         start = time.perf_counter()
         decoded.append(stages.fetch_and_decode(batch, options.source, options.endpoint_url, options.max_pixels))
         timing.decode_s += time.perf_counter() - start

@@ -30,10 +30,6 @@ from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.manifest import write_manifest
 from batch_parse.storage.s3 import check_access, pyarrow_filesystem
 
-# Rows per fetch/decode task: enough to keep 16 GET threads busy, small enough to stream.
-DECODE_BATCH = 32
-
-
 def version_folder(model_name: str, sha256: str) -> str:
     return f"{model_name.replace('/', '-')}-{sha256[:8]}"
 
@@ -117,7 +113,10 @@ def _label(options: JobOptions, source: Location, fs, manifest_path: str, data_d
             .map_batches(
                 stages.fetch_and_decode,
                 fn_kwargs={"source": options.source, "endpoint_url": options.endpoint_url, "max_pixels": options.max_pixels},
-                batch_size=DECODE_BATCH,
+                # Same size as the model's batches: Ray fuses this stage into the actors on CPU-only
+                # nodes, and a larger batch there would make each actor task hold several batches
+                # (output, progress and commits would then move in bigger, later steps).
+                batch_size=options.batch_size,
                 num_cpus=1,
             )
             .map_batches(
