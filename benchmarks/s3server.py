@@ -51,6 +51,10 @@ class S3Server:
     endpoint_url: str
     root: Path  # holds data/, s3.json and weed.log
 
+    # The same fixed test-only keys for every server (not dataclass fields: no annotation).
+    access_key = ACCESS_KEY
+    secret_key = SECRET_KEY
+
     @property
     def log_path(self) -> Path:
         return self.root / "weed.log"
@@ -58,8 +62,8 @@ class S3Server:
     def env(self) -> dict[str, str]:
         """What a process (and the Ray workers it starts) needs to reach this server through the AWS chain."""
         return {
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": REGION,
             # No instance-metadata probing (seconds of timeouts) on a machine without one.
             "AWS_EC2_METADATA_DISABLED": "true",
@@ -69,11 +73,22 @@ class S3Server:
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
             region_name=REGION,
             config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 3}),
         )
+
+    def make_bucket(self, name: str) -> str:
+        """Create bucket `name` (no error if it exists already) and return its name."""
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        except client.exceptions.ClientError as exc:
+            raise S3ServerError(f"cannot create bucket {name!r}: {exc.response.get('Error', {}).get('Message', exc)}") from None
+        return name
 
 
 def find_weed() -> str:
@@ -135,13 +150,8 @@ def running(root: Path) -> Iterator[S3Server]:
 
 def upload(server: S3Server, files: Sequence[Path], bucket: str, prefix: str, threads: int = 8) -> int:
     """Put each file at s3://bucket/prefix/<file name>, creating the bucket; returns the bytes uploaded."""
+    server.make_bucket(bucket)
     client = server.client()
-    try:
-        client.create_bucket(Bucket=bucket)
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    except client.exceptions.ClientError as exc:
-        raise S3ServerError(f"cannot create bucket {bucket!r}: {exc.response.get('Error', {}).get('Message', exc)}") from None
     base = prefix.strip("/")
 
     def put(path: Path) -> int:

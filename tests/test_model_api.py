@@ -31,14 +31,7 @@ from batch_parse.model.weights import WeightsError, load_weights, resolve, save_
 BOX_ATOL = 2e-3
 MAX_CHANGED_PIXELS = 5
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On the shared 2-core box torch's OpenMP threads spin against other jobs (11 s vs 0.15 s a face).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

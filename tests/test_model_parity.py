@@ -37,6 +37,8 @@ TOL_CROP_E2E = 1e-3  # theta errors are magnified ~500x by the 1024-pixel canvas
 TOL_C = 1e-5
 TOL_MAPBACK = 1e-6
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def fixture_dir() -> Path:
     for candidate in _FIXTURE_CANDIDATES:
@@ -118,16 +120,6 @@ class Case:
         """The same windows in the authors' 1024x1024 padded-canvas pixels."""
         side = AUTHORS_CONFIG.canvas_size
         return geometry.theta_to_windows(torch.from_numpy(self["theta"]), [(side, side)] * len(self.sizes), AUTHORS_CONFIG)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The fixture was made single-threaded; and on the shared 2-core box torch's OpenMP threads
-    # spin against other jobs (a 200x200 parse took 11 s with 2 threads, 0.15 s with 1).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
