@@ -56,6 +56,7 @@ class TrainOptions:
     seed: int = 0
     zoom_min: float = 0.4  # smallest face size / photo size in the zoom-out augmentation
     init: str | None = None  # weights file to start from (fine-tuning), before the stage's own inputs
+    lr: float | None = None  # default: the authors' rate for the stage
 
 
 def log(msg: str) -> None:
@@ -204,7 +205,7 @@ def train_stage(opts: TrainOptions) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     model = initial_model(opts, run)
     params = trainable(model, opts.stage)
-    optimizer = torch.optim.Adam(params, lr=LEARNING_RATES[opts.stage])
+    optimizer = torch.optim.Adam(params, lr=opts.lr or LEARNING_RATES[opts.stage])
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, opts.steps) / opts.steps)))
     ckpt_path, best_path = run / f"stage_{opts.stage}.ckpt", run / f"stage_{opts.stage}.safetensors"
     step, best = 0, -math.inf
@@ -273,9 +274,10 @@ def _main() -> None:
     ap.add_argument("--limit", type=int)
     ap.add_argument("--zoom-min", type=float, default=0.4)
     ap.add_argument("--init")
+    ap.add_argument("--lr", type=float)
     a = ap.parse_args()
     train_stage(TrainOptions(a.data, a.run_dir, a.stage, a.steps, a.batch_size, val_every=a.val_every,
-                             val_images=a.val_images, threads=a.threads, limit=a.limit, zoom_min=a.zoom_min, init=a.init))
+                             val_images=a.val_images, threads=a.threads, limit=a.limit, zoom_min=a.zoom_min, init=a.init, lr=a.lr))
 
 
 if __name__ == "__main__":
