@@ -7,6 +7,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,18 @@ from PIL import Image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
 
 _REPO = Path(__file__).resolve().parents[1]
-# CI checks the shared data out beside the repository; the device machine carries it inside.
-_UTKFACE_CANDIDATES = (_REPO.parent / "shared" / "data" / "utkface", _REPO / "shared" / "data" / "utkface")
+# The project's read-only material: beside the checkout (../shared) in development and CI,
+# inside it on the device machine, or wherever BATCH_PARSE_SHARED says (a clone elsewhere).
+_SHARED_CANDIDATES = tuple(
+    Path(p) for p in (os.environ.get("BATCH_PARSE_SHARED", ""), _REPO.parent / "shared", _REPO / "shared", "/work/shared") if str(p)
+)
+
+
+def shared_dir() -> Path:
+    for candidate in _SHARED_CANDIDATES:
+        if (candidate / "data" / "utkface").is_dir():
+            return candidate
+    raise FileNotFoundError(f"shared/ not found in any of: {', '.join(map(str, _SHARED_CANDIDATES))} (set BATCH_PARSE_SHARED)")
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -31,10 +42,7 @@ class Expected:
 
 
 def utkface_dir() -> Path:
-    for candidate in _UTKFACE_CANDIDATES:
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"UTKFace crops not found in any of: {', '.join(map(str, _UTKFACE_CANDIDATES))}")
+    return shared_dir() / "data" / "utkface"
 
 
 def face_jpegs(n: int) -> list[bytes]:

@@ -23,7 +23,7 @@ from batch_parse.pipeline.schema import read_metadata
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.manifest import object_id
 from batch_parse.storage.s3 import pyarrow_filesystem
-from corpus import EXPECTED, bad_inputs
+from corpus import EXPECTED, bad_inputs, shared_dir
 
 MODEL = "stn-icnn/default"
 
@@ -121,7 +121,7 @@ def test_s3_job_bad_inputs_incremental_and_versions(s3_server, ray_local, face_j
     # Other weights: their own folder, the default's output untouched.
     from batch_parse.model.convert import convert_checkpoints
 
-    fixture = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official" / "checkpoints"
+    fixture = shared_dir() / "fixtures" / "official" / "checkpoints"
     other = convert_checkpoints([fixture / "AB_like_e0de5954.pth.tar", fixture / "C_like_c1f2ab1a.pth.tar"], tmp_path / "other.safetensors")
     fourth = run_job(_options(src, dst, s3_server.endpoint_url, model=str(other)))
     assert fourth.output_dir != summary.output_dir and fourth.rows_written == summary.listed + 2

@@ -24,9 +24,6 @@ from batch_parse.model.parser import FaceParser
 from batch_parse.model.stn_icnn import STNiCNN
 from batch_parse.model.weights import WeightsError
 
-_REPO = Path(__file__).resolve().parents[1]
-# CI checks the shared data out beside the repository; the device machine carries it inside.
-_FIXTURE_CANDIDATES = (_REPO.parent / "shared" / "fixtures" / "official", _REPO / "shared" / "fixtures" / "official")
 
 # The README's criteria (max abs difference unless said otherwise).
 TOL_A = 1e-5
@@ -37,14 +34,13 @@ TOL_CROP_E2E = 1e-3  # theta errors are magnified ~500x by the 1024-pixel canvas
 TOL_C = 1e-5
 TOL_MAPBACK = 1e-6
 
+from corpus import shared_dir  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fixture_dir() -> Path:
-    for candidate in _FIXTURE_CANDIDATES:
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"official STN-iCNN fixture not found in any of: {', '.join(map(str, _FIXTURE_CANDIDATES))}")
+    return shared_dir() / "fixtures" / "official"
 
 
 def checkpoint(kind: str) -> Path:

@@ -13,8 +13,9 @@ from batch_parse.train.datasets import HELEN_SPLIT_FILES, hash_split
 
 pytest.importorskip("mediapipe")
 from batch_parse.train.teacher import main, pseudo_label  # noqa: E402
+from corpus import utkface_dir  # noqa: E402
 
-UTKFACE = Path("/work/shared/data/utkface")
+UTKFACE = utkface_dir()
 # Open mouths, so inner_mouth is non-empty too (a closed mouth rightly has none, as in Helen).
 FACES = (
     "16_1_0_20170109212357604.jpg.chip.jpg",
