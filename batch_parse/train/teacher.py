@@ -214,6 +214,11 @@ def pseudo_label(src_dir: str | Path, dst_dir: str | Path, limit: int | None = N
     counts = {"seen": 0, "labelled": 0, "no_face": 0, "unreadable": 0, "train": 0, "val": 0, "test": 0}
     splits: dict[str, list[str]] = {split: [] for split in HELEN_SPLIT_FILES}
     start = last_report = time.monotonic()
+    # Fail fast here: a worker whose initializer raises is respawned by Pool forever.
+    try:
+        _init_worker()
+    except Exception as exc:  # noqa: BLE001 - any mediapipe install problem, reported in one line
+        raise RuntimeError(f"the MediaPipe face mesh cannot start ({type(exc).__name__}: {exc}); see scripts/setup-env") from None
     with Pool(workers, initializer=_init_worker) as pool:
         for name, outcome in pool.imap_unordered(_label_one, [(p, dst_dir) for p in sources], chunksize=8):
             counts["seen"] += 1
