@@ -83,22 +83,22 @@ class ParseActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
         n = len(batch["id"])
+        # Writable copies: Ray may hand batches over as read-only, zero-copy arrays.
+        batch = {**batch, "error_code": np.array(batch["error_code"], dtype=object), "error": np.array(batch["error"], dtype=object)}
         ok = [i for i in range(n) if not batch["error_code"][i]]
         results = {}
         if ok:
             try:
-                parsed = self.parser.parse([batch["image"][i] for i in ok])
-                results = dict(zip(ok, parsed))
-            except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the job
+                results = dict(zip(ok, self.parser.parse([batch["image"][i] for i in ok])))
+            except Exception:  # noqa: BLE001 - one bad batch must not stop the job
                 # Retry one by one so a single pathological image cannot fail its neighbours.
-                results = {}
                 for i in ok:
                     try:
                         results[i] = self.parser.parse([batch["image"][i]])[0]
-                    except Exception as single:  # noqa: BLE001
+                    except Exception as exc:  # noqa: BLE001
+                        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
                         batch["error_code"][i] = "model_failed"
-                        batch["error"][i] = f"{batch['key'][i]}: model failed: {str(single).splitlines()[0][:200] or type(single).__name__}"
-                del exc
+                        batch["error"][i] = f"{batch['key'][i]}: model failed: {reason}"
         if self.progress is not None:
             self.progress.add.remote(len(results), n - len(results))
         out = {k: v for k, v in batch.items() if k != "image"}
