@@ -9,7 +9,7 @@ import click
 
 from batch_parse.cli.redact import echo
 
-DEFAULT_STEPS = {"a": 900, "b": 400, "c": 450, "e2e": 200}  # what stn-icnn/default was trained with on 2 CPU cores
+DEFAULT_STEPS = {"a": 900, "b": 400, "c": 450, "e2e": 160}  # what stn-icnn/default was trained with on 2 CPU cores
 
 
 @click.command()
@@ -17,14 +17,18 @@ DEFAULT_STEPS = {"a": 900, "b": 400, "c": 450, "e2e": 200}  # what stn-icnn/defa
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--stage", type=click.Choice(["a", "b", "c", "e2e", "all"]), default="all", show_default=True,
               help="a: stage 1, b: localiser, c: part nets, e2e: end-to-end fine-tuning; all: a, b, c, e2e in turn.")
-@click.option("--steps", type=click.IntRange(min=1), help="Optimiser steps for the stage.  [default: a 900, b 400, c 450, e2e 200]")
+@click.option("--steps", type=click.IntRange(min=1), help="Optimiser steps for the stage.  [default: a 900, b 400, c 450, e2e 160]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per step.  [default: the authors' per stage]")
 @click.option("--val-every", type=click.IntRange(min=1), default=300, show_default=True, help="Steps between validations.")
 @click.option("--val-images", type=click.IntRange(min=1), default=200, show_default=True, help="Validation images used.")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads.  [default: all cores]")
 @click.option("--limit", type=click.IntRange(min=1), help="Use at most this many training images.")
+@click.option("--lr", type=float, help="Learning rate.  [default: the authors' per stage]")
+@click.option("--zoom-min", type=click.FloatRange(0.05, 0.85), default=0.4, show_default=True,
+              help="Smallest face size / photo size in the zoom-out augmentation.")
+@click.option("--init", "init_path", type=click.Path(exists=True, dir_okay=False), help="Weights to start from (fine-tuning).")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False), help="After e2e, write the final fp16 weights here.")
-def train(data, run_dir, stage, steps, batch_size, val_every, val_images, threads, limit, export_path) -> None:
+def train(data, run_dir, stage, steps, batch_size, val_every, val_images, threads, limit, lr, zoom_min, init_path, export_path) -> None:
     """Train STN-iCNN on a labelled dataset folder.
 
     DATA is a Helen- or CelebAMask-HQ-layout folder; RUN_DIR keeps checkpoints, and a rerun resumes.
@@ -33,7 +37,8 @@ def train(data, run_dir, stage, steps, batch_size, val_every, val_images, thread
 
     for name in (["a", "b", "c", "e2e"] if stage == "all" else [stage]):
         best = train_stage(TrainOptions(data, run_dir, name, steps or DEFAULT_STEPS[name], batch_size, val_every=val_every,
-                                        val_images=val_images, threads=threads, limit=limit))
+                                        val_images=val_images, threads=threads, limit=limit, lr=lr, zoom_min=zoom_min,
+                                        init=init_path))
         echo(f"stage {name}: best weights in {best}")
     if export_path:
         echo(f"exported {export_weights(run_dir, export_path)}")

@@ -35,9 +35,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     # Our max_pixels check below is the real limit; Pillow's own warning would only be noise.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image = _open(data, max_pixels)
+        image = _open(data)
         _check_size(image.size, max_pixels)
-        _load(image, max_pixels)
+        _load(image)
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a corrupt EXIF block should not cost a readable image its label
@@ -45,7 +45,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     return _to_rgb(image)
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -65,7 +65,7 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
         raise DecodeError("too_small", f"image is {width}x{height}, smaller than {MIN_SIDE} px on a side")
 
 
-def _load(image: Image.Image, max_pixels: int) -> None:
+def _load(image: Image.Image) -> None:
     try:
         image.load()
     except Image.DecompressionBombError as exc:

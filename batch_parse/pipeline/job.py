@@ -26,7 +26,7 @@ from batch_parse.pipeline.progress import ProgressCounter, ProgressPrinter
 from batch_parse.pipeline.schema import output_schema
 from batch_parse.pipeline.summary import JobSummary
 from batch_parse.storage.listing import iter_objects
-from batch_parse.storage.location import Location, parse_location
+from batch_parse.storage.location import parse_location
 from batch_parse.storage.manifest import write_manifest
 from batch_parse.storage.s3 import check_access, pyarrow_filesystem
 
@@ -79,7 +79,7 @@ def run_job(options: JobOptions) -> JobSummary:
         summary.seconds = time.time() - t0
         return summary
 
-    _label(options, source, fs, manifest_path, data_dir, model_version, sha, manifest.written)
+    _label(options, fs, manifest_path, data_dir, model_version, sha, manifest.written)
 
     after = commit.recover(fs, data_dir)
     summary.duplicates_removed += after.duplicates_removed
@@ -89,7 +89,7 @@ def run_job(options: JobOptions) -> JobSummary:
     return summary
 
 
-def _label(options: JobOptions, source: Location, fs, manifest_path: str, data_dir: str, model_version: str, sha: str, todo: int) -> None:
+def _label(options: JobOptions, fs, manifest_path: str, data_dir: str, model_version: str, sha: str, todo: int) -> None:
     """The Ray Data chain: manifest -> fetch+decode -> model actors -> encode -> Parquet."""
     import ray
 

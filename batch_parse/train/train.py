@@ -22,11 +22,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from batch_parse.labels import PARTS, STAGE2_NETWORKS
+from batch_parse.labels import PARTS
 from batch_parse.model.config import DEFAULT_CONFIG, ModelConfig
 from batch_parse.model.geometry import theta_to_windows, windows_to_theta
 from batch_parse.model.parser import FaceParser
@@ -257,28 +256,3 @@ def export_weights(run_dir: str, out: str, fp16: bool = True) -> Path:
     model, info = load_weights(src)
     save_weights(model, out, dtype=torch.float16 if fp16 else torch.float32, info=info)
     return Path(out)
-
-
-def _main() -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data")
-    ap.add_argument("run_dir")
-    ap.add_argument("--stage", required=True, choices=STAGES)
-    ap.add_argument("--steps", type=int, required=True)
-    ap.add_argument("--batch-size", type=int)
-    ap.add_argument("--val-every", type=int, default=500)
-    ap.add_argument("--val-images", type=int, default=200)
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--limit", type=int)
-    ap.add_argument("--zoom-min", type=float, default=0.4)
-    ap.add_argument("--init")
-    ap.add_argument("--lr", type=float)
-    a = ap.parse_args()
-    train_stage(TrainOptions(a.data, a.run_dir, a.stage, a.steps, a.batch_size, val_every=a.val_every,
-                             val_images=a.val_images, threads=a.threads, limit=a.limit, zoom_min=a.zoom_min, init=a.init, lr=a.lr))
-
-
-if __name__ == "__main__":
-    _main()
