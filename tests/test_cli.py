@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -277,3 +279,35 @@ def test_console_entry_point_matches_module():
     assert done.returncode == 0 and done.stdout.startswith("Usage: batch-parse "), done.stdout + done.stderr
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'batch-parse = "batch_parse.cli.main:cli"' in pyproject
+
+
+def test_eval_scores_reframed_photos_with_and_without_the_search(runner: CliRunner, tmp_path: Path):
+    from PIL import Image
+
+    from batch_parse.labels import HELEN_LABELS
+
+    root = tmp_path / "helen"
+    (root / "images").mkdir(parents=True)
+    demo = Path(__file__).resolve().parents[1] / "batch_parse" / "demo" / "images" / "hopper_face_tight.jpg"
+    nose = np.zeros((230, 230), np.uint8)
+    nose[80:130, 95:140] = 255  # roughly where her nose is: a score to compute, not to check
+    for name in ("a_1", "b_1"):
+        Image.open(demo).save(root / "images" / f"{name}.jpg")
+        (root / "labels" / name).mkdir(parents=True)
+        for i, label in enumerate(HELEN_LABELS):
+            grey = {"background": 255 - nose, "nose": nose}.get(label, np.zeros_like(nose))
+            Image.fromarray(grey).save(root / "labels" / name / f"{name}_lbl{i:02d}.png")
+    (root / "exemplars.txt").write_text("")
+    (root / "tuning.txt").write_text("")
+    (root / "testing.txt").write_text("a_1\nb_1\n")
+    scores = {}
+    for flags in ([], ["--no-search"]):
+        out = tmp_path / f"scores{len(flags)}.json"
+        result = runner.invoke(cli, ["eval", str(root), "--face-fraction", "0.4", "--json", str(out), *flags])
+        assert result.exit_code == 0, result.output
+        assert "framed at 0.4 of a cluttered canvas" in result.output
+        scores[len(flags)] = json.loads(out.read_text())
+    assert scores[0]["face_fraction"] == 0.4 and scores[0]["search"] is True and scores[1]["search"] is False
+    assert scores[0]["images"] == 2
+    # The canvases are 575x431 with the 230 px photo in them; every pixel is counted once.
+    assert sum(map(sum, scores[0]["confusion"])) == 2 * 575 * 431

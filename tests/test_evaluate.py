@@ -82,3 +82,39 @@ def test_evaluate_pools_pixels_over_the_set():
     # Pooled: 2*2 / (10 + 2) = 1/3, not the per-image mean (1 + 0) / 2.
     assert scores["nose"] == pytest.approx(1 / 3)
     assert format_scores(scores).startswith("brows=nan  eyes=nan  nose=33.33")
+
+
+def _labelled(seed: int) -> tuple[str, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    label = np.zeros((60, 80), dtype=np.uint8)
+    label[10:20, 15:25] = 5
+    return f"face{seed}", image, label
+
+
+def test_reframe_places_each_image_with_its_labels_in_a_cluttered_canvas():
+    from batch_parse.train.framing import TILE, reframe
+
+    samples = [_labelled(seed) for seed in range(3)]
+    framed = list(reframe(samples, 0.4))
+    assert len(framed) == 3
+    for (name, image, label), (framed_name, canvas, framed_label) in zip(samples, framed):
+        assert framed_name == name
+        assert canvas.shape == (150, 200, 3) and framed_label.shape == (150, 200)  # 80 px = 0.4 of 200, 4:3
+        ys, xs = np.nonzero(framed_label)
+        y, x = ys.min() - 10, xs.min() - 15
+        assert np.array_equal(canvas[y : y + 60, x : x + 80], image)
+        assert np.array_equal(framed_label[y : y + 60, x : x + 80], label)
+        assert framed_label.sum() == label.sum()  # no labels outside the original crop
+    # Clutter of the second canvas is cut from the first image: any corner tile is a rotated piece of it.
+    (_, first, _), (_, canvas, framed_label) = samples[0], framed[1]
+    ys, xs = np.nonzero(framed_label)
+    corner = canvas[:TILE, :TILE] if ys.min() > 10 + TILE or xs.min() > 15 + TILE else canvas[-TILE:, -TILE:]
+    pieces = [np.rot90(first[r : r + TILE, c : c + TILE], k) for r in range(60 - TILE + 1) for c in range(80 - TILE + 1) for k in range(4)]
+    assert any(np.array_equal(corner, piece) for piece in pieces)
+    # Deterministic, identity at 1, refuses nonsense.
+    again = list(reframe(samples, 0.4))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(framed, again))
+    assert all(a[1] is b[1] for a, b in zip(samples, reframe(samples, 1.0)))
+    with pytest.raises(ValueError, match="fraction"):
+        list(reframe(samples, 0))

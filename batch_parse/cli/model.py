@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -51,8 +52,11 @@ def train(data, run_dir, stage, steps, batch_size, val_every, val_images, thread
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N images of the split.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda when available]")
+@click.option("--face-fraction", type=click.FloatRange(0.05, 1.0), default=1.0, show_default=True,
+              help="Place each image to span this fraction of a cluttered canvas (scores wide shots).")
+@click.option("--no-search", is_flag=True, help="Switch off the search for faces too small for the first pass.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the scores and histogram as JSON.")
-def evaluate(data, model, split, limit, batch_size, device, json_path) -> None:
+def evaluate(data, model, split, limit, batch_size, device, face_fraction, no_search, json_path) -> None:
     """Score a model (F1 per part) on a labelled dataset.
 
     Helen convention: one confusion histogram over the split at original resolution.
@@ -60,16 +64,23 @@ def evaluate(data, model, split, limit, batch_size, device, json_path) -> None:
     from batch_parse.model import load_parser
     from batch_parse.train.datasets import open_dataset
     from batch_parse.train.evaluate import evaluate as run_eval
+    from batch_parse.train.framing import reframe
 
     parser = load_parser(model, device=device)
+    if no_search:
+        parser.cfg = dataclasses.replace(parser.cfg, search_below=0.0)
     ds = open_dataset(data, split)
     n = len(ds) if limit is None else min(limit, len(ds))
-    hist, scores = run_eval(lambda ims: [r.label_map for r in parser.parse(ims)], (ds[i] for i in range(n)), batch_size)
-    echo(f"model {parser.model_version} on {data} [{split}], {n} images, F1 (%):")
+    samples = reframe((ds[i] for i in range(n)), face_fraction)
+    hist, scores = run_eval(lambda ims: [r.label_map for r in parser.parse(ims)], samples, batch_size)
+    framing = "" if face_fraction == 1 else f", framed at {face_fraction:g} of a cluttered canvas"
+    search = ", no face search" if no_search else ""
+    echo(f"model {parser.model_version} on {data} [{split}], {n} images{framing}{search}, F1 (%):")
     for group, value in scores.items():
         echo(f"  {group:<12} {100 * value:6.2f}")
     if json_path:
         Path(json_path).write_text(json.dumps({"model": parser.model_version, "data": str(data), "split": split, "images": n,
+                                               "face_fraction": face_fraction, "search": not no_search,
                                                "f1": scores, "confusion": hist.tolist()}, indent=1))
 
 

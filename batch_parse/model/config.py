@@ -44,6 +44,12 @@ class ModelConfig:
     # fraction of the image's longer side, parse again on a crop around them (0 = never).
     # Stage 1 sees the whole photo at 128 px, too coarse for a face a fifth of a group shot.
     refine_small_faces: float = 0.0
+    # Search for a face too small for the 128 px view (face_search.py): when a parse's mean
+    # part confidence is below `search_below`, stage 1 runs again on the photo at each of
+    # `search_sizes` pixels in turn, and the most confident parse of the faces it finds wins
+    # (0 = never search). Costs ~2-5 whole parses, for the unsure photos only.
+    search_below: float = 0.0
+    search_sizes: tuple[int, ...] = (384, 768)
 
     def __post_init__(self) -> None:
         if self.geometry not in GEOMETRIES:
@@ -61,10 +67,12 @@ class ModelConfig:
         raw = json.loads(text)
         icnn = raw.pop("icnn", {})
         icnn["widths"] = tuple(icnn.get("widths", ICNNConfig.widths))
+        if "search_sizes" in raw:
+            raw["search_sizes"] = tuple(raw["search_sizes"])
         return cls(icnn=ICNNConfig(**icnn), **raw)
 
 
 # The authors' test-time conventions: what their released checkpoints expect.
 AUTHORS_CONFIG = ModelConfig(geometry="authors", stage1_resize="authors", paste_mode="nearest")
 # This project's own weights.
-DEFAULT_CONFIG = ModelConfig(refine_small_faces=0.5)
+DEFAULT_CONFIG = ModelConfig(refine_small_faces=0.5, search_below=0.75)

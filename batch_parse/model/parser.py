@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, PART_NAMES
-from batch_parse.model import geometry
+from batch_parse.model import face_search, geometry
 from batch_parse.model.fuse import optimize_for_inference
 from batch_parse.model.stn_icnn import STNiCNN
 from batch_parse.model.weights import file_sha256, load_weights, resolve
@@ -76,19 +76,45 @@ class FaceParser:
         if self.cfg.refine_small_faces > 0:
             regions = {i: refine_region(r.boxes, im.shape[1], im.shape[0], self.cfg.refine_small_faces)
                        for i, (im, r) in enumerate(zip(images, results))}
-            regions = {i: box for i, box in regions.items() if box is not None}
-            if regions:
-                crops = [images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1) in regions.items()]
-                for (i, (x0, y0, _, _)), r in zip(regions.items(), self._parse_once(crops)):
-                    results[i] = _place(r, x0, y0, images[i].shape[1], images[i].shape[0])
+            self._parse_crops(images, results, [(i, box) for i, box in regions.items() if box is not None], always=True)
+        if self.cfg.search_below > 0:
+            self._search(images, results)
         return results
+
+    def _search(self, images: list[np.ndarray], results: list[FaceParse]) -> None:
+        """Replace unsure results by the most confident parse of a face found on a larger view."""
+        unsure = [i for i, r in enumerate(results) if mean_confidence(r) < self.cfg.search_below]
+        for size in self.cfg.search_sizes:  # coarse to fine: most faces are found by the first
+            if not unsure:
+                return
+            with torch.inference_mode(), self._autocast():
+                views = torch.stack([face_search.search_view(self._tensor(images[i]), size) for i in unsure])
+                probs = self._net.stage1(views.contiguous(memory_format=torch.channels_last)).float().softmax(1)
+            crops = [(i, box) for i, p in zip(unsure, probs) for box in face_search.candidate_crops(p.cpu(), images[i].shape[1], images[i].shape[0])]
+            self._parse_crops(images, results, crops, always=False)
+            unsure = [i for i in unsure if mean_confidence(results[i]) < self.cfg.search_below]
+
+    def _parse_crops(self, images: list[np.ndarray], results: list[FaceParse], crops: list[tuple[int, tuple[int, int, int, int]]], always: bool) -> None:
+        """Parse crops (image index, box) and put them in place of the results they came from:
+        always, or only where more confident than the current result."""
+        if not crops:
+            return
+        parsed = self._parse_once([images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1) in crops])
+        for (i, (x0, y0, _, _)), r in zip(crops, parsed):
+            if always or mean_confidence(r) > mean_confidence(results[i]):
+                results[i] = _place(r, x0, y0, images[i].shape[1], images[i].shape[0])
+
+    def _tensor(self, image: np.ndarray) -> torch.Tensor:
+        """(H,W,3) uint8 numpy -> (3,H,W) uint8 tensor on the device."""
+        # np.array(copy) only when needed: torch refuses to wrap read-only arrays (e.g. from PIL) silently.
+        array = image if image.flags.writeable and image.flags.c_contiguous else np.array(image)
+        return torch.from_numpy(array).to(self.device).permute(2, 0, 1)
 
     @torch.inference_mode()
     def _parse_once(self, images: list[np.ndarray]) -> list[FaceParse]:
         if not images:
             return []
-        # np.array(copy) only when needed: torch refuses to wrap read-only arrays (e.g. from PIL) silently.
-        tensors = [torch.from_numpy(im if im.flags.writeable and im.flags.c_contiguous else np.array(im)).to(self.device).permute(2, 0, 1) for im in images]
+        tensors = [self._tensor(im) for im in images]
         sizes = [(t.shape[2], t.shape[1]) for t in tensors]
         x = torch.stack([geometry.stage1_input(t, self.cfg) for t in tensors]).contiguous(memory_format=torch.channels_last)
         with self._autocast():
@@ -108,9 +134,6 @@ class FaceParser:
         return results
 
 
-REFINE_MARGIN = 1.8  # crop side / side of the windows' union: the face fills a crop as in training
-
-
 def refine_region(boxes: np.ndarray, width: int, height: int, below: float) -> tuple[int, int, int, int] | None:
     """Square crop (x0, y0, x1, y1), clipped to the image, around a face that came out small."""
     x0, y0 = max(0.0, boxes[:, 0].min()), max(0.0, boxes[:, 1].min())
@@ -118,10 +141,10 @@ def refine_region(boxes: np.ndarray, width: int, height: int, below: float) -> t
     side = max(x1 - x0, y1 - y0)
     if side <= 0 or side >= below * max(width, height):
         return None
-    half = REFINE_MARGIN * side / 2
+    half = face_search.FACE_CROP_MARGIN * side / 2
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     box = (max(0, int(cx - half)), max(0, int(cy - half)), min(width, int(np.ceil(cx + half))), min(height, int(np.ceil(cy + half))))
-    return box if min(box[2] - box[0], box[3] - box[1]) >= 16 else None
+    return box if min(box[2] - box[0], box[3] - box[1]) >= face_search.MIN_CROP else None
 
 
 def _place(crop_result: FaceParse, x0: int, y0: int, width: int, height: int) -> FaceParse:
@@ -133,6 +156,11 @@ def _place(crop_result: FaceParse, x0: int, y0: int, width: int, height: int) ->
     counts[0] += width * height - w * h
     boxes = crop_result.boxes + np.array([x0, y0, x0, y0], dtype=np.float32)
     return FaceParse(labels, boxes, crop_result.confidences, counts)
+
+
+def mean_confidence(result: FaceParse) -> float:
+    """One number per parse: the mean of its six part confidences (a missing part counts 0)."""
+    return float(result.confidences.mean())
 
 
 def part_confidences(part_probs: list[torch.Tensor]) -> torch.Tensor:
