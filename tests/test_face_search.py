@@ -15,7 +15,8 @@ import torch
 from PIL import Image, ImageOps
 
 from batch_parse.labels import CLASS_NAMES, NUM_CLASSES
-from batch_parse.model import face_search, load_parser
+from batch_parse.model import face_search, geometry, load_parser
+from batch_parse.model.config import AUTHORS_CONFIG
 from batch_parse.model.face_search import PARTS_PER_NOSE, candidate_crops, connected_components, face_candidates
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -88,8 +89,10 @@ def test_no_nose_no_candidate():
 
 
 def test_search_view_keeps_the_aspect_and_pads():
+    # The parser's search view: the "square" stage-1 input at a larger size, whatever the weights' geometry.
     image = torch.full((3, 50, 100), 255, dtype=torch.uint8)
-    view = face_search.search_view(image, 64)
+    cfg = dataclasses.replace(AUTHORS_CONFIG, geometry="square", stage1_resize="antialias", stage1_size=64)
+    view = geometry.stage1_input(image, cfg)
     assert view.shape == (3, 64, 64)
     assert view[:, 16:48].min() > 0.999 and view[:, :16].max() == 0 and view[:, 48:].max() == 0
 

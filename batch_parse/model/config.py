@@ -47,7 +47,7 @@ class ModelConfig:
     # Search for a face too small for the 128 px view (face_search.py): when a parse's mean
     # part confidence is below `search_below`, stage 1 runs again on the photo at each of
     # `search_sizes` pixels in turn, and the most confident parse of the faces it finds wins
-    # (0 = never search). Costs ~2-5 whole parses, for the unsure photos only.
+    # (0 = never search). An unsure photo costs ~10-40 first passes on CPU (measured).
     search_below: float = 0.0
     search_sizes: tuple[int, ...] = (384, 768)
 

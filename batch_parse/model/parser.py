@@ -16,6 +16,7 @@ Data contract between the stages of `parse` (batch-first, as in facer):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,8 +88,11 @@ class FaceParser:
         for size in self.cfg.search_sizes:  # coarse to fine: most faces are found by the first
             if not unsure:
                 return
+            # The photo as the "square" stage-1 input at a larger size, whatever geometry the
+            # weights use: candidate_crops maps that view back to the photo.
+            view = dataclasses.replace(self.cfg, geometry="square", stage1_resize="antialias", stage1_size=size)
             with torch.inference_mode(), self._autocast():
-                views = torch.stack([face_search.search_view(self._tensor(images[i]), size) for i in unsure])
+                views = torch.stack([geometry.stage1_input(self._tensor(images[i]), view) for i in unsure])
                 probs = self._net.stage1(views.contiguous(memory_format=torch.channels_last)).float().softmax(1)
             crops = [(i, box) for i, p in zip(unsure, probs) for box in face_search.candidate_crops(p.cpu(), images[i].shape[1], images[i].shape[0])]
             self._parse_crops(images, results, crops, always=False)
@@ -141,10 +145,7 @@ def refine_region(boxes: np.ndarray, width: int, height: int, below: float) -> t
     side = max(x1 - x0, y1 - y0)
     if side <= 0 or side >= below * max(width, height):
         return None
-    half = face_search.FACE_CROP_MARGIN * side / 2
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    box = (max(0, int(cx - half)), max(0, int(cy - half)), min(width, int(np.ceil(cx + half))), min(height, int(np.ceil(cy + half))))
-    return box if min(box[2] - box[0], box[3] - box[1]) >= face_search.MIN_CROP else None
+    return face_search.face_crop((x0 + x1) / 2, (y0 + y1) / 2, side, width, height)
 
 
 def _place(crop_result: FaceParse, x0: int, y0: int, width: int, height: int) -> FaceParse:
