@@ -33,6 +33,10 @@ _OPTION_KEYS = {
     "max_pixels": (int,),
     "rows_per_file": (int,),
     "device": (str, type(None)),
+    "faces": (str,),
+    "detector": (str,),
+    "min_face": (int,),
+    "detector_threshold": (float, type(None)),
 }
 _TOP_KEYS = {
     "name": (str,),

@@ -281,7 +281,7 @@ def test_console_entry_point_matches_module():
     assert 'batch-parse = "batch_parse.cli.main:cli"' in pyproject
 
 
-def test_eval_scores_reframed_photos_with_and_without_the_search(runner: CliRunner, tmp_path: Path):
+def test_eval_scores_reframed_photos_whole_and_face_first(runner: CliRunner, tmp_path: Path):
     from PIL import Image
 
     from batch_parse.labels import HELEN_LABELS
@@ -301,13 +301,13 @@ def test_eval_scores_reframed_photos_with_and_without_the_search(runner: CliRunn
     (root / "tuning.txt").write_text("")
     (root / "testing.txt").write_text("a_1\nb_1\n")
     scores = {}
-    for flags in ([], ["--no-search"]):
+    for flags in ([], ["--faces", "largest"]):
         out = tmp_path / f"scores{len(flags)}.json"
         result = runner.invoke(cli, ["eval", str(root), "--face-fraction", "0.4", "--json", str(out), *flags])
         assert result.exit_code == 0, result.output
         assert "framed at 0.4 of a cluttered canvas" in result.output
         scores[len(flags)] = json.loads(out.read_text())
-    assert scores[0]["face_fraction"] == 0.4 and scores[0]["search"] is True and scores[1]["search"] is False
+    assert scores[0]["face_fraction"] == 0.4 and scores[0]["faces"] == "whole-image" and scores[2]["faces"] == "largest"
     assert scores[0]["images"] == 2
     # The canvases are 575x431 with the 230 px photo in them; every pixel is counted once.
     assert sum(map(sum, scores[0]["confusion"])) == 2 * 575 * 431

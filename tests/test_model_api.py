@@ -201,15 +201,14 @@ def test_convert_refuses_unreadable_checkpoints(tmp_path, bad):
 
 _BIG_PHOTO = textwrap.dedent(
     """
-    import dataclasses, resource, sys
+    import resource, sys
     import numpy as np, torch
     from batch_parse.model.config import DEFAULT_CONFIG
     from batch_parse.model.parser import FaceParser
     from batch_parse.model.stn_icnn import STNiCNN
 
     torch.set_num_threads(1)
-    # No face search: random weights are never confident, and this test is about one full-size pass.
-    model = STNiCNN(dataclasses.replace(DEFAULT_CONFIG, search_below=0.0)).eval()
+    model = STNiCNN(DEFAULT_CONFIG).eval()
     # A localiser that puts the brow_1 window in the top-left corner, the mouth window in the
     # bottom-right one, the rest in the middle: label_map must then cover the whole photo.
     theta = [[0.05, 0, 0, 0, 0.05, 0]] * 6

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from batch_parse.labels import BACKGROUND, CLASS_COLORS, CLASS_NAMES, NUM_CLASSES, PART_NAMES, PARTS
-from batch_parse.pipeline.schema import BASE_SCHEMA, STATUS_ERROR, STATUS_OK, file_metadata, output_schema, read_metadata
+from batch_parse.pipeline.schema import BASE_SCHEMA, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, file_metadata, output_schema, read_metadata
 from batch_parse.report import overlay as ov
 from batch_parse.report.inspect import inspect_output
 from batch_parse.report.render import render_output
@@ -33,6 +33,7 @@ CONFIDENCES = (
 )
 ERROR_KEY = "faces/broken.jpg"
 ERROR_CODE = "not_an_image"
+NO_FACE_KEY = "faces/landscape.jpg"
 
 
 def label_map_for(i: int, size: int = 200) -> np.ndarray:
@@ -67,12 +68,16 @@ def _ok_row(key: str, jpeg: bytes, lm: np.ndarray, confidences) -> dict:
     row = {
         "id": _id(key), "key": key, "etag": "x", "size": len(jpeg), "width": image.width, "height": image.height,
         "status": STATUS_OK, "error_code": None, "error": None, "label_map": _png(lm),
+        "face_index": 0, "face_count": 1, "face_box": [0.0, 0.0, float(image.width), float(image.height)],
+        "transform": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], "aligned_width": image.width, "aligned_height": image.height,
+        "label_map_x": 0, "label_map_y": 0,
         "model_version": VERSION, "processed_at": datetime.now(timezone.utc),
     }  # fmt: skip
     for part, confidence in zip(PARTS, confidences):
         ys, xs = np.nonzero(np.isin(lm, part.classes))
         box = [10.0, 10.0, 40.0, 40.0] if xs.size == 0 else [xs.min() - 5.0, ys.min() - 5.0, xs.max() + 6.0, ys.max() + 6.0]
         row[f"{part.name}_box"] = box
+        row[f"{part.name}_window"] = [box[0], box[1], box[2], box[1], box[2], box[3], box[0], box[3]]
         row[f"{part.name}_crop"] = _jpeg(image.crop(tuple(int(v) for v in box)))
         row[f"{part.name}_confidence"] = confidence
     for c, name in enumerate(CLASS_NAMES):
@@ -82,9 +87,16 @@ def _ok_row(key: str, jpeg: bytes, lm: np.ndarray, confidences) -> dict:
 
 def _error_row(key: str) -> dict:
     row = {name: None for name in BASE_SCHEMA.names}
-    row.update(id=_id(key), key=key, size=12, status=STATUS_ERROR, error_code=ERROR_CODE,
+    row.update(id=_id(key), key=key, size=12, status=STATUS_ERROR, error_code=ERROR_CODE, face_count=0,
                error="not an image file Pillow can read (12 bytes)", model_version=VERSION,
                processed_at=datetime.now(timezone.utc))  # fmt: skip
+    return row
+
+
+def _no_face_row(key: str) -> dict:
+    row = {name: None for name in BASE_SCHEMA.names}
+    row.update(id=_id(key), key=key, size=99, width=64, height=48, status=STATUS_NO_FACE, face_count=0,
+               model_version=VERSION, processed_at=datetime.now(timezone.utc))  # fmt: skip
     return row
 
 
@@ -105,6 +117,7 @@ def job_output(tmp_path, face_jpegs):
         (source / key).write_bytes(jpeg)
         rows.append(_ok_row(key, jpeg, label_map_for(i), CONFIDENCES[i]))
     rows.append(_error_row(ERROR_KEY))
+    rows.append(_no_face_row(NO_FACE_KEY))
     dst = tmp_path / "out"
     schema = BASE_SCHEMA.with_metadata(file_metadata(MODEL, WEIGHTS, "jpeg", source=str(source)))
     _write(dst / VERSION_DIR / "data" / "part-0.parquet", rows, schema)
@@ -137,8 +150,8 @@ def test_inspect_counts_areas_and_confidences(job_output):
     lines = inspect_output(str(dst))
     text = "\n".join(lines)
     assert f"model_version {VERSION}" in text
-    assert re.search(r"files 1\s+rows 4\s+ok 3\s+error 1\b", text), text
-    assert "duplicate ids: 0 " in text
+    assert re.search(r"files 1\s+images 5\s+rows 5: faces 3\s+no_face 1\s+error 1\b", text), text
+    assert "duplicate rows: 0 " in text
     assert re.search(rf"{ERROR_CODE}\s+1\s+e\.g\. {re.escape(ERROR_KEY)}", text), text
     assert "most common: 200x200 (3)" in text
     assert "skipped" not in text  # nothing foreign: the _checkpoint and hidden copies were not even listed
@@ -177,8 +190,13 @@ def test_inspect_reports_duplicate_ids(job_output):
     schema = BASE_SCHEMA.with_metadata(file_metadata(MODEL, WEIGHTS, "jpeg", source=str(source)))
     _write(dst / VERSION_DIR / "data" / "part-1.parquet", [again], schema)
     text = "\n".join(inspect_output(str(dst)))
-    assert re.search(r"files 2\s+rows 5\s+ok 4\s+error 1\b", text), text
-    assert f"duplicate ids: 1 id(s) occur more than once (must be 0), e.g. {rows[0]['id']}" in text
+    assert re.search(r"files 2\s+images 5\s+rows 6: faces 4\s+no_face 1\s+error 1\b", text), text
+    assert f"duplicate rows: 1 (id, face_index) pair(s) occur more than once (must be 0), e.g. ids {rows[0]['id']}" in text
+    # A second face of the same image is not a duplicate.
+    second = dict(rows[0], face_index=1, face_count=2)
+    _write(dst / VERSION_DIR / "data" / "part-2.parquet", [second], schema)
+    text = "\n".join(inspect_output(str(dst)))
+    assert "duplicate rows: 1 (id, face_index)" in text
 
 
 def test_inspect_user_mistakes_are_one_line_errors(tmp_path):
@@ -223,6 +241,7 @@ def test_render_writes_panels_and_contact_sheet(job_output, tmp_path):
     order = [page.index(f"<strong>faces/face{i}.jpg</strong>") for i in (1, 2, 0)]
     assert order == sorted(order), "rows must come by ascending mean confidence"
     assert ERROR_KEY in page and ERROR_CODE in page
+    assert "Images without a face" in page and NO_FACE_KEY in page
     assert page.count("drawn from the label map alone") == 1
     assert page.index("drawn from the label map alone") > page.index("faces/face2.jpg")
     for name, color in zip(CLASS_NAMES, CLASS_COLORS):
@@ -231,7 +250,7 @@ def test_render_writes_panels_and_contact_sheet(job_output, tmp_path):
     # The first tile shows the real photo where the source was readable, flat grey where it was not.
     by_key = {r["key"]: r for r in rows}
     for key, readable in (("faces/face0.jpg", True), ("faces/face2.jpg", False)):
-        src = next(s for s in sources if s.endswith(f"{by_key[key]['id']:016x}.png"))
+        src = next(s for s in sources if s.endswith(f"{by_key[key]['id']:016x}-0.png"))
         picture = np.asarray(Image.open(index.parent / src).convert("RGB")).astype(int)
         header = (ov.FONT_SIZE + 8) * (1 if readable else 2) + 4
         corner = picture[header + 2 : header + 12, ov.GAP + 2 : ov.GAP + 12]  # background of the label map
@@ -245,7 +264,7 @@ def test_render_limit_keeps_least_confident(job_output, tmp_path):
     dst, _, rows = job_output
     index = render_output(str(dst), tmp_path / "review", limit=2)
     ids = {r["key"]: r["id"] for r in rows}
-    expected = [f"{ids[f'faces/face{i}.jpg']:016x}.png" for i in (1, 2)]
+    expected = [f"{ids[f'faces/face{i}.jpg']:016x}-0.png" for i in (1, 2)]
     assert [Path(s).name for s in _panel_sources(index)] == expected
 
 
@@ -265,7 +284,7 @@ def test_inspect_and_render_on_s3(s3_server, tmp_path, face_jpegs):
     client.put_object(Bucket=bucket, Key=f"out/{VERSION_DIR}/data/part-0.parquet", Body=local.read_bytes())
 
     text = "\n".join(inspect_output(f"s3://{bucket}/out", s3_server.endpoint_url))
-    assert re.search(r"files 1\s+rows 2\s+ok 2\s+error 0\b", text), text
+    assert re.search(r"files 1\s+images 2\s+rows 2: faces 2\s+no_face 0\s+error 0\b", text), text
 
     index = render_output(f"s3://{bucket}/out", tmp_path / "review", limit=5, endpoint_url=s3_server.endpoint_url)
     assert len(_panel_sources(index)) == 2

@@ -9,7 +9,7 @@ import click
 
 from batch_parse.cli import demo, jobs, model
 from batch_parse.cli.redact import echo, redact
-from batch_parse.pipeline.options import CROP_FORMATS, JobOptions
+from batch_parse.pipeline.options import CROP_FORMATS, FACE_MODES, JobOptions
 
 _DEFAULTS = JobOptions(source="", output="")
 _MESSAGE_LIMIT = 500
@@ -100,6 +100,11 @@ def cli(debug: bool) -> None:
 @click.option("--max-pixels", type=int, help=f"Largest image to decode, in pixels.  [default: {_DEFAULTS.max_pixels}]")
 @click.option("--rows-per-file", type=int, help=f"Rows per output Parquet file.  [default: {_DEFAULTS.rows_per_file}]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Model device.  [default: cuda when the actor has a GPU]")
+@click.option("--faces", type=click.Choice(FACE_MODES),
+              help=f"all: a row per detected face; largest: the largest face only; whole-image: no detector, "
+                   f"each image is one face (aligned crops).  [default: {_DEFAULTS.faces}]")
+@click.option("--min-face", type=int, help=f"Smallest face to detect, in pixels.  [default: {_DEFAULTS.min_face}]")
+@click.option("--detector-threshold", type=float, help="Detector score a face needs, 0-1.  [default: the detector's, 0.9 for mtcnn]")
 @click.pass_context
 def run(ctx: click.Context, src: str | None, dst: str | None, spec_path: Path | None, **flags) -> None:
     """Label the images in SRC and write Parquet to DST.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -54,33 +53,35 @@ def train(data, run_dir, stage, steps, batch_size, val_every, val_images, thread
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda when available]")
 @click.option("--face-fraction", type=click.FloatRange(0.05, 1.0), default=1.0, show_default=True,
               help="Place each image to span this fraction of a cluttered canvas (scores wide shots).")
-@click.option("--no-search", is_flag=True, help="Switch off the search for faces too small for the first pass.")
+@click.option("--faces", type=click.Choice(["whole-image", "largest", "all"]), default="whole-image", show_default=True,
+              help="whole-image: parse each image whole (tight crops); largest/all: detect, align and parse faces first, "
+                   "as `run` does, scoring the union of the faces' label maps.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the scores and histogram as JSON.")
-def evaluate(data, model, split, limit, batch_size, device, face_fraction, no_search, json_path) -> None:
+def evaluate(data, model, split, limit, batch_size, device, face_fraction, faces, json_path) -> None:
     """Score a model (F1 per part) on a labelled dataset.
 
     Helen convention: one confusion histogram over the split at original resolution.
     """
+    from batch_parse.faces import load_detector
     from batch_parse.model import load_parser
     from batch_parse.train.datasets import open_dataset
+    from batch_parse.train.evaluate import photo_label_maps
     from batch_parse.train.evaluate import evaluate as run_eval
     from batch_parse.train.framing import reframe
 
     parser = load_parser(model, device=device)
-    if no_search:
-        parser.cfg = dataclasses.replace(parser.cfg, search_below=0.0)
+    detector = None if faces == "whole-image" else load_detector(device=device)
     ds = open_dataset(data, split)
     n = len(ds) if limit is None else min(limit, len(ds))
     samples = reframe((ds[i] for i in range(n)), face_fraction)
-    hist, scores = run_eval(lambda ims: [r.label_map for r in parser.parse(ims)], samples, batch_size)
+    hist, scores = run_eval(lambda ims: photo_label_maps(parser, detector, ims, largest=faces == "largest"), samples, batch_size)
     framing = "" if face_fraction == 1 else f", framed at {face_fraction:g} of a cluttered canvas"
-    search = ", no face search" if no_search else ""
-    echo(f"model {parser.model_version} on {data} [{split}], {n} images{framing}{search}, F1 (%):")
+    echo(f"model {parser.model_version} on {data} [{split}], {n} images{framing}, faces: {faces}, F1 (%):")
     for group, value in scores.items():
         echo(f"  {group:<12} {100 * value:6.2f}")
     if json_path:
         Path(json_path).write_text(json.dumps({"model": parser.model_version, "data": str(data), "split": split, "images": n,
-                                               "face_fraction": face_fraction, "search": not no_search,
+                                               "face_fraction": face_fraction, "faces": faces,
                                                "f1": scores, "confusion": hist.tolist()}, indent=1))
 
 

@@ -10,7 +10,9 @@ Sources (both public domain, see images/ATTRIBUTION.md):
 
 The variants exercise what a real corpus throws at the job: tight and loose face crops, a wide
 shot with a small face, a mirrored face, a tiny image, greyscale and tinted colour, an in-plane
-rotation, and a JPEG whose pixels are stored sideways with an EXIF orientation tag.
+rotation, a JPEG whose pixels are stored sideways with an EXIF orientation tag, and
+group_canvas.jpg, a composite group photo: four people cut from the two public-domain portraits
+(two of each, at different sizes, one mirrored, one turned) on one canvas.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from batch_parse.demo import IMAGES_DIR
 
@@ -36,6 +38,19 @@ ORIENTATION_ROTATE_CW = 6
 HOPPER_FACE_TIGHT = (150, 120, 380, 350)  # 512x600 original
 ASTRONAUT_FACE_LOOSE = (90, 0, 370, 280)  # 512x512 original
 ASTRONAUT_UPPER_BODY = (0, 0, 512, 400)
+# Brow-to-chin face boxes, also by eye; the group photo scales each person by these.
+HOPPER_FACE = (160, 130, 375, 330)
+ASTRONAUT_FACE = (172, 58, 275, 168)
+
+GROUP_SIZE = (900, 500)
+# One row per person, pasted back to front so no face is covered: portrait, face height (px),
+# mirrored, in-plane rotation (degrees counter-clockwise), centre of the face on the canvas.
+GROUP_PEOPLE = (
+    ("astronaut", 90, False, 0.0, (832, 135)),
+    ("hopper", 120, False, 8.0, (640, 160)),
+    ("astronaut", 150, True, 0.0, (110, 195)),
+    ("hopper", 200, False, 0.0, (377, 250)),
+)
 
 
 def _default_hopper() -> Path | None:
@@ -70,6 +85,63 @@ def _wide_shot(image: Image.Image, size: tuple[int, int], face_scale: float) -> 
     return canvas
 
 
+def _cutout(
+    portrait: Image.Image, face: tuple[int, int, int, int], height: int, mirrored: bool, degrees: float
+) -> tuple[Image.Image, np.ndarray]:
+    """Head and body below it, scaled to a face `height` px tall, with feathered edges (RGBA).
+
+    Returns the cutout and the face box's four corners in it (4x2, x and y), turned with it.
+    """
+    x0, y0, x1, y1 = face
+    width = x1 - x0
+    # Some room beside and above the face; down to the bottom of the photo so bodies fill the row.
+    crop = (max(0, round(x0 - 0.4 * width)), max(0, round(y0 - 0.5 * (y1 - y0))),
+            min(portrait.width, round(x1 + 0.4 * width)), portrait.height)  # fmt: skip
+    scale = height / (y1 - y0)
+    size = (round((crop[2] - crop[0]) * scale), round((crop[3] - crop[1]) * scale))
+    cutout = portrait.crop(crop).resize(size, Image.LANCZOS)
+    corners = (np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64) - crop[:2]) * scale
+
+    # A blurred rounded rectangle as alpha, so the rectangle's hard edges do not read as a face edge.
+    feather = max(4, size[0] // 14)
+    alpha = Image.new("L", size, 0)
+    ImageDraw.Draw(alpha).rounded_rectangle(
+        (feather, feather, size[0] - feather, size[1] - feather), radius=3 * feather, fill=255
+    )
+    cutout.putalpha(alpha.filter(ImageFilter.GaussianBlur(feather / 2)))
+
+    if mirrored:
+        cutout = ImageOps.mirror(cutout)
+        corners[:, 0] = size[0] - corners[:, 0]
+    if degrees:
+        # PIL turns counter-clockwise about the centre; with y pointing down that is this matrix.
+        rad = np.deg2rad(degrees)
+        turn = np.array([[np.cos(rad), np.sin(rad)], [-np.sin(rad), np.cos(rad)]])
+        before = np.array(cutout.size) / 2
+        cutout = cutout.rotate(degrees, Image.BICUBIC, expand=True)
+        corners = (corners - before) @ turn.T + np.array(cutout.size) / 2
+    return cutout, corners
+
+
+def _group_canvas(hopper: Image.Image, astronaut: Image.Image) -> tuple[Image.Image, list[tuple[int, ...]]]:
+    """Four people on a gradient backdrop; returns the photo and each face's box (x0, y0, x1, y1)."""
+    ramp = np.linspace(0.0, 1.0, GROUP_SIZE[1], dtype=np.float32)[:, None, None]
+    upper, lower = np.array([196, 206, 218], np.float32), np.array([112, 104, 98], np.float32)
+    backdrop = np.broadcast_to(upper + (lower - upper) * ramp, (GROUP_SIZE[1], GROUP_SIZE[0], 3))
+    canvas = Image.fromarray(backdrop.round().astype(np.uint8))
+
+    portraits = {"hopper": (hopper, HOPPER_FACE), "astronaut": (astronaut, ASTRONAUT_FACE)}
+    boxes = []
+    for name, height, mirrored, degrees, (cx, cy) in GROUP_PEOPLE:
+        portrait, face = portraits[name]
+        cutout, corners = _cutout(portrait, face, height, mirrored, degrees)
+        left, top = (int(v) for v in np.round(np.array([cx, cy]) - corners.mean(axis=0)))
+        canvas.paste(cutout, (left, top), cutout)
+        placed = corners + (left, top)
+        boxes.append(tuple(int(v) for v in np.round([*placed.min(axis=0), *placed.max(axis=0)])))
+    return canvas, boxes
+
+
 def make_images(hopper_path: Path, astronaut_path: Path) -> list[Path]:
     """Write every demo image into IMAGES_DIR; returns their paths."""
     IMAGES_DIR.mkdir(parents=True, exist_ok=True)
@@ -87,6 +159,11 @@ def make_images(hopper_path: Path, astronaut_path: Path) -> list[Path]:
     _save_jpeg(_wide_shot(astronaut, (800, 560), 0.8), "astronaut_wide.jpg")
     _save_jpeg(astronaut.resize((150, 150), Image.LANCZOS), "astronaut_small.jpg")
     _save_jpeg(_warm(astronaut), "astronaut_warm.jpg")
+
+    group, faces = _group_canvas(hopper, astronaut)
+    _save_jpeg(group, "group_canvas.jpg")
+    # ATTRIBUTION.md and the tests quote these boxes: show them, so a new layout gets them updated.
+    print("group_canvas.jpg face boxes (x0, y0, x1, y1):", *faces)
 
     # Stored sideways; a reader that honours EXIF shows it upright (512x400).
     upright = astronaut.crop(ASTRONAUT_UPPER_BODY)

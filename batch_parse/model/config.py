@@ -20,6 +20,9 @@ STAGE1_RESIZES = ("authors", "antialias")
 PASTE_MODES = ("nearest", "bilinear")
 
 
+LEGACY_POLICY_KEYS = ("refine_small_faces", "search_below", "search_sizes")
+
+
 @dataclass(frozen=True)
 class ICNNConfig:
     widths: tuple[int, ...] = (8, 16, 24, 32)  # channels per row (scale)
@@ -40,16 +43,6 @@ class ModelConfig:
     stage1_resize: str = "antialias"
     paste_mode: str = "nearest"
     canvas_size: int = 1024  # only for geometry="authors"
-    # Two-pass parsing of small faces: when the six windows together span less than this
-    # fraction of the image's longer side, parse again on a crop around them (0 = never).
-    # Stage 1 sees the whole photo at 128 px, too coarse for a face a fifth of a group shot.
-    refine_small_faces: float = 0.0
-    # Search for a face too small for the 128 px view (face_search.py): when a parse's mean
-    # part confidence is below `search_below`, stage 1 runs again on the photo at each of
-    # `search_sizes` pixels in turn, and the most confident parse of the faces it finds wins
-    # (0 = never search). An unsure photo costs ~10-40 first passes on CPU (measured).
-    search_below: float = 0.0
-    search_sizes: tuple[int, ...] = (384, 768)
 
     def __post_init__(self) -> None:
         if self.geometry not in GEOMETRIES:
@@ -67,12 +60,14 @@ class ModelConfig:
         raw = json.loads(text)
         icnn = raw.pop("icnn", {})
         icnn["widths"] = tuple(icnn.get("widths", ICNNConfig.widths))
-        if "search_sizes" in raw:
-            raw["search_sizes"] = tuple(raw["search_sizes"])
+        # Inference policy once lived in weights files (face search, small-face refinement); it is
+        # the job's choice now (JobOptions, recorded in the output metadata): ignore it here.
+        for policy in LEGACY_POLICY_KEYS:
+            raw.pop(policy, None)
         return cls(icnn=ICNNConfig(**icnn), **raw)
 
 
 # The authors' test-time conventions: what their released checkpoints expect.
 AUTHORS_CONFIG = ModelConfig(geometry="authors", stage1_resize="authors", paste_mode="nearest")
 # This project's own weights.
-DEFAULT_CONFIG = ModelConfig(refine_small_faces=0.5, search_below=0.75)
+DEFAULT_CONFIG = ModelConfig()

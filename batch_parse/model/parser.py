@@ -1,7 +1,10 @@
-"""The inference API everything else uses: load a parser by name or path, parse a batch of images.
+"""The inference API everything else uses: load a parser by name or path, parse faces or whole images.
 
+    detector = load_detector("mtcnn")                  # batch_parse.faces
     parser = load_parser("stn-icnn/default")           # or a path to a .safetensors file
-    results = parser.parse([rgb_uint8_hwc, ...])       # any sizes, mixed in one batch
+    faces = detector.detect(images)                    # RGB uint8 (H,W,3) arrays, any sizes
+    results = parser.parse_faces(images, faces)        # one FaceResult per face, in photo pixels
+    results = parser.parse(images)                     # each image parsed whole, as one face
 
 Data contract between the stages of `parse` (batch-first, as in facer):
     images        list of (3,H_i,W_i) uint8 on the device
@@ -23,7 +26,9 @@ import numpy as np
 import torch
 
 from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, PART_NAMES
-from batch_parse.model import face_search, geometry
+from batch_parse.faces import align
+from batch_parse.faces.detector import Detections
+from batch_parse.model import geometry
 from batch_parse.model.fuse import optimize_for_inference
 from batch_parse.model.stn_icnn import STNiCNN
 from batch_parse.model.weights import file_sha256, load_weights, resolve
@@ -40,6 +45,52 @@ class FaceParse:
 
     class_names = CLASS_NAMES
     part_names = PART_NAMES
+
+
+@dataclass
+class FaceResult:
+    """One face of one image: where it is, how it was aligned, and its parse.
+
+    The parse is computed in the aligned frame (upright, `alignment.width` x `.height` pixels)
+    and its label map mapped back to the photo; boxes/confidences follow labels.PARTS order.
+    """
+
+    image_index: int  # which of the images passed in
+    face_index: int  # which face of that image (detection order: largest first)
+    face_box: np.ndarray  # (4,) float32 [x0,y0,x1,y1] detector box in photo pixels (whole image: the image)
+    landmarks: np.ndarray | None  # (5,2) float32 photo pixels (eyes, nose, mouth corners); None for whole-image
+    score: float | None  # detector confidence; None for whole-image
+    alignment: align.Alignment  # photo <-> frame transform
+    aligned: np.ndarray  # (h,w,3) uint8 the aligned frame
+    frame_label_map: np.ndarray  # (h,w) uint8 class indices in the frame
+    label_map: np.ndarray  # (H',W') uint8 class indices over the photo region the frame covers
+    label_map_offset: tuple[int, int]  # (x0, y0) of label_map in the photo
+    boxes: np.ndarray  # (6,4) float32 part windows [x0,y0,x1,y1] in frame pixels
+    windows: np.ndarray  # (6,4,2) float32 the same windows' corners in photo pixels (TL, TR, BR, BL)
+    confidences: np.ndarray  # (6,) float32
+    class_pixels: np.ndarray  # (9,) int64 pixel count per class over label_map
+
+    def part_crop(self, part: int) -> np.ndarray:
+        """The part's window cut from the aligned frame (upright), (h,w,3) uint8; 0x0 when off the frame."""
+        return crop_box(self.aligned, self.boxes[part])
+
+    def photo_label_map(self, width: int, height: int) -> np.ndarray:
+        """This face's label map placed in a (height,width) photo-sized map (0 elsewhere)."""
+        full = np.zeros((height, width), np.uint8)
+        x0, y0 = self.label_map_offset
+        h, w = self.label_map.shape
+        full[y0 : y0 + h, x0 : x0 + w] = self.label_map
+        return full
+
+
+def crop_box(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The box cut from the image at full resolution, clipped to the image; (0,0,3) when off it."""
+    h, w = image.shape[:2]
+    x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    x1, y1 = min(w, int(np.ceil(box[2])) + 1), min(h, int(np.ceil(box[3])) + 1)
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros((0, 0, 3), dtype=np.uint8)
+    return image[y0:y1, x0:x1]
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -72,41 +123,54 @@ class FaceParser:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def parse(self, images: list[np.ndarray]) -> list[FaceParse]:
-        """RGB uint8 (H,W,3) arrays of any sizes -> one FaceParse each."""
-        results = self._parse_once(images)
-        if self.cfg.refine_small_faces > 0:
-            regions = {i: refine_region(r.boxes, im.shape[1], im.shape[0], self.cfg.refine_small_faces)
-                       for i, (im, r) in enumerate(zip(images, results))}
-            self._parse_crops(images, results, [(i, box) for i, box in regions.items() if box is not None], always=True)
-        if self.cfg.search_below > 0:
-            self._search(images, results)
+        """RGB uint8 (H,W,3) arrays of any sizes -> one FaceParse each, the whole image as the face."""
+        return self._parse_once([self._tensor(im) for im in images])
+
+    @torch.inference_mode()
+    def parse_faces(self, images: list[np.ndarray], faces: list[Detections] | None = None,
+                    max_side: int = align.DEFAULT_MAX_SIDE) -> list[FaceResult]:
+        """Every face of every image, each aligned upright and parsed there: one FaceResult per face.
+
+        faces[i] are image i's detections (a FaceDetector's output); None parses each whole image
+        as one face (`--faces whole-image`, for corpora of aligned crops). Results come image by
+        image, faces in their detection order; `image_index` says which image a result is of.
+        """
+        tensors = [self._tensor(im) for im in images]
+        jobs: list[tuple[int, int, align.Alignment]] = []
+        for i, t in enumerate(tensors):
+            if faces is None:
+                jobs.append((i, 0, align.whole_image(t.shape[2], t.shape[1])))
+            else:
+                jobs += [(i, k, align.fit(points, max_side)) for k, points in enumerate(faces[i].landmarks)]
+        frames = [tensors[i] if faces is None else align.warp(tensors[i], a) for i, _, a in jobs]
+        parsed = self._parse_once(frames, keep_maps_on_device=True)
+        results = []
+        for (i, k, alignment), frame, r in zip(jobs, frames, parsed):
+            height, width = images[i].shape[:2]
+            if faces is None:
+                region, x0, y0 = r.label_map, 0, 0
+            else:
+                region, x0, y0 = align.label_map_to_photo(r.label_map, alignment, width, height)
+            region = region.cpu().numpy()
+            counts = np.bincount(region.ravel(), minlength=NUM_CLASSES).astype(np.int64)
+            det = None if faces is None else faces[i]
+            results.append(FaceResult(
+                image_index=i,
+                face_index=k,
+                face_box=np.array([0, 0, width, height], np.float32) if det is None else det.boxes[k],
+                landmarks=None if det is None else det.landmarks[k],
+                score=None if det is None else float(det.scores[k]),
+                alignment=alignment,
+                aligned=frame.permute(1, 2, 0).cpu().numpy(),
+                frame_label_map=r.label_map.cpu().numpy(),
+                label_map=region,
+                label_map_offset=(x0, y0),
+                boxes=r.boxes,
+                windows=alignment.to_photo(align.box_corners(r.boxes).astype(np.float64)).astype(np.float32),
+                confidences=r.confidences,
+                class_pixels=counts,
+            ))
         return results
-
-    def _search(self, images: list[np.ndarray], results: list[FaceParse]) -> None:
-        """Replace unsure results by the most confident parse of a face found on a larger view."""
-        unsure = [i for i, r in enumerate(results) if mean_confidence(r) < self.cfg.search_below]
-        for size in self.cfg.search_sizes:  # coarse to fine: most faces are found by the first
-            if not unsure:
-                return
-            # The photo as the "square" stage-1 input at a larger size, whatever geometry the
-            # weights use: candidate_crops maps that view back to the photo.
-            view = dataclasses.replace(self.cfg, geometry="square", stage1_resize="antialias", stage1_size=size)
-            with torch.inference_mode(), self._autocast():
-                views = torch.stack([geometry.stage1_input(self._tensor(images[i]), view) for i in unsure])
-                probs = self._net.stage1(views.contiguous(memory_format=torch.channels_last)).float().softmax(1)
-            crops = [(i, box) for i, p in zip(unsure, probs) for box in face_search.candidate_crops(p.cpu(), images[i].shape[1], images[i].shape[0])]
-            self._parse_crops(images, results, crops, always=False)
-            unsure = [i for i in unsure if mean_confidence(results[i]) < self.cfg.search_below]
-
-    def _parse_crops(self, images: list[np.ndarray], results: list[FaceParse], crops: list[tuple[int, tuple[int, int, int, int]]], always: bool) -> None:
-        """Parse crops (image index, box) and put them in place of the results they came from:
-        always, or only where more confident than the current result."""
-        if not crops:
-            return
-        parsed = self._parse_once([images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1) in crops])
-        for (i, (x0, y0, _, _)), r in zip(crops, parsed):
-            if always or mean_confidence(r) > mean_confidence(results[i]):
-                results[i] = _place(r, x0, y0, images[i].shape[1], images[i].shape[0])
 
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
         """(H,W,3) uint8 numpy -> (3,H,W) uint8 tensor on the device."""
@@ -115,10 +179,10 @@ class FaceParser:
         return torch.from_numpy(array).to(self.device).permute(2, 0, 1)
 
     @torch.inference_mode()
-    def _parse_once(self, images: list[np.ndarray]) -> list[FaceParse]:
-        if not images:
+    def _parse_once(self, tensors: list[torch.Tensor], keep_maps_on_device: bool = False) -> list[FaceParse]:
+        """(3,H,W) uint8 tensors on the device -> one FaceParse each (label maps as torch when asked)."""
+        if not tensors:
             return []
-        tensors = [self._tensor(im) for im in images]
         sizes = [(t.shape[2], t.shape[1]) for t in tensors]
         x = torch.stack([geometry.stage1_input(t, self.cfg) for t in tensors]).contiguous(memory_format=torch.channels_last)
         with self._autocast():
@@ -134,34 +198,8 @@ class FaceParser:
         for i, (w, h) in enumerate(sizes):
             labels = geometry.label_map([p[i] for p in part_probs], windows[i], w, h, self.cfg.paste_mode)
             counts = torch.bincount(labels.flatten().long(), minlength=NUM_CLASSES).cpu().numpy()
-            results.append(FaceParse(labels.cpu().numpy(), boxes[i], confidences[i], counts))
+            results.append(FaceParse(labels if keep_maps_on_device else labels.cpu().numpy(), boxes[i], confidences[i], counts))
         return results
-
-
-def refine_region(boxes: np.ndarray, width: int, height: int, below: float) -> tuple[int, int, int, int] | None:
-    """Square crop (x0, y0, x1, y1), clipped to the image, around a face that came out small."""
-    x0, y0 = max(0.0, boxes[:, 0].min()), max(0.0, boxes[:, 1].min())
-    x1, y1 = min(float(width), boxes[:, 2].max()), min(float(height), boxes[:, 3].max())
-    side = max(x1 - x0, y1 - y0)
-    if side <= 0 or side >= below * max(width, height):
-        return None
-    return face_search.face_crop((x0 + x1) / 2, (y0 + y1) / 2, side, width, height)
-
-
-def _place(crop_result: FaceParse, x0: int, y0: int, width: int, height: int) -> FaceParse:
-    """A result on a crop, put back into the full image's coordinates."""
-    h, w = crop_result.label_map.shape
-    labels = np.zeros((height, width), dtype=np.uint8)
-    labels[y0 : y0 + h, x0 : x0 + w] = crop_result.label_map
-    counts = crop_result.class_pixels.copy()
-    counts[0] += width * height - w * h
-    boxes = crop_result.boxes + np.array([x0, y0, x0, y0], dtype=np.float32)
-    return FaceParse(labels, boxes, crop_result.confidences, counts)
-
-
-def mean_confidence(result: FaceParse) -> float:
-    """One number per parse: the mean of its six part confidences (a missing part counts 0)."""
-    return float(result.confidences.mean())
 
 
 def part_confidences(part_probs: list[torch.Tensor]) -> torch.Tensor:

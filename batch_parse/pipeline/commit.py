@@ -1,10 +1,14 @@
 """Exactly-once output: the committed data files *are* the checkpoint.
 
 A Parquet file is readable only once its footer is written, so a file either holds complete,
-committed rows or is an unfinished write (a job killed mid-write). Before a run we
+committed rows or is an unfinished write (a job killed mid-write). Rows are faces, keyed by
+(image id, face_index), and every row of an image carries the image's face_count; an image is
+committed when all its face rows are (a block boundary may put an image's faces in two files, and
+a kill may land between them). Before a run we
   1. delete unreadable data files (their rows were never committed and will be redone),
-  2. drop duplicate ids if any exist (a write retried after it had already landed),
-  3. collect the committed ids, which the new manifest excludes.
+  2. drop duplicate (id, face_index) rows if any exist (a write retried after it had landed),
+  3. remove the rows of images with only some of their faces committed (redone whole),
+  4. collect the ids of complete images, which the new manifest excludes.
 Rerunning the same command therefore processes exactly what is missing, whatever killed the
 last run and whenever; a run with nothing new writes nothing. The same check runs after a run,
 so a finished job is verified unique before it reports success.
@@ -27,10 +31,11 @@ import pyarrow.parquet as pq
 
 @dataclass
 class CommitState:
-    ids: np.ndarray  # sorted committed ids
+    ids: np.ndarray  # sorted ids of completely committed images
     files: list[str] = field(default_factory=list)
     removed_incomplete: list[str] = field(default_factory=list)
-    duplicates_removed: int = 0
+    duplicates_removed: int = 0  # rows
+    incomplete_images: int = 0  # images with only some faces committed, whose rows were removed
 
 
 def data_files(fs: pafs.FileSystem, data_dir: str) -> list[str]:
@@ -43,42 +48,79 @@ def data_files(fs: pafs.FileSystem, data_dir: str) -> list[str]:
     )
 
 
-def _read_ids(fs: pafs.FileSystem, path: str) -> np.ndarray | None:
-    """The id column of a committed file, or None if the file is incomplete (no valid footer)."""
+# Rows of no_face / error images have a null face_index and face_count 0: they are the image's one row.
+_NO_FACE = -1
+
+
+def _read_keys(fs: pafs.FileSystem, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(id, face_index, face_count) of a committed file, or None if the file is incomplete (no valid footer)."""
     try:
         with fs.open_input_file(path) as f:
-            return pq.read_table(f, columns=["id"])["id"].to_numpy()
+            table = pq.read_table(f, columns=["id", "face_index", "face_count"])
     except (pa.ArrowInvalid, OSError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowInvalid) and "Parquet" not in str(exc):
             raise  # a storage error is not evidence of an unfinished write: never delete on it
         return None
+    faces = table["face_index"].fill_null(_NO_FACE).to_numpy().astype(np.int64)
+    return table["id"].to_numpy(), faces, table["face_count"].to_numpy().astype(np.int64)
 
 
 def recover(fs: pafs.FileSystem, data_dir: str) -> CommitState:
     """Bring an output folder to a consistent state and return what it holds."""
     state = CommitState(ids=np.empty(0, dtype=np.int64))
-    per_file: list[tuple[str, np.ndarray]] = []
+    per_file: list[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
     for path in data_files(fs, data_dir):
-        ids = _read_ids(fs, path)
-        if ids is None:
+        keys = _read_keys(fs, path)
+        if keys is None:
             fs.delete_file(path)
             state.removed_incomplete.append(path)
         else:
-            per_file.append((path, ids))
-    seen: set[int] = set()
-    all_ids = np.concatenate([ids for _, ids in per_file]) if per_file else np.empty(0, dtype=np.int64)
-    if len(np.unique(all_ids)) != len(all_ids):
-        # Rare path: keep each id's first occurrence (files in name order), rewrite the others.
-        for path, ids in per_file:
-            dup = np.array([int(i) in seen for i in ids])
-            seen.update(int(i) for i in ids)
-            if dup.any():
-                _rewrite_without(fs, path, ~dup)
-                state.duplicates_removed += int(dup.sum())
-        all_ids = np.unique(all_ids)
-    state.ids = np.sort(all_ids)
+            per_file.append((path, keys))
     state.files = [p for p, _ in per_file]
+    if not per_file:
+        return state
+    ids = np.concatenate([k[0] for _, k in per_file])
+    faces = np.concatenate([k[1] for _, k in per_file])
+    counts = np.concatenate([k[2] for _, k in per_file])
+    drop, state.duplicates_removed, incomplete_ids = rows_to_drop(ids, faces, counts)
+    state.incomplete_images = len(incomplete_ids)
+    if drop.any():
+        start = 0
+        for path, keys in per_file:
+            n = len(keys[0])
+            file_drop = drop[start : start + n]
+            start += n
+            if file_drop.any():
+                _rewrite_without(fs, path, ~file_drop)
+        state.files = [p for p in state.files if fs.get_file_info(p).type == pafs.FileType.File]
+    kept = ids[~drop]
+    state.ids = np.unique(kept)
     return state
+
+
+def rows_to_drop(ids: np.ndarray, faces: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """Rows (in file order) to delete: repeats of an (id, face) seen earlier, and every row of an
+    image whose rows do not add up to its face_count. Returns (mask, duplicates, incomplete ids)."""
+    n = len(ids)
+    order = np.lexsort((np.arange(n), faces, ids))  # by id, then face, then first-written first
+    sid, sface = ids[order], faces[order]
+    repeat = np.zeros(n, dtype=bool)
+    repeat[1:] = (sid[1:] == sid[:-1]) & (sface[1:] == sface[:-1])
+    drop = np.zeros(n, dtype=bool)
+    drop[order[repeat]] = True
+    duplicates = int(repeat.sum())
+    # Completeness per image over the rows kept so far.
+    kept = order[~repeat]
+    kid, kcount = ids[kept], counts[kept]
+    starts = np.flatnonzero(np.r_[True, kid[1:] != kid[:-1]])
+    rows = np.diff(np.r_[starts, len(kid)])
+    high = np.maximum.reduceat(kcount, starts)
+    low = np.minimum.reduceat(kcount, starts)
+    complete = (rows == np.maximum(high, 1)) & (high == low)
+    incomplete_ids = kid[starts[~complete]]
+    if incomplete_ids.size:
+        drop |= np.isin(ids, incomplete_ids)
+    return drop, duplicates, incomplete_ids
 
 
 def _rewrite_without(fs: pafs.FileSystem, path: str, keep: np.ndarray) -> None:

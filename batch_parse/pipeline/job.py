@@ -1,6 +1,6 @@
 """The labeling job: list the source, skip what is committed, then one Ray Data chain to Parquet.
 
-    OUTPUT/<model-version>/data/*.parquet        the labels (schema.py), one row per image
+    OUTPUT/<model-version>/data/*.parquet        the labels (schema.py), one row per face
     OUTPUT/<model-version>/_manifests/*.parquet  what each run set out to do (id, key, size, etag)
 
 Each model version (name + weights hash) has its own folder, so a rerun with other weights never
@@ -69,6 +69,7 @@ def run_job(options: JobOptions) -> JobSummary:
     before = commit.recover(fs, data_dir)
     summary.recovered_incomplete = len(before.removed_incomplete)
     summary.duplicates_removed = before.duplicates_removed
+    summary.incomplete_images_redone = before.incomplete_images
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     manifest_path = output.fs_path(version, "_manifests", f"{stamp}.parquet")
     manifest = write_manifest(iter_objects(source, options.endpoint_url), manifest_path, fs, exclude_ids=before.ids)
@@ -102,7 +103,8 @@ def _label(options: JobOptions, fs, manifest_path: str, data_dir: str, model_ver
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     device = options.device or ("cuda" if gpus > 0 else "cpu")
-    schema = output_schema(model_version.split("@")[0], sha, options.crop_format, source=options.source, endpoint_url=options.endpoint_url)
+    schema = output_schema(model_version.split("@")[0], sha, options.crop_format, source=options.source,
+                           endpoint_url=options.endpoint_url, policy=inference_policy(options))
     counter = ProgressCounter.remote()
 
     with ProgressPrinter(counter, todo):
@@ -120,9 +122,10 @@ def _label(options: JobOptions, fs, manifest_path: str, data_dir: str, model_ver
                 num_cpus=1,
             )
             .map_batches(
-                stages.ParseActor,
+                stages.FaceParseActor,
                 fn_constructor_kwargs={"model": options.model, "device": device, "threads": stages.actor_threads(options, gpus > 0),
-                                       "progress": counter},
+                                       "faces": options.faces, "detector": options.detector, "min_face": options.min_face,
+                                       "detector_threshold": options.detector_threshold, "progress": counter},
                 batch_size=options.batch_size,
                 compute=ray.data.ActorPoolStrategy(min_size=options.min_actors, max_size=options.max_actors),
                 num_gpus=gpus,
@@ -145,13 +148,31 @@ def _label(options: JobOptions, fs, manifest_path: str, data_dir: str, model_ver
         )
 
 
+def inference_policy(options: JobOptions) -> dict:
+    """The run's inference choices, recorded in every output file's metadata (not in the weights)."""
+    from batch_parse.faces.detector import DEFAULT_THRESHOLD
+
+    detected = options.faces != "whole-image"
+    return {
+        "faces": options.faces,
+        "detector": options.detector if detected else None,
+        "min_face": options.min_face if detected else None,
+        "detector_threshold": (options.detector_threshold or DEFAULT_THRESHOLD) if detected else None,
+    }
+
+
 def _count_rows(summary: JobSummary, fs, files: list[str]) -> None:
+    images_with_faces: set[int] = set()  # an image's faces may span two files
     for path in files:
         with fs.open_input_file(path) as f:
-            table = pq.read_table(f, columns=["status", "error_code", "error"])
+            table = pq.read_table(f, columns=["id", "status", "error_code", "error"])
         errors = table.filter(pc.equal(table["status"], "error"))
-        summary.rows_ok += table.num_rows - errors.num_rows
+        faces = table.filter(pc.equal(table["status"], "ok"))
+        summary.rows_ok += faces.num_rows
+        images_with_faces.update(pc.unique(faces["id"]).to_pylist())
+        summary.no_face += table.num_rows - errors.num_rows - faces.num_rows
         codes = Counter(errors["error_code"].to_pylist())
         summary.errors.update(codes)
         for code, message in zip(errors["error_code"].to_pylist(), errors["error"].to_pylist()):
             summary.error_examples.setdefault(code, message)
+    summary.images_ok = len(images_with_faces)

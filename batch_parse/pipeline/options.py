@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 CROP_FORMATS = ("jpeg", "png")
+# all: every face the detector finds is a row; largest: only the largest face of each photo;
+# whole-image: no detector, each image is one face (corpora of aligned crops, v1 behaviour).
+FACE_MODES = ("all", "largest", "whole-image")
+DEFAULT_DETECTOR = "mtcnn"
+# Smallest face the detector looks for (box side in pixels): below ~20 px the parser's parts
+# are a few pixels wide, and the detector's pyramid (hence its cost) grows as 1/min_face^2.
+DEFAULT_MIN_FACE = 20
 DEFAULT_MODEL = "stn-icnn/default"
 # Pillow refuses more than 2x its own limit (~179 MP); we cap lower: a 50 MP photo is
 # ~150 MB as RGB, which is already more than a worker should hold per image.
@@ -27,6 +34,10 @@ class JobOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     rows_per_file: int = 1000  # bounds output Parquet file size (crops make rows ~50-200 KB)
     device: str | None = None  # None: cuda when the actor has a GPU, else cpu
+    faces: str = "all"  # FACE_MODES
+    detector: str = DEFAULT_DETECTOR  # face detector name (batch_parse.faces)
+    min_face: int = DEFAULT_MIN_FACE  # smallest face to detect, pixels
+    detector_threshold: float | None = None  # final detector score to keep a face; None: the detector's default
     extra: dict = field(default_factory=dict)  # reserved for forward-compatible spec keys
 
     def validate(self) -> list[str]:
@@ -52,6 +63,12 @@ class JobOptions:
             problems.append(f"jpeg_quality: must be in 1..100, got {self.jpeg_quality}")
         if self.max_pixels < 1:
             problems.append(f"max_pixels: must be >= 1, got {self.max_pixels}")
+        if self.faces not in FACE_MODES:
+            problems.append(f"faces: must be one of {', '.join(FACE_MODES)}, got {self.faces!r}")
+        if self.min_face < 1:
+            problems.append(f"min_face: must be >= 1 pixel, got {self.min_face}")
+        if self.detector_threshold is not None and not 0 < self.detector_threshold < 1:
+            problems.append(f"detector_threshold: must be in (0, 1), got {self.detector_threshold}")
         if self.rows_per_file < 1:
             problems.append(f"rows_per_file: must be >= 1, got {self.rows_per_file}")
         return problems

@@ -1,6 +1,6 @@
-"""Live progress of a running job: images done, images/s, ETA, errors so far.
+"""Live progress of a running job: images done, faces found, images/s, ETA, errors so far.
 
-The encode stage reports each finished batch to a small Ray actor; the driver polls it and
+The parse stage reports each finished batch to a small Ray actor; the driver polls it and
 prints one status line (redrawn in place on a terminal, every 10 s in logs).
 """
 
@@ -18,13 +18,15 @@ class ProgressCounter:
     def __init__(self) -> None:
         self.ok = 0
         self.errors = 0
+        self.faces = 0
 
-    def add(self, ok: int, errors: int) -> None:
+    def add(self, ok: int, errors: int, faces: int = 0) -> None:
         self.ok += ok
         self.errors += errors
+        self.faces += faces
 
-    def totals(self) -> tuple[int, int]:
-        return self.ok, self.errors
+    def totals(self) -> tuple[int, int, int]:
+        return self.ok, self.errors, self.faces
 
 
 def _eta(seconds: float) -> str:
@@ -45,12 +47,13 @@ class ProgressPrinter:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def line(self, elapsed: float) -> str:
-        ok, errors = ray.get(self.counter.totals.remote())
+        ok, errors, faces = ray.get(self.counter.totals.remote())
         done = ok + errors
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = _eta((self.total - done) / rate) if rate > 0 else "?"
         pct = 100 * done / self.total if self.total else 100.0
-        return f"labelled {done}/{self.total} images ({pct:.0f}%), {errors} errors, {rate:.1f} images/s, ETA {eta}"
+        return (f"labelled {done}/{self.total} images ({pct:.0f}%), {faces} faces, {errors} errors, "
+                f"{rate:.1f} images/s, ETA {eta}")
 
     def _loop(self) -> None:
         start = time.time()

@@ -13,10 +13,11 @@ import pyarrow as pa
 
 from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, PART_NAMES, PARTS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 METADATA_KEY = b"batch_parse"
 
 STATUS_OK = "ok"
+STATUS_NO_FACE = "no_face"
 STATUS_ERROR = "error"
 
 
@@ -26,6 +27,7 @@ def _part_fields() -> list[pa.Field]:
         fields += [
             pa.field(f"{name}_crop", pa.binary()),
             pa.field(f"{name}_box", pa.list_(pa.float32(), 4)),
+            pa.field(f"{name}_window", pa.list_(pa.float32(), 8)),
             pa.field(f"{name}_confidence", pa.float32()),
         ]
     return fields
@@ -43,10 +45,20 @@ BASE_SCHEMA = pa.schema(
         pa.field("size", pa.int64()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        pa.field("face_index", pa.int32()),
+        pa.field("face_count", pa.int32(), nullable=False),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error_code", pa.string()),
         pa.field("error", pa.string()),
+        pa.field("face_box", pa.list_(pa.float32(), 4)),
+        pa.field("landmarks", pa.list_(pa.float32(), 10)),
+        pa.field("face_score", pa.float32()),
+        pa.field("transform", pa.list_(pa.float64(), 6)),
+        pa.field("aligned_width", pa.int32()),
+        pa.field("aligned_height", pa.int32()),
         pa.field("label_map", pa.binary()),
+        pa.field("label_map_x", pa.int32()),
+        pa.field("label_map_y", pa.int32()),
         *_part_fields(),
         *_pixel_fields(),
         pa.field("model_version", pa.string(), nullable=False),
@@ -55,25 +67,47 @@ BASE_SCHEMA = pa.schema(
 )
 
 COLUMN_DOCS: dict[str, str] = {
-    "id": "Stable int64 id of the source object, derived from its key (see storage/manifest.py). Unique in the output.",
+    "id": "Stable int64 id of the source image, derived from its key (see storage/manifest.py). With `face_index`, unique in the output.",
     "key": "Object key (S3) or path relative to the source folder (local).",
     "etag": "S3 ETag at listing time (local: size-mtime); lets you detect objects changed since.",
     "size": "Size of the source object in bytes at listing time.",
     "width": "Width of the decoded image in pixels, after EXIF orientation (null on decode errors).",
     "height": "Height of the decoded image in pixels, after EXIF orientation (null on decode errors).",
-    "status": "`ok`, or `error` when the object could not be labelled; error rows have null outputs.",
-    "error_code": "Short machine-readable reason for `error` rows (e.g. `truncated`, `not_an_image`, `too_large`, `not_found`).",
-    "error": "One-line human-readable error message, null when status is `ok`.",
-    "label_map": "8-bit grey PNG, same size as the image, pixel value = class index (see class_names in the metadata).",
-    "<part>_crop": "The part's window cut from the original image at full resolution, JPEG or PNG (`crop_format` in the metadata). Parts: "
+    "face_index": "Which face of the image this row is, 0..face_count-1, largest detector box first; null for `no_face` and `error` rows.",
+    "face_count": "Number of face rows the image has (all committed together); 0 for `no_face` and `error` rows, which are the image's one row.",
+    "status": "`ok` (a parsed face), `no_face` (decoded, no face found: one row for the image) or `error` (not labelled: see error_code).",
+    "error_code": "Short machine-readable reason for `error` rows (e.g. `truncated`, `not_an_image`, `too_large`, `not_found`, `model_failed`).",
+    "error": "One-line human-readable error message, null unless status is `error`.",
+    "face_box": "Detector box [x0, y0, x1, y1] in original pixels (`--faces whole-image`: the whole image).",
+    "landmarks": "Detector landmarks [x, y] x 5 in original pixels: eye (image left), eye (image right), nose tip, mouth corner (image left), mouth corner (image right); null for whole-image.",
+    "face_score": "Detector confidence 0..1; null for whole-image.",
+    "transform": "Row-major 2x3 similarity matrix M mapping an original pixel (x, y, 1) to the aligned frame (u, v), pixel centres at integer coordinates; the face was parsed in that frame. Redo the crop with `PIL.Image.transform((aligned_width, aligned_height), Image.AFFINE, inverse(M))`. Identity for whole-image.",
+    "aligned_width": "Width of the aligned frame in pixels (<= the face's own resolution, at most 256 for detected faces).",
+    "aligned_height": "Height of the aligned frame in pixels.",
+    "label_map": "8-bit grey PNG covering the face's region of the original image (the aligned frame mapped back, clipped to the image), pixel value = class index (class_names in the metadata). Place it at (label_map_x, label_map_y).",
+    "label_map_x": "Column of the original image where the label map's left edge lies.",
+    "label_map_y": "Row of the original image where the label map's top edge lies.",
+    "<part>_crop": "The part's window cut upright from the aligned frame, JPEG or PNG (`crop_format` in the metadata); null when the window is off the frame. Parts: "
     + ", ".join(PART_NAMES)
     + ".",
-    "<part>_box": "The part's window as [x0, y0, x1, y1] in original pixel coordinates (may extend past the image edge).",
+    "<part>_box": "Axis-aligned bounds [x0, y0, x1, y1] of the part's window in original pixels (may extend past the image edge).",
+    "<part>_window": "The part's window as 4 corners [x, y] in original pixels (top-left, top-right, bottom-right, bottom-left of the upright crop): a rotated rectangle when the face was tilted.",
     "<part>_confidence": "Mean stage-2 max class probability over the window pixels labelled as the part, 0..1 (0 = part not found in its window).",
-    "pixels_<class>": "Number of pixels of the label map with that class. Classes: " + ", ".join(CLASS_NAMES) + ".",
+    "pixels_<class>": "Number of pixels of this face's label map with that class (background counts only the face's region). Classes: " + ", ".join(CLASS_NAMES) + ".",
     "model_version": "Model name and weights hash, e.g. `stn-icnn/default@1a2b3c4d`; output of each version lives in its own folder.",
     "processed_at": "UTC time the row was produced.",
 }
+
+# How readers of schema v1 (one row per image, label map over the whole image) move to v2.
+MIGRATION_V1 = """\
+Schema v1 (batch-parse 0.1: one row per image) -> v2 (one row per face):
+- Rows are keyed by (id, face_index), not id: group by `id` for per-image views; `face_count` says how many rows an image has.
+- `status` gains `no_face` (one row for an image without faces). Error rows are unchanged (`face_count` = 0).
+- `label_map` covers the face's region only: place it at (`label_map_x`, `label_map_y`) in a zero map of (height, width) to get v1's full-image map (union over an image's faces).
+- `<part>_box` is still [x0, y0, x1, y1] in original pixels (now the bounds of the possibly rotated `<part>_window`); crops are cut from the upright aligned frame, not the original.
+- New: `face_box`, `landmarks`, `face_score`, `transform`, `aligned_width`, `aligned_height`; metadata gains `faces`, `detector`, `min_face`, `detector_threshold`.
+- `--faces whole-image` reproduces v1's per-image parse (without v1's face search), one row per image with `face_index` 0.
+"""
 
 
 def file_metadata(
@@ -83,11 +117,14 @@ def file_metadata(
     *,
     source: str | None = None,
     endpoint_url: str | None = None,
+    policy: dict | None = None,
 ) -> dict[bytes, bytes]:
     """Schema-level metadata written into every output file.
 
     source / endpoint_url: where the labelled images were read from (an s3:// URI or a local
     folder, and the S3 endpoint), so `render` can fetch an original by its row's key.
+    policy: the inference choices of the run (faces mode, detector, min_face, threshold): they
+    belong to the job, not to the weights file, so they are recorded with the output.
     """
     meta = {
         "schema_version": SCHEMA_VERSION,
@@ -99,15 +136,20 @@ def file_metadata(
         "crop_format": crop_format,
         "source": source,
         "endpoint_url": endpoint_url,
+        **(policy or {}),
+        # Self-describing files: what each column means, and how v1 readers move to this schema.
+        "columns": COLUMN_DOCS,
+        "migration_from_v1": MIGRATION_V1,
     }
     return {METADATA_KEY: json.dumps(meta).encode()}
 
 
 def output_schema(
-    model_name: str, weights_sha256: str, crop_format: str, *, source: str | None = None, endpoint_url: str | None = None
+    model_name: str, weights_sha256: str, crop_format: str, *, source: str | None = None, endpoint_url: str | None = None,
+    policy: dict | None = None,
 ) -> pa.Schema:
     return BASE_SCHEMA.with_metadata(
-        file_metadata(model_name, weights_sha256, crop_format, source=source, endpoint_url=endpoint_url)
+        file_metadata(model_name, weights_sha256, crop_format, source=source, endpoint_url=endpoint_url, policy=policy)
     )
 
 

@@ -1,14 +1,20 @@
-"""The job's three stages, as Ray Data batch callables: fetch+decode (CPU), parse (GPU/CPU actor), encode (CPU).
+"""The job's stages, as Ray Data batch callables: fetch+decode (CPU), detect+parse (GPU/CPU actor), encode (CPU).
 
-Batches are dicts of numpy arrays (Ray's "numpy" batch format). Every row keeps flowing
+Batches are dicts of numpy arrays (Ray's "numpy" batch format). Every image keeps flowing
 through every stage: a row that failed earlier carries its error_code and a 1x1 placeholder
-image, and later stages pass it through untouched, so no input ever disappears.
+image, and later stages pass it through untouched, so no input ever disappears. The parse stage
+turns image rows into face rows: one per face, or one `no_face` row, and all rows of an image
+leave in the same batch.
 
 Row contract between stages:
     manifest      id, key, size, etag
     + decode      image (H,W,3 uint8), width, height, error_code ("" when fine), error
-    + parse       label_map (H,W uint8), boxes (6,4), confidences (6,), class_pixels (9,),
-                  crop_<part> (h,w,3 uint8, 0x0 when the window is off the image)
+    parse         per face: the image's columns without `image`, plus status, face_index (-1 when
+                  none), face_count, face_box (4,), landmarks (10,) (NaN for whole-image),
+                  face_score (NaN for whole-image), transform (6,), aligned_size (2,) w,h,
+                  label_map (h,w uint8 over the photo region), label_offset (2,) x,y,
+                  boxes (6,4) photo bounds, windows (6,8) photo corners, confidences (6,),
+                  class_pixels (9,), crop_<part> (h,w,3 uint8 from the aligned frame, 0x0 when none)
     encode        the output table (schema.py)
 """
 
@@ -25,7 +31,7 @@ from PIL import Image
 from batch_parse.labels import CLASS_NAMES, PART_NAMES
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import JobOptions
-from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_OK
+from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.storage.fetch import FetchError, fetch_objects
 from batch_parse.storage.location import parse_location
 
@@ -67,61 +73,138 @@ def fetch_and_decode(batch: dict[str, np.ndarray], source: str, endpoint_url: st
     return out
 
 
-class ParseActor:
-    """Holds the model (loaded once per actor) and labels the decodable rows of each batch."""
+class FaceParseActor:
+    """Holds the detector and the parser (loaded once per actor) and turns image rows into face rows."""
 
-    def __init__(self, model: str, device: str | None, threads: int, progress=None):
+    def __init__(self, model: str, device: str | None, threads: int, faces: str = "all", detector: str = "mtcnn",
+                 min_face: int = 20, detector_threshold: float | None = None, progress=None):
         import torch
 
+        from batch_parse.faces import load_detector
         from batch_parse.model import load_parser
 
         # Ray sets OMP threads to the actor's CPU reservation; on CPU actors we want the cores
         # the job planned for this actor, on GPU actors a few for the glue code.
         torch.set_num_threads(max(1, threads))
         self.parser = load_parser(model, device=device)
+        self.detector = None if faces == "whole-image" else load_detector(detector, device=device)
+        self.faces = faces
+        self.detect_kwargs = {"min_face": min_face}
+        if detector_threshold is not None:
+            self.detect_kwargs["threshold"] = detector_threshold
         self.progress = progress  # progress.ProgressCounter handle, or None
+
+    def _faces_of(self, images: list[np.ndarray]) -> list[list]:
+        """Images -> per image, its FaceResults (empty when no face was found)."""
+        if self.detector is None:
+            results = self.parser.parse_faces(images, None)
+        else:
+            found = self.detector.detect(images, **self.detect_kwargs)
+            if self.faces == "largest":
+                found = [type(d)(d.boxes[:1], d.landmarks[:1], d.scores[:1]) for d in found]  # largest first
+            results = self.parser.parse_faces(images, found)
+        per_image: list[list] = [[] for _ in images]
+        for r in results:
+            per_image[r.image_index].append(r)
+        return per_image
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
         n = len(batch["id"])
-        # Writable copies: Ray may hand batches over as read-only, zero-copy arrays.
-        batch = {**batch, "error_code": np.array(batch["error_code"], dtype=object), "error": np.array(batch["error"], dtype=object)}
-        ok = [i for i in range(n) if not batch["error_code"][i]]
-        results = {}
+        codes, errors = list(batch["error_code"]), list(batch["error"])
+        ok = [i for i in range(n) if not codes[i]]
+        faces: dict[int, list] = {}
         if ok:
             try:
-                results = dict(zip(ok, self.parser.parse([batch["image"][i] for i in ok])))
+                faces = dict(zip(ok, self._faces_of([batch["image"][i] for i in ok])))
             except Exception:  # noqa: BLE001 - one bad batch must not stop the job
                 # Retry one by one so a single pathological image cannot fail its neighbours.
                 for i in ok:
                     try:
-                        results[i] = self.parser.parse([batch["image"][i]])[0]
+                        faces[i] = self._faces_of([batch["image"][i]])[0]
                     except Exception as exc:  # noqa: BLE001
                         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-                        batch["error_code"][i] = "model_failed"
-                        batch["error"][i] = f"{batch['key'][i]}: model failed: {reason}"
+                        codes[i] = "model_failed"
+                        errors[i] = f"{batch['key'][i]}: model failed: {reason}"
         if self.progress is not None:
-            self.progress.add.remote(len(results), n - len(results))
-        out = {k: v for k, v in batch.items() if k != "image"}
-        empty_map = np.zeros((0, 0), dtype=np.uint8)
-        out["label_map"] = _object_column([results[i].label_map if i in results else empty_map for i in range(n)])
-        out["boxes"] = np.stack([results[i].boxes if i in results else np.full((6, 4), np.nan, np.float32) for i in range(n)])
-        out["confidences"] = np.stack([results[i].confidences if i in results else np.full(6, np.nan, np.float32) for i in range(n)])
-        out["class_pixels"] = np.stack([results[i].class_pixels if i in results else np.zeros(len(CLASS_NAMES), np.int64) for i in range(n)])
-        for p, name in enumerate(PART_NAMES):
-            out[f"crop_{name}"] = _object_column(
-                [part_crop(batch["image"][i], results[i].boxes[p]) if i in results else _NO_CROP for i in range(n)]
-            )
-        return out
+            self.progress.add.remote(len(faces), n - len(faces), sum(len(f) for f in faces.values()))
+        rows = []
+        for i in range(n):
+            image_columns = {k: batch[k][i] for k in batch if k not in ("image", "error_code", "error")}
+            image_columns.update(error_code=codes[i], error=errors[i])
+            if i not in faces:
+                rows.append(_empty_face_row(image_columns, STATUS_ERROR))
+            elif not faces[i]:
+                rows.append(_empty_face_row(image_columns, STATUS_NO_FACE))
+            else:
+                rows += [_face_row(image_columns, r, len(faces[i])) for r in faces[i]]
+        return _columns(rows)
 
 
-def part_crop(image: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """The part's window cut from the original image at full resolution (clipped to the image)."""
-    h, w = image.shape[:2]
-    x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
-    x1, y1 = min(w, int(np.ceil(box[2])) + 1), min(h, int(np.ceil(box[3])) + 1)
-    if x1 <= x0 or y1 <= y0:
-        return _NO_CROP
-    return image[y0:y1, x0:x1]
+def _face_row(image_columns: dict, r, face_count: int) -> dict:
+    corners = r.windows.reshape(len(PART_NAMES), 8)
+    bounds = np.concatenate([r.windows.min(1), r.windows.max(1)], axis=1)
+    row = {
+        **image_columns,
+        "status": STATUS_OK,
+        "face_index": r.face_index,
+        "face_count": face_count,
+        "face_box": np.asarray(r.face_box, np.float32),
+        "landmarks": _NAN10 if r.landmarks is None else np.asarray(r.landmarks, np.float32).reshape(10),
+        "face_score": np.float32(np.nan if r.score is None else r.score),
+        "transform": r.alignment.matrix.reshape(6),
+        "aligned_size": np.array([r.alignment.width, r.alignment.height], np.int32),
+        "label_map": r.label_map,
+        "label_offset": np.array(r.label_map_offset, np.int32),
+        "boxes": bounds.astype(np.float32),
+        "windows": corners.astype(np.float32),
+        "confidences": r.confidences,
+        "class_pixels": r.class_pixels,
+    }
+    for p, name in enumerate(PART_NAMES):
+        row[f"crop_{name}"] = r.part_crop(p)
+    return row
+
+
+_NAN10 = np.full(10, np.nan, np.float32)
+
+
+def _empty_face_row(image_columns: dict, status: str) -> dict:
+    row = {
+        **image_columns,
+        "status": status,
+        "face_index": -1,
+        "face_count": 0,
+        "face_box": np.full(4, np.nan, np.float32),
+        "landmarks": _NAN10,
+        "face_score": np.float32(np.nan),
+        "transform": np.full(6, np.nan),
+        "aligned_size": np.zeros(2, np.int32),
+        "label_map": _NO_MAP,
+        "label_offset": np.zeros(2, np.int32),
+        "boxes": np.full((len(PART_NAMES), 4), np.nan, np.float32),
+        "windows": np.full((len(PART_NAMES), 8), np.nan, np.float32),
+        "confidences": np.full(len(PART_NAMES), np.nan, np.float32),
+        "class_pixels": np.zeros(len(CLASS_NAMES), np.int64),
+    }
+    for name in PART_NAMES:
+        row[f"crop_{name}"] = _NO_CROP
+    return row
+
+
+_NO_MAP = np.zeros((0, 0), dtype=np.uint8)
+# Columns of variable shape (images) travel as object arrays; the rest stack into ndarrays.
+_OBJECT_COLUMNS = {"label_map", *(f"crop_{name}" for name in PART_NAMES)}
+
+
+def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    out = {}
+    for name in rows[0]:
+        values = [r[name] for r in rows]
+        if name in _OBJECT_COLUMNS or isinstance(values[0], str) or values[0] is None:
+            out[name] = _object_column(values)
+        else:
+            out[name] = np.stack([np.asarray(v) for v in values])
+    return out
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -143,29 +226,46 @@ def _crop_bytes(crop: np.ndarray, fmt: str, quality: int) -> bytes | None:
 
 
 def encode_rows(batch: dict[str, np.ndarray], schema: pa.Schema, model_version: str, crop_format: str, jpeg_quality: int) -> pa.Table:
-    """Parsed rows -> the output table: PNG label maps, encoded crops, one row per input."""
+    """Face rows -> the output table: PNG label maps, encoded crops, one row per face (or per faceless image)."""
     n = len(batch["id"])
-    ok = np.array([not c for c in batch["error_code"]], dtype=bool)
+    status = [str(s) for s in batch["status"]]
+    ok = np.array([s == STATUS_OK for s in status], dtype=bool)
+    decoded = np.array([s != STATUS_ERROR for s in status], dtype=bool)
     now = datetime.now(timezone.utc)
+
+    def per_face(values):
+        return [v if good else None for good, v in zip(ok, values)]
+
     columns: dict[str, list | np.ndarray] = {
         "id": batch["id"].astype(np.int64),
         "key": [str(k) for k in batch["key"]],
         "etag": [None if e is None else str(e) for e in batch["etag"]],
         "size": batch["size"].astype(np.int64),
-        "width": [int(w) if w else None for w in batch["width"]],
-        "height": [int(h) if h else None for h in batch["height"]],
-        "status": [STATUS_OK if good else STATUS_ERROR for good in ok],
-        "error_code": [None if good else str(c) for good, c in zip(ok, batch["error_code"])],
-        "error": [None if good else str(e) for good, e in zip(ok, batch["error"])],
-        "label_map": [_png(m) if good else None for good, m in zip(ok, batch["label_map"])],
+        "width": [int(w) if good else None for good, w in zip(decoded, batch["width"])],
+        "height": [int(h) if good else None for good, h in zip(decoded, batch["height"])],
+        "face_index": per_face(batch["face_index"].astype(int).tolist()),
+        "face_count": batch["face_count"].astype(np.int32),
+        "status": status,
+        "error_code": [None if s != STATUS_ERROR else str(c) for s, c in zip(status, batch["error_code"])],
+        "error": [None if s != STATUS_ERROR else str(e) for s, e in zip(status, batch["error"])],
+        "face_box": per_face(batch["face_box"].tolist()),
+        "landmarks": [v.tolist() if good and not np.isnan(v).any() else None for good, v in zip(ok, batch["landmarks"])],
+        "face_score": [float(v) if good and not np.isnan(v) else None for good, v in zip(ok, batch["face_score"])],
+        "transform": per_face(batch["transform"].tolist()),
+        "aligned_width": per_face(batch["aligned_size"][:, 0].tolist()),
+        "aligned_height": per_face(batch["aligned_size"][:, 1].tolist()),
+        "label_map": [_png(m) if good and m.size else None for good, m in zip(ok, batch["label_map"])],
+        "label_map_x": per_face(batch["label_offset"][:, 0].tolist()),
+        "label_map_y": per_face(batch["label_offset"][:, 1].tolist()),
     }
     for p, name in enumerate(PART_NAMES):
         crops = batch[f"crop_{name}"]
         columns[f"{name}_crop"] = [_crop_bytes(c, crop_format, jpeg_quality) if good else None for good, c in zip(ok, crops)]
-        columns[f"{name}_box"] = [batch["boxes"][i, p].tolist() if ok[i] else None for i in range(n)]
-        columns[f"{name}_confidence"] = [float(batch["confidences"][i, p]) if ok[i] else None for i in range(n)]
+        columns[f"{name}_box"] = per_face(batch["boxes"][:, p].tolist())
+        columns[f"{name}_window"] = per_face(batch["windows"][:, p].tolist())
+        columns[f"{name}_confidence"] = per_face(batch["confidences"][:, p].astype(float).tolist())
     for c, name in enumerate(CLASS_NAMES):
-        columns[f"pixels_{name}"] = [int(batch["class_pixels"][i, c]) if ok[i] else None for i in range(n)]
+        columns[f"pixels_{name}"] = per_face(batch["class_pixels"][:, c].astype(int).tolist())
     columns["model_version"] = [model_version] * n
     columns["processed_at"] = [now] * n
     return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)

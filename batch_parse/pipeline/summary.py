@@ -13,17 +13,20 @@ class JobSummary:
     listed: int = 0  # images found at the source
     already_done: int = 0  # of those, committed by earlier runs
     skipped_non_image: int = 0  # objects without an image extension
-    rows_ok: int = 0
+    rows_ok: int = 0  # face rows
+    images_ok: int = 0  # images with at least one face row
+    no_face: int = 0  # images decoded without a face found (one row each)
     errors: Counter = field(default_factory=Counter)  # error_code -> rows
     error_examples: dict[str, str] = field(default_factory=dict)  # error_code -> one message
     seconds: float = 0.0
     new_files: list[str] = field(default_factory=list)
     recovered_incomplete: int = 0  # unfinished files from a killed run, removed before starting
     duplicates_removed: int = 0
+    incomplete_images_redone: int = 0  # images with only some faces committed: their rows removed and redone
 
     @property
     def rows_written(self) -> int:
-        return self.rows_ok + sum(self.errors.values())
+        return self.rows_ok + self.no_face + sum(self.errors.values())
 
     @property
     def exit_code(self) -> int:
@@ -31,7 +34,6 @@ class JobSummary:
         return 0
 
     def lines(self) -> list[str]:
-        rate = self.rows_written / self.seconds if self.seconds > 0 else 0.0
         out = [
             f"model:    {self.model_version}",
             f"output:   {self.output_dir}",
@@ -40,14 +42,22 @@ class JobSummary:
         ]
         if self.recovered_incomplete:
             out.append(f"recovered: removed {self.recovered_incomplete} unfinished file(s) of an interrupted run; their rows were redone")
+        if self.incomplete_images_redone:
+            out.append(f"recovered: {self.incomplete_images_redone} image(s) had only some faces committed; their rows were removed and redone")
         if self.rows_written == 0:
             out.append("nothing new to label: no files written")
             return out
-        out.append(f"rows:     {self.rows_written} written: {self.rows_ok} ok, {sum(self.errors.values())} error")
+        images = self.images_ok + self.no_face + sum(self.errors.values())
+        out.append(f"images:   {images} labelled: {self.images_ok} with faces, {self.no_face} without a face, "
+                   f"{sum(self.errors.values())} error")
+        out.append(f"rows:     {self.rows_written} written: {self.rows_ok} faces, {self.no_face} no_face, "
+                   f"{sum(self.errors.values())} error")
         for code, n in self.errors.most_common():
             example = self.error_examples.get(code, "")
             out.append(f"  {code:<14} {n:>7}   e.g. {example}")
-        out.append(f"speed:    {rate:.1f} images/s over {self.seconds:.1f} s")
+        image_rate = images / self.seconds if self.seconds > 0 else 0.0
+        face_rate = self.rows_ok / self.seconds if self.seconds > 0 else 0.0
+        out.append(f"speed:    {image_rate:.1f} images/s, {face_rate:.1f} faces/s over {self.seconds:.1f} s")
         out.append(f"files:    {len(self.new_files)} new Parquet file(s)")
         for path in self.new_files[:5]:
             out.append(f"  {path}")

@@ -2,7 +2,7 @@
 
 Reads only small columns (never label maps or crops) and keeps fixed-size histograms instead
 of every value, so memory stays flat however many rows there are; the exception is the
-duplicate-id check, which holds 8 bytes per row.
+duplicate check on (id, face_index), which holds 16 bytes per row.
 Percentiles are nearest-rank (numpy's method="inverted_cdf"), read off those histograms:
 confidences to 0.001 (printed to 0.01), areas to within 1% of their value.
 """
@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, PART_NAMES
-from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_OK
+from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.report.reader import Output, open_output
 
 CONFIDENCE_COLUMNS = tuple(f"{p}_confidence" for p in PART_NAMES)
 PIXEL_COLUMNS = tuple(f"pixels_{c}" for c in CLASS_NAMES)
-COLUMNS = ("id", "key", "status", "error_code", "width", "height", "model_version", *CONFIDENCE_COLUMNS, *PIXEL_COLUMNS)
+COLUMNS = ("id", "face_index", "key", "status", "error_code", "width", "height", "model_version", *CONFIDENCE_COLUMNS, *PIXEL_COLUMNS)
 
 CONFIDENCE_BINS = 1000
 # Area as a fraction of the image, log-spaced: 1e-8 (a pixel of a 100 MP image) .. 1, ~0.9% per bin.
@@ -43,9 +43,11 @@ class VersionStats:
     rows: int = 0
     ok: int = 0
     errors: int = 0
+    no_face: int = 0
     error_codes: Counter = field(default_factory=Counter)
     error_examples: dict[str, str] = field(default_factory=dict)
     ids: list[np.ndarray] = field(default_factory=list)
+    face_indexes: list[np.ndarray] = field(default_factory=list)
     class_present: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES, np.int64))
     class_area_sum: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES, np.float64))
     class_area_hist: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES, len(AREA_CENTERS)), np.int64))
@@ -59,11 +61,13 @@ class VersionStats:
     def add(self, batch: pa.RecordBatch) -> None:
         self.rows += batch.num_rows
         self.ids.append(batch.column("id").to_numpy(zero_copy_only=False).astype(np.int64))
+        self.face_indexes.append(pc.fill_null(batch.column("face_index"), -1).to_numpy(zero_copy_only=False).astype(np.int64))
         status = batch.column("status")
         ok = pc.equal(status, STATUS_OK).to_numpy(zero_copy_only=False)
         error = pc.equal(status, STATUS_ERROR).to_numpy(zero_copy_only=False)
         self.ok += int(ok.sum())
         self.errors += int(error.sum())
+        self.no_face += int(pc.sum(pc.equal(status, STATUS_NO_FACE)).as_py() or 0)
         if error.any():
             failed = batch.filter(pa.array(error))
             codes = pc.fill_null(failed.column("error_code"), "(no code)").to_pylist()
@@ -95,12 +99,17 @@ class VersionStats:
             self.confidence_hist[p] += np.bincount(bins, minlength=CONFIDENCE_BINS)
 
     def duplicate_ids(self) -> tuple[int, list[int]]:
-        """How many ids occur more than once, and a few of them."""
+        """How many (id, face_index) rows occur more than once, and a few of their ids."""
         if not self.ids:
             return 0, []
-        ids = np.sort(np.concatenate(self.ids))
-        repeated = np.unique(ids[1:][ids[1:] == ids[:-1]])
-        return int(repeated.size), repeated[:DUPLICATE_EXAMPLES].tolist()
+        ids, faces = np.concatenate(self.ids), np.concatenate(self.face_indexes)
+        order = np.lexsort((faces, ids))
+        ids, faces = ids[order], faces[order]
+        repeat = (ids[1:] == ids[:-1]) & (faces[1:] == faces[:-1])
+        return int(repeat.sum()), np.unique(ids[1:][repeat])[:DUPLICATE_EXAMPLES].tolist()
+
+    def images(self) -> int:
+        return int(np.unique(np.concatenate(self.ids)).size) if self.ids else 0
 
 
 def _floats(column: pa.Array) -> np.ndarray:
@@ -155,16 +164,17 @@ def _version_lines(version: str, stats: VersionStats) -> list[str]:
             f"  model {model}, weights sha256 {str(weights)[:16]}..., schema v{schema_version}, "
             f"source {source or '(not recorded)'} ({len(files)} file(s))"
         )
-    other = stats.rows - stats.ok - stats.errors
+    other = stats.rows - stats.ok - stats.errors - stats.no_face
     lines.append(
-        f"  files {len(stats.files)}   rows {stats.rows:,}   ok {stats.ok:,}   error {stats.errors:,}"
-        + (f"   other status {other:,}" if other else "")
+        f"  files {len(stats.files)}   images {stats.images():,}   rows {stats.rows:,}: faces {stats.ok:,}   "
+        f"no_face {stats.no_face:,}   error {stats.errors:,}" + (f"   other status {other:,}" if other else "")
     )
     duplicates, examples = stats.duplicate_ids()
     if duplicates:
-        lines.append(f"  duplicate ids: {duplicates:,} id(s) occur more than once (must be 0), e.g. {', '.join(map(str, examples))}")
+        lines.append(f"  duplicate rows: {duplicates:,} (id, face_index) pair(s) occur more than once (must be 0), "
+                     f"e.g. ids {', '.join(map(str, examples))}")
     else:
-        lines.append("  duplicate ids: 0 (every id occurs once, as it must)")
+        lines.append("  duplicate rows: 0 (every (id, face_index) occurs once, as it must)")
     if stats.error_codes:
         lines.append("  errors by code:")
         width = max(len(code) for code in stats.error_codes)
@@ -178,7 +188,7 @@ def _version_lines(version: str, stats: VersionStats) -> list[str]:
 def _area_lines(stats: VersionStats) -> list[str]:
     width = max(len(n) for n in CLASS_NAMES)
     lines = [
-        "  class area, % of image pixels (present: share of ok images with the class; mean/median among those):",
+        "  class area, % of image pixels (present: share of faces with the class; mean/median among those):",
         f"    {'class':<{width}}  {'present':>7}  {'mean':>8}  {'median':>8}",
     ]
     for c, name in enumerate(CLASS_NAMES):
@@ -195,7 +205,7 @@ def _area_lines(stats: VersionStats) -> list[str]:
 def _confidence_lines(stats: VersionStats) -> list[str]:
     width = max(len(n) for n in PART_NAMES)
     lines = [
-        "  part confidence (ok rows; histogram of 0..1 in tenths):",
+        "  part confidence (faces; histogram of 0..1 in tenths):",
         f"    {'part':<{width}}  {'mean':>5}  {'p10':>5}  {'p50':>5}  {'p90':>5}  histogram",
     ]
     for p, name in enumerate(PART_NAMES):

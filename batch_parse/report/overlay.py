@@ -102,6 +102,16 @@ def _draw_boxes(image: Image.Image, boxes: np.ndarray, scale: float) -> None:
         draw.text((x0 + 2, max(0.0, y0 - FONT_SIZE)), name, fill=color, font=font)
 
 
+def _draw_face(image: Image.Image, face_box: np.ndarray | None, landmarks: np.ndarray | None, scale: float) -> None:
+    """The detector's box (white) and five landmarks (dots), so a reviewer sees which face this row is."""
+    draw = ImageDraw.Draw(image)
+    if face_box is not None and np.all(np.isfinite(face_box)):
+        draw.rectangle(tuple((np.asarray(face_box) * scale).tolist()), outline=(255, 255, 255), width=1)
+    if landmarks is not None:
+        for x, y in np.asarray(landmarks) * scale:
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(255, 255, 255), outline=(0, 0, 0))
+
+
 def _crop_grid(crops: Sequence[Image.Image | None], confidences: Sequence[float]) -> Image.Image:
     font = _font()
     cell_w, cell_h = CROP_CELL
@@ -133,8 +143,10 @@ def panel(
     crops: Sequence[Image.Image | None],
     title: str,
     note: str | None = None,
+    face_box: np.ndarray | None = None,
+    landmarks: np.ndarray | None = None,
 ) -> Image.Image:
-    """One row to review: original + part boxes | overlay | legend | the six part crops.
+    """One face to review: original + face box, landmarks, part boxes | overlay | legend | the six part crops.
 
     image None (source unreadable): both tiles are drawn on flat grey from the label map alone;
     say why in `note`, which is printed in red under the title.
@@ -149,6 +161,7 @@ def panel(
     small_map = np.asarray(Image.fromarray(label_map).resize(original.size, Image.NEAREST))
     overlaid = Image.fromarray(overlay(np.asarray(original), small_map, alpha))
     _draw_boxes(original, boxes, scale)
+    _draw_face(original, face_box, landmarks, scale)
 
     key_legend = legend()
     grid = _crop_grid(crops, confidences)

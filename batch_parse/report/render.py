@@ -1,7 +1,7 @@
-"""`render`: review panels (PNG) of the least confident rows of an output, and an index.html contact sheet.
+"""`render`: review panels (PNG) of the least confident faces of an output, and an index.html contact sheet.
 
-Two passes over the output: the small columns pick the `limit` ok rows with the lowest mean part
-confidence (and the first error rows); then label maps and crops are read for those rows only.
+Two passes over the output: the small columns pick the `limit` face rows with the lowest mean part
+confidence (and the first error and no-face rows); then label maps and crops are read for those rows only.
 The original image is not in the output, so it is fetched again from the source recorded in
 each file's metadata; when that fails the panel is drawn from the label map alone and says why.
 """
@@ -22,7 +22,7 @@ from PIL import Image
 from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, PART_NAMES
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
-from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_OK
+from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.report.overlay import panel
 from batch_parse.report.reader import Output, OutputFile, open_output
 from batch_parse.storage.fetch import FetchError, fetch_objects
@@ -30,8 +30,10 @@ from batch_parse.storage.location import parse_location
 from batch_parse.storage.s3 import describe_error
 
 CONFIDENCE_COLUMNS = tuple(f"{p}_confidence" for p in PART_NAMES)
-SELECT_COLUMNS = ("id", "key", "status", "error_code", "error", "width", "height", "model_version", *CONFIDENCE_COLUMNS)
-PANEL_COLUMNS = ("id", "label_map", *(f"{p}_crop" for p in PART_NAMES), *(f"{p}_box" for p in PART_NAMES))
+SELECT_COLUMNS = ("id", "key", "status", "error_code", "error", "width", "height", "model_version",
+                  "face_index", "face_count", "face_score", *CONFIDENCE_COLUMNS)
+PANEL_COLUMNS = ("id", "face_index", "label_map", "label_map_x", "label_map_y", "face_box", "landmarks",
+                 *(f"{p}_crop" for p in PART_NAMES), *(f"{p}_box" for p in PART_NAMES))
 PANELS_DIR = "panels"
 TITLE_KEY_CHARS = 70
 
@@ -48,6 +50,9 @@ class Row:
     height: int | None = field(compare=False)
     confidences: list[float | None] = field(compare=False)
     file: OutputFile = field(compare=False)
+    face_index: int = field(default=0, compare=False)
+    face_count: int = field(default=1, compare=False)
+    face_score: float | None = field(default=None, compare=False)
     panel: str | None = field(default=None, compare=False)  # path relative to index.html
     note: str | None = field(default=None, compare=False)
 
@@ -66,6 +71,8 @@ class Selection:
     errors: list[ErrorRow]
     ok_total: int = 0
     error_total: int = 0
+    no_face: list[str] = field(default_factory=list)  # keys of the first images without a face
+    no_face_total: int = 0
 
 
 def render_output(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: str | None = None) -> Path:
@@ -97,8 +104,12 @@ def select_rows(output: Output, limit: int) -> Selection:
         status = batch.column("status")
         ok = np.flatnonzero(pc.equal(status, STATUS_OK).to_numpy(zero_copy_only=False))
         failed = np.flatnonzero(pc.equal(status, STATUS_ERROR).to_numpy(zero_copy_only=False))
+        faceless = np.flatnonzero(pc.equal(status, STATUS_NO_FACE).to_numpy(zero_copy_only=False))
         selection.ok_total += ok.size
         selection.error_total += failed.size
+        selection.no_face_total += faceless.size
+        for i in faceless[: max(0, limit - len(selection.no_face))]:
+            selection.no_face.append(batch.column("key")[i].as_py())
         for i in failed[: max(0, limit - len(errors))]:
             errors.append(ErrorRow(*(batch.column(n)[i].as_py() for n in ("key", "error_code", "error", "model_version"))))
         if not ok.size:
@@ -111,9 +122,10 @@ def select_rows(output: Output, limit: int) -> Selection:
         # Only the batch's own `limit` lowest can enter the heap: keeps Python work per batch small.
         candidates = ok if ok.size <= limit else ok[np.argpartition(means[ok], limit - 1)[:limit]]
         for i in candidates:
-            key, row_id, version, width, height = (batch.column(n)[i].as_py() for n in ("key", "id", "model_version", "width", "height"))
+            key, row_id, version, width, height, face, count, score = (batch.column(n)[i].as_py() for n in (
+                "key", "id", "model_version", "width", "height", "face_index", "face_count", "face_score"))
             confidence_list = [float(v) if np.isfinite(v) else None for v in confidences[i]]
-            row = Row(float(means[i]), key, row_id, version, width, height, confidence_list, file)
+            row = Row(float(means[i]), key, row_id, version, width, height, confidence_list, file, face, count, score)
             item = (-row.mean_confidence, -sequence, row)
             sequence += 1
             if len(heap) < limit:
@@ -126,14 +138,19 @@ def select_rows(output: Output, limit: int) -> Selection:
 
 def _render_file_rows(output: Output, rows: list[Row], out_dir: Path, endpoint_url: str | None) -> None:
     table = output.read_rows(rows[0].file, PANEL_COLUMNS, [r.id for r in rows])
-    stored = {record["id"]: record for record in table.to_pylist()}
+    stored = {(record["id"], record["face_index"]): record for record in table.to_pylist()}
     originals = _fetch_originals(rows[0].file.metadata, [r.key for r in rows], endpoint_url)
     for row, original in zip(rows, originals):
-        record = stored.get(row.id)
-        label_map = _decode_label_map(record)
-        if label_map is None:
+        record = stored.get((row.id, row.face_index))
+        face_map = _decode_label_map(record)
+        if face_map is None or not row.width or not row.height:
             row.note = "label map missing or unreadable: no panel"
             continue
+        # The face's map covers its region only: place it in the photo.
+        label_map = np.zeros((row.height, row.width), np.uint8)
+        x0, y0 = record["label_map_x"], record["label_map_y"]
+        h, w = face_map.shape
+        label_map[y0 : y0 + h, x0 : x0 + w] = face_map[: row.height - y0, : row.width - x0]
         image, note = original
         if image is not None and image.shape[:2] != label_map.shape:
             note = (f"source image is {image.shape[1]}x{image.shape[0]} now but the label map is "
@@ -143,11 +160,36 @@ def _render_file_rows(output: Output, rows: list[Row], out_dir: Path, endpoint_u
             note = f"original not shown, drawn from the label map alone: {note}"
         boxes = np.array([record[f"{p}_box"] or [np.nan] * 4 for p in PART_NAMES], dtype=np.float64)
         crops = [_decode_crop(record[f"{p}_crop"]) for p in PART_NAMES]
-        picture = panel(image, label_map, boxes, row.confidences, crops, _title(row), note)
-        relative = f"{PANELS_DIR}/{_slug(row.model_version)}/{row.id & 0xFFFFFFFFFFFFFFFF:016x}.png"
+        landmarks = np.array(record["landmarks"], np.float64).reshape(5, 2) if record["landmarks"] else None
+        face_box = np.array(record["face_box"], np.float64) if record["face_box"] else None
+        # Zoom to the face: in a group photo a whole-image tile would make each face a few pixels.
+        x0, y0, x1, y1 = _around(face_box, row.width, row.height)
+        shift = np.array([x0, y0, x0, y0], np.float64)
+        label_map = label_map[y0:y1, x0:x1]
+        image = None if image is None else image[y0:y1, x0:x1]
+        picture = panel(image, label_map, boxes - shift, row.confidences, crops, _title(row), note,
+                        face_box=None if face_box is None else face_box - shift,
+                        landmarks=None if landmarks is None else landmarks - shift[:2])
+        relative = f"{PANELS_DIR}/{_slug(row.model_version)}/{row.id & 0xFFFFFFFFFFFFFFFF:016x}-{row.face_index}.png"
         (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         picture.save(out_dir / relative)
         row.panel, row.note = relative, note
+
+
+FACE_CONTEXT = 2.0  # panel side / face box side: the face with its hair, ears and chin around it
+
+
+def _around(face_box: np.ndarray | None, width: int, height: int) -> tuple[int, int, int, int]:
+    """The square region of the photo a face's panel shows (the whole photo for whole-image rows)."""
+    if face_box is None or not np.all(np.isfinite(face_box)):
+        return 0, 0, width, height
+    cx, cy = (face_box[0] + face_box[2]) / 2, (face_box[1] + face_box[3]) / 2
+    half = FACE_CONTEXT * max(face_box[2] - face_box[0], face_box[3] - face_box[1]) / 2
+    x0, y0 = max(0, int(cx - half)), max(0, int(cy - half))
+    x1, y1 = min(width, int(np.ceil(cx + half))), min(height, int(np.ceil(cy + half)))
+    if x1 <= x0 or y1 <= y0:
+        return 0, 0, width, height
+    return x0, y0, x1, y1
 
 
 def _fetch_originals(metadata: dict, keys: list[str], endpoint_url: str | None) -> list[tuple[np.ndarray | None, str | None]]:
@@ -196,7 +238,12 @@ def _decode_crop(data: bytes | None) -> Image.Image | None:
 
 def _title(row: Row) -> str:
     key = row.key if len(row.key) <= TITLE_KEY_CHARS else "..." + row.key[-(TITLE_KEY_CHARS - 3) :]
-    return f"{key}   {row.width}x{row.height}   mean confidence {_confidence(row.mean_confidence)}   {row.model_version}"
+    return (f"{key}   face {row.face_index + 1}/{row.face_count}{_score(row.face_score)}   {row.width}x{row.height}   "
+            f"mean confidence {_confidence(row.mean_confidence)}   {row.model_version}")
+
+
+def _score(score: float | None) -> str:
+    return "" if score is None else f" (detector {score:.2f})"
 
 
 def _confidence(value: float | None) -> str:
@@ -232,24 +279,31 @@ def _index_html(output: Output, selection: Selection) -> str:
         f"<title>batch-parse review: {e(output.location.uri)}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>batch-parse review of {e(output.location.uri)}</h1>",
-        "<p><strong>Rows are ordered by ascending mean part confidence</strong> (the mean of the six part "
+        "<p><strong>Faces are ordered by ascending mean part confidence</strong> (the mean of the six part "
         "confidences), so the most doubtful labels come first.</p>",
-        f"<p>{len(selection.rows)} of {selection.ok_total:,} labelled rows shown; "
-        f"{selection.error_total:,} error row(s), listed at the end.</p>",
+        f"<p>{len(selection.rows)} of {selection.ok_total:,} faces shown; {selection.no_face_total:,} image(s) without a face "
+        f"and {selection.error_total:,} error row(s), listed at the end.</p>",
         f'<p class="legend">{legend}</p>',
-        "<p>Each panel: the original with the six part windows | the label overlay | the class legend | "
-        "the part crops with their confidences.</p>",
+        "<p>Each panel: the original with the face box, its five landmarks and the six part windows | the label "
+        "overlay | the class legend | the upright part crops with their confidences.</p>",
     ]
     for rank, row in enumerate(selection.rows, 1):
         confidences = ", ".join(f"{e(name)} {_confidence(c)}" for name, c in zip(PART_NAMES, row.confidences))
         caption = (
-            f"#{rank} <strong>{e(row.key)}</strong> &middot; id {row.id} &middot; {row.width}x{row.height} &middot; "
+            f"#{rank} <strong>{e(row.key)}</strong> &middot; face {row.face_index + 1} of {row.face_count}{e(_score(row.face_score))} "
+            f"&middot; id {row.id} &middot; {row.width}x{row.height} &middot; "
             f"mean confidence {_confidence(row.mean_confidence)} &middot; {e(row.model_version)}<br>{confidences}"
         )
         if row.note:
             caption += f'<br><span class="note">{e(row.note)}</span>'
         image = f'<img src="{e(row.panel)}" alt="{e(row.key)}" loading="lazy">' if row.panel else ""
         parts.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")
+    if selection.no_face:
+        shown = len(selection.no_face)
+        more = f" (first {shown} of {selection.no_face_total:,})" if shown < selection.no_face_total else ""
+        parts.append(f"<h2>Images without a face{more}</h2><ul>")
+        parts += [f"<li>{e(key)}</li>" for key in selection.no_face]
+        parts.append("</ul>")
     if selection.errors:
         shown = len(selection.errors)
         more = f" (first {shown} of {selection.error_total:,})" if shown < selection.error_total else ""

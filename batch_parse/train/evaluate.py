@@ -62,6 +62,25 @@ def evaluate(
     return hist, f1_scores(hist)
 
 
+def photo_label_maps(parser, detector, images: list[np.ndarray], largest: bool = False) -> list[np.ndarray]:
+    """Full-size label maps of each image: parsed whole (detector None) or face by face, as the job does.
+
+    With several faces, later faces only fill pixels the earlier (larger) ones left as background.
+    An image without a detected face is all background: that miss is part of the score.
+    """
+    if detector is None:
+        return [r.label_map for r in parser.parse(images)]
+    found = detector.detect(images)
+    if largest:
+        found = [type(d)(d.boxes[:1], d.landmarks[:1], d.scores[:1]) for d in found]
+    maps = [np.zeros(im.shape[:2], np.uint8) for im in images]
+    for r in parser.parse_faces(images, found):
+        face = r.photo_label_map(images[r.image_index].shape[1], images[r.image_index].shape[0])
+        target = maps[r.image_index]
+        np.copyto(target, face, where=target == 0)
+    return maps
+
+
 def format_scores(scores: dict[str, float]) -> str:
     """One line, groups in labels.F1_GROUPS order, as percentages like the papers print them."""
     return "  ".join(f"{group}={100 * value:.2f}" for group, value in scores.items())
