@@ -160,3 +160,23 @@ def _exif_rotated(face: Image.Image) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
     return _save(Image.fromarray(stored), "JPEG", quality=95, exif=exif)
+
+
+def group_jpegs(n: int, faces_per_image: int = 3, offset: int = 100) -> list[bytes]:
+    """`n` group photos, each `faces_per_image` real UTKFace crops side by side on a grey canvas.
+
+    Faces are taken in order from the UTKFace crops after the first `offset` (so they differ from
+    face_jpegs' first ones), each at 200 px with 20 px gaps: a multi-face photo whose faces are
+    all large and frontal.
+    """
+    crops = face_jpegs(offset + n * faces_per_image)[offset:]
+    photos = []
+    for i in range(n):
+        canvas = Image.new("RGB", (20 + 220 * faces_per_image, 240), (128, 128, 128))
+        for k in range(faces_per_image):
+            face = Image.open(io.BytesIO(crops[i * faces_per_image + k])).convert("RGB")
+            canvas.paste(face, (20 + 220 * k, 20))
+        buffer = io.BytesIO()
+        canvas.save(buffer, "JPEG", quality=90)
+        photos.append(buffer.getvalue())
+    return photos

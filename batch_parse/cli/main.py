@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from batch_parse.cli import demo, jobs, model
+from batch_parse.cli import demo, export, jobs, model
 from batch_parse.cli.redact import echo, redact
 from batch_parse.pipeline.options import CROP_FORMATS, FACE_MODES, JobOptions
 
@@ -182,5 +182,5 @@ def render(dst: str, out_dir: Path, limit: int, endpoint_url: str | None) -> Non
     echo(f"wrote {index}")
 
 
-for _command in (*jobs.COMMANDS, *model.COMMANDS, *demo.COMMANDS):
+for _command in (*jobs.COMMANDS, *model.COMMANDS, *demo.COMMANDS, *export.COMMANDS):
     cli.add_command(_command)

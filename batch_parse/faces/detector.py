@@ -31,11 +31,11 @@ RNET_THRESHOLD = 0.7
 # NMS overlaps: P-Net windows within one pyramid level, then across levels; R-Net; O-Net (by
 # intersection over the smaller box, which also drops a box nested in a larger face's box).
 NMS_PNET_LEVEL, NMS_PNET, NMS_RNET, NMS_ONET_MIN = 0.5, 0.7, 0.7, 0.7
-# The first (largest) P-Net input is capped at this many pixels. Below the cap the smallest face
-# found is min_face; above it (photos over ~3 MP at min_face 20, e.g. a 4000x3000 photo) the
-# pyramid starts lower and the smallest face found grows to min_face * sqrt(H*W*(12/min_face)^2 / cap),
-# about 1.2% of the shorter side: 36 px in a 4000x3000 photo. It bounds P-Net's time and memory
-# (a 12 MP photo at min_face 20 would otherwise need a 4.3 MP first level).
+# The first (largest) P-Net input is capped at this many pixels, which bounds P-Net's time and
+# memory: a 12 MP photo at min_face 20 would otherwise need a 4.3 MP first level. Below the cap
+# the smallest face found is min_face; above it (photos over 4.4 MP at min_face 20) the pyramid
+# starts lower and the smallest face found is 12 * sqrt(H*W / MAX_PNET_PIXELS) px: 33 px in a
+# 4000x3000 photo, about 1.1% of its shorter side.
 MAX_PNET_PIXELS = 1536 * 1024
 # Proposals kept per photo after P-Net, best first. Busy textures (foliage, crowds) can give
 # thousands; R-Net rejects almost all of them, and a face's proposals score near the top.
@@ -129,7 +129,7 @@ class FaceDetector:
         """(N,4) squared P-Net proposals in photo pixels (edge coordinates), best first."""
         windows, scores, offsets = [], [], []
         for level in photo.pnet_levels:
-            probs, level_offsets = self.pnet(_normalise(level.pixels[None]).contiguous(memory_format=torch.channels_last))
+            probs, level_offsets = self.pnet(_normalise(level.pixels[None].float()).contiguous(memory_format=torch.channels_last))
             rows, cols = torch.nonzero(probs[0] >= PNET_THRESHOLD, as_tuple=True)
             if not len(rows):
                 continue
@@ -151,7 +151,7 @@ class FaceDetector:
 
 @dataclass
 class _Level:
-    pixels: torch.Tensor  # (3,h,w) float32, 0..255
+    pixels: torch.Tensor  # (3,h,w) uint8: a batch of large photos keeps its pyramids until O-Net
     scale_x: float  # level width / photo width
     scale_y: float
 
@@ -170,7 +170,7 @@ class _Photo:
             size = (max(mtcnn.PNET_CELL, round(height * scale)), max(mtcnn.PNET_CELL, round(width * scale)))
             # Each level from the one before: cheaper than from the photo, and antialiased either way.
             source = _resize(source, size)
-            self.pnet_levels.append(_Level(source, size[1] / width, size[0] / height))
+            self.pnet_levels.append(_Level(_to_uint8(source), size[1] / width, size[0] / height))
             scale *= PYRAMID_FACTOR
         self._sources: list[_Level] | None = None
 
@@ -178,13 +178,13 @@ class _Photo:
         """Levels to sample crops from, largest first: the photo itself, then P-Net's levels below it,
         with extra ones where the gap to the next is more than 2x, so bilinear crops do not alias."""
         if self._sources is None:
-            levels = [_Level(self.pixels.float(), 1.0, 1.0)]
+            levels = [_Level(self.pixels, 1.0, 1.0)]
             below = [level for level in self.pnet_levels if level.scale_x < 1.0]
             for level in below:
                 while levels[-1].scale_x * 0.5 > level.scale_x:
                     top = levels[-1]
                     size = (round(top.pixels.shape[1] * PYRAMID_FACTOR), round(top.pixels.shape[2] * PYRAMID_FACTOR))
-                    levels.append(_Level(_resize(top.pixels, size), size[1] / self.width, size[0] / self.height))
+                    levels.append(_Level(_to_uint8(_resize(top.pixels.float(), size)), size[1] / self.width, size[0] / self.height))
                 levels.append(level)
             self._sources = levels
         return self._sources
@@ -201,6 +201,10 @@ def _as_tensor(image: np.ndarray, index: int, device: torch.device) -> torch.Ten
 
 def _resize(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(pixels[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def _to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.round().clamp(0, 255).to(torch.uint8)
 
 
 def _normalise(pixels: torch.Tensor) -> torch.Tensor:
@@ -223,7 +227,7 @@ def _crops(photos: list[_Photo], boxes: np.ndarray, owners: np.ndarray, size: in
             continue
         sources = photo.sources()
         scales = np.array([level.scale_x for level in sources])
-        wanted = size / (boxes[mine, 2] - boxes[mine, 0])
+        wanted = size / np.maximum(boxes[mine, 2] - boxes[mine, 0], 1e-3)
         # scales fall with the index: the last level whose scale still covers what the box needs.
         choice = np.clip(np.searchsorted(-scales, -wanted, side="right") - 1, 0, len(sources) - 1)
         for level_index in np.unique(choice):
@@ -235,7 +239,7 @@ def _crops(photos: list[_Photo], boxes: np.ndarray, owners: np.ndarray, size: in
             grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1)
             # All boxes of a level as one tall grid: one call instead of one per box.
             sampled = F.grid_sample(
-                sources[level_index].pixels[None], grid.reshape(1, -1, size, 2), mode="bilinear", padding_mode="zeros", align_corners=False
+                sources[level_index].pixels[None].float(), grid.reshape(1, -1, size, 2), mode="bilinear", padding_mode="zeros", align_corners=False
             )
             out[torch.as_tensor(picked, device=device)] = sampled[0].view(3, len(picked), size, size).transpose(0, 1)
     return _normalise(out) if len(boxes) else out

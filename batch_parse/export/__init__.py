@@ -1,0 +1,95 @@
+"""`batch-parse export`: a job's output in the formats labelling and dataset tools open as they are.
+
+One module per format (coco, cvat, labelstudio, hf, fiftyone), each a function
+`export(photos, out, originals, result)`; faces.py reads the output photo by photo for all of them.
+Every format writes into a fresh local folder OUT; originals are referenced by their key (a local
+path or an s3:// URI) unless `--copy-images` puts them in OUT/images (hf: inside the Parquet).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMATS = ("coco", "cvat", "labelstudio", "hf", "fiftyone")
+IMAGES_DIR = "images"  # where --copy-images puts the originals, keyed as in the output
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote: counts for the summary and the files a user opens in the tool."""
+
+    format: str
+    out: Path
+    images: int = 0
+    faces: int = 0
+    parts: int = 0  # part masks: COCO annotations, Label Studio results, CVAT objects
+    copied: int = 0
+    files: list[str] = field(default_factory=list)  # relative to out
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        parts = f", {self.parts} part mask(s)" if self.parts else ""
+        lines = [f"exported {self.images} image(s), {self.faces} face(s){parts} as {self.format} to {self.out}"]
+        if self.copied:
+            lines.append(f"copied {self.copied} original(s) to {self.out / IMAGES_DIR}")
+        lines += [f"  {name}" for name in self.files]
+        lines += [f"note: {note}" for note in self.notes]
+        return lines
+
+
+def export_output(dst: str, out: str | os.PathLike, fmt: str, *, where: str | None = None, limit: int | None = None,
+                  copy_images: bool = False, endpoint_url: str | None = None,
+                  progress: Callable[[int, int, int], None] | None = None) -> ExportResult:
+    """Export the output at `dst` to the fresh folder `out` in format `fmt`; ValueError on a user mistake.
+
+    progress(rows_read, rows_total, images_done) is called as the rows stream by.
+    """
+    # Here, not at the top: the CLI imports this package for FORMATS alone.
+    from batch_parse.export.faces import Originals, iter_photos
+    from batch_parse.export.where import parse_where
+    from batch_parse.report.reader import open_output
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}: one of {', '.join(FORMATS)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    if str(out).startswith("s3://"):
+        raise ValueError("OUT must be a local folder (the tools import from files)")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder: export into a new one")
+    condition = parse_where(where) if where else None
+    module = importlib.import_module(f"batch_parse.export.{fmt}")
+    module.check_installed()  # before reading anything: a missing library is a one-line error, not a half export
+    output = open_output(dst, endpoint_url)
+    total = sum(f.num_rows for f in output.files)
+    result = ExportResult(format=fmt, out=out)
+    rows_read = 0
+
+    def advance(rows: int) -> None:
+        nonlocal rows_read
+        rows_read += rows
+        if progress is not None:
+            progress(rows_read, total, result.images)
+
+    photos = iter_photos(output, condition, limit, columns=module.COLUMNS, progress=advance)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        module.export(photos, out, Originals(endpoint_url) if copy_images else None, result)
+    except BaseException:
+        # No half export left behind to be imported by mistake; the folder was empty or new.
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for child in out.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        raise
+    if result.images == 0:
+        result.notes.append("no image matched" + (f" --where {condition}" if condition else "") + ": the export is empty")
+    return result

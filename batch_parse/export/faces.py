@@ -1,0 +1,264 @@
+"""Reads a job's output photo by photo for the exporters: its faces together, their label maps placed in it.
+
+The output has one row per face, and an image's faces may sit in two files (a block boundary),
+so rows are streamed a small batch at a time and a photo is handed on once all its rows have
+been seen (`face_count` says how many). Only rows the `--where` filter keeps become faces; error
+rows are never exported (they have no labels). Memory: one batch, plus the photos still waiting
+for the rest of their rows.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from batch_parse.export import IMAGES_DIR
+from batch_parse.export.where import Where
+from batch_parse.labels import BACKGROUND, NUM_CLASSES
+from batch_parse.pipeline.decode import DecodeError, decode_image
+from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
+from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from batch_parse.report.reader import Output, OutputFile
+from batch_parse.storage.fetch import FetchError, fetch_objects
+from batch_parse.storage.location import parse_location
+from batch_parse.storage.s3 import StorageError, describe_error
+
+PHOTO_COLUMNS = ("id", "key", "status", "width", "height", "face_index", "face_count", "model_version")
+FACE_COLUMNS = ("face_box", "landmarks", "face_score", "label_map", "label_map_x", "label_map_y")
+# Rows per read: label maps and crops are a few kB each, so a batch stays a few MB.
+BATCH_ROWS = 256
+EXIF_ORIENTATION = 0x0112
+
+
+@dataclass
+class Face:
+    """One face row: where the detector found it and its label map (the face's region of the photo)."""
+
+    index: int  # face_index
+    score: float | None
+    box: np.ndarray | None  # [x0, y0, x1, y1], original pixels
+    landmarks: np.ndarray | None  # (5, 2) [x, y], original pixels
+    label_map: np.ndarray  # (h, w) uint8 class indices, placed at (x, y) in the photo
+    x: int
+    y: int
+    columns: dict = field(default_factory=dict)  # the other columns an exporter asked for (crops, confidences)
+
+
+@dataclass
+class Photo:
+    """One image of the output with its selected faces (face_index order); no faces for a no_face image."""
+
+    id: int
+    key: str
+    width: int
+    height: int
+    status: str  # ok or no_face
+    model_version: str
+    source: str | None  # where the job read the image (file metadata), None if not recorded
+    endpoint_url: str | None
+    faces: list[Face] = field(default_factory=list)
+    _maps: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    def label_maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """(label_map, owner): the photo's (height, width) class map, the union of its faces, and per
+        pixel the position in `faces` of the face that class came from (-1 for background).
+
+        Faces go in face_index order (largest first) and a later face only fills pixels the earlier
+        ones left as background, as `batch-parse eval` scores a photo.
+        """
+        if self._maps is None:
+            label_map = np.zeros((self.height, self.width), np.uint8)
+            owner = np.full((self.height, self.width), -1, np.int16)
+            for position, face in enumerate(self.faces):
+                x, y = max(face.x, 0), max(face.y, 0)
+                region = face.label_map[y - face.y : self.height - face.y, x - face.x : self.width - face.x]
+                h, w = region.shape
+                target, owned = label_map[y : y + h, x : x + w], owner[y : y + h, x : x + w]
+                free = (target == BACKGROUND) & (region != BACKGROUND)
+                target[free] = region[free]
+                owned[free] = position
+            self._maps = label_map, owner
+        return self._maps
+
+    def parts(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(position in faces, class, (height, width) bool mask) for every class present in every face:
+        the instances of COCO, CVAT's SegmentationObject and Label Studio; disjoint, their union is label_maps()[0]."""
+        label_map, owner = self.label_maps()
+        for position in range(len(self.faces)):
+            mine = owner == position
+            present = np.bincount(label_map[mine], minlength=NUM_CLASSES)
+            for cls in np.flatnonzero(present[1:]) + 1:
+                yield position, int(cls), mine & (label_map == cls)
+
+    def uri(self) -> str:
+        """The original image: an s3:// URI or an absolute local path (the key alone if the source is unknown)."""
+        if not self.source:
+            return self.key
+        location = parse_location(self.source)
+        return f"s3://{location.bucket}/{self.key}" if location.is_s3 else location.join(self.key)
+
+
+def iter_photos(output: Output, where: Where | None = None, limit: int | None = None,
+                columns: Sequence[str] = (), progress=None) -> Iterator[Photo]:
+    """The output's photos with at least one face (or a no_face row) that `where` keeps, at most `limit`.
+
+    columns: extra columns to read for each face, in Face.columns (raw values: crops stay bytes).
+    progress(rows_read): called after every batch.
+    """
+    wanted = list(dict.fromkeys((*PHOTO_COLUMNS, *FACE_COLUMNS, *columns, *(where.columns if where else ()))))
+    pending: dict[int, tuple[Photo, int]] = {}  # id -> (photo so far, rows of it still to come)
+    emitted = 0
+    for file in output.files:
+        for batch in _file_batches(output, file, wanted):
+            keep = _keep(batch, where)
+            records = batch.to_pylist()
+            for record, kept in zip(records, keep):
+                photo, missing = pending.pop(record["id"], (None, max(record["face_count"], 1)))
+                if photo is None:
+                    photo = _photo(record, file)
+                if kept and record["status"] == STATUS_OK:
+                    photo.faces.append(_face(record, columns, output.relative(file.path)))
+                elif kept and record["status"] == STATUS_NO_FACE:
+                    photo.status = STATUS_NO_FACE
+                missing -= 1
+                if missing > 0:
+                    pending[record["id"]] = (photo, missing)
+                elif _exportable(photo):
+                    photo.faces.sort(key=lambda f: f.index)
+                    yield photo
+                    emitted += 1
+                    if limit is not None and emitted >= limit:
+                        return
+            if progress is not None:
+                progress(batch.num_rows)
+    # Images with rows missing (a torn output the job would redo): export what is there.
+    for photo, _ in pending.values():
+        if _exportable(photo):
+            photo.faces.sort(key=lambda f: f.index)
+            yield photo
+            emitted += 1
+            if limit is not None and emitted >= limit:
+                return
+
+
+def _file_batches(output: Output, file: OutputFile, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    name = output.relative(file.path)
+    try:
+        with output.filesystem.open_input_file(file.path) as stream:
+            parquet = pq.ParquetFile(stream)
+            missing = [c for c in columns if c not in parquet.schema_arrow.names]
+            if missing:
+                raise ValueError(f"{name}: column(s) {', '.join(missing)} missing: written by an incompatible batch-parse version?")
+            yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+    except OSError as exc:
+        raise StorageError(f"cannot read {name}: {describe_error(exc, output.location, output.endpoint_url)}") from exc
+
+
+def _keep(batch: pa.RecordBatch, where: Where | None) -> np.ndarray:
+    status = batch.column("status").to_numpy(zero_copy_only=False)
+    keep = status != STATUS_ERROR
+    return keep & where.mask(batch) if where is not None else keep
+
+
+def _photo(record: dict, file: OutputFile) -> Photo:
+    return Photo(id=record["id"], key=record["key"], width=record["width"], height=record["height"],
+                 status=STATUS_OK, model_version=record["model_version"], source=file.metadata.get("source"),
+                 endpoint_url=file.metadata.get("endpoint_url"))  # fmt: skip
+
+
+def _exportable(photo: Photo) -> bool:
+    return bool(photo.faces) or photo.status == STATUS_NO_FACE
+
+
+def _face(record: dict, columns: Sequence[str], file_name: str) -> Face:
+    try:
+        with Image.open(io.BytesIO(record["label_map"])) as image:
+            label_map = np.asarray(image if image.mode == "L" else image.convert("L"), dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - any unreadable map is the same user-facing problem
+        raise ValueError(f"{file_name}: unreadable label map for {record['key']} face {record['face_index']}: {exc}") from exc
+    box, landmarks = record["face_box"], record["landmarks"]
+    return Face(
+        index=record["face_index"],
+        score=record["face_score"],
+        box=None if box is None else np.asarray(box, np.float64),
+        landmarks=None if landmarks is None else np.asarray(landmarks, np.float64).reshape(5, 2),
+        label_map=label_map,
+        x=record["label_map_x"],
+        y=record["label_map_y"],
+        columns={c: record[c] for c in columns},
+    )
+
+
+class Originals:
+    """Copies photos' original images next to an export (`--copy-images`), upright.
+
+    The label maps are in the image's pixels after EXIF orientation. Bytes are copied as they are,
+    except for images with an EXIF rotation, which are written upright (re-encoded) so every tool,
+    whether it honours EXIF or not, shows the masks where they belong.
+    """
+
+    def __init__(self, endpoint_url: str | None = None):
+        self.endpoint_url = endpoint_url
+
+    def read(self, photo: Photo) -> bytes:
+        """The image as the export should hold it; ValueError saying why when it cannot be read."""
+        if not photo.source:
+            raise ValueError(f"{photo.key}: the output does not record where the images were read from: export without --copy-images")
+        location = parse_location(photo.source)
+        (data,) = fetch_objects([photo.key], location, photo.endpoint_url or self.endpoint_url)
+        if isinstance(data, FetchError):
+            raise ValueError(f"cannot copy {photo.key}: {data.message}")
+        return upright(data, photo.key)
+
+    def copy(self, photo: Photo, out: str | os.PathLike) -> str:
+        """Write the image to out/images/<key>; returns that path relative to out."""
+        relative = f"{IMAGES_DIR}/{safe_relative(photo.key)}"
+        write_file(out, relative, self.read(photo))
+        return relative
+
+
+def upright(data: bytes, key: str) -> bytes:
+    """`data` itself, or for an EXIF-rotated image the upright pixels re-encoded in the same format."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            fmt = image.format
+    except Exception:  # noqa: BLE001 - the tool will say what it thinks of it; we copy as is
+        return data
+    if orientation in (None, 1):
+        return data
+    try:
+        pixels = decode_image(data, DEFAULT_MAX_PIXELS)
+    except DecodeError as exc:
+        raise ValueError(f"cannot copy {key}: {exc.message}") from exc
+    buffer = io.BytesIO()
+    if fmt == "JPEG":
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+    else:
+        Image.fromarray(pixels).save(buffer, fmt if fmt in ("PNG", "WEBP", "TIFF") else "PNG")
+    return buffer.getvalue()
+
+
+def safe_relative(key: str) -> str:
+    """A key as a relative path inside an export folder: no leading '/', no '..' or '.' segments."""
+    parts = [p for p in posixpath.normpath(key.replace("\\", "/")).split("/") if p not in ("", ".", "..")]
+    if not parts:
+        raise ValueError(f"key {key!r} does not name a file")
+    return "/".join(parts)
+
+
+def write_file(root: str | os.PathLike, relative: str, data: bytes) -> str:
+    """Write `data` to root/relative (folders made); returns the absolute path."""
+    path = os.path.join(os.fspath(root), *relative.split("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return os.path.abspath(path)

@@ -1,0 +1,139 @@
+"""Label Studio: tasks.json with pre-annotations (`predictions`) and the labeling config that reads them.
+
+Each part class of each face is one `brushlabels` result in Label Studio's own RLE (the
+rle-pack bit stream its brush tool decodes: an RGBA image of the photo's size, flattened), and
+each face one `rectanglelabels` box with its detector score. labeling_config.xml has one
+<BrushLabels> label per class with our colours. Import: create a project, paste the config
+(Settings > Labeling Interface > Code), then Import tasks.json.
+
+Images: `data.image` is `s3://bucket/key` for S3 sources (connect the bucket as source storage),
+otherwise `/data/local-files/?d=<path>` with the path relative to the image root: the job's
+source folder, or OUT with --copy-images. Start Label Studio with
+LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<that root>.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import quote
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+
+from batch_parse.export.faces import Originals, Photo
+from batch_parse.labels import CLASS_COLORS, CLASS_NAMES
+from batch_parse.storage.location import parse_location
+
+COLUMNS: tuple[str, ...] = ()
+TASKS = "tasks.json"
+CONFIG = "labeling_config.xml"
+IMAGE_TAG, BRUSH_TAG, FACE_TAG = "image", "parts", "face"
+FACE_LABEL = "face"
+LOCAL_FILES_URL = "/data/local-files/?d="
+# rle-pack header: 8-bit words and these four run-length field widths (Label Studio's own choice).
+WORD_BITS = 8
+RUN_BITS = (3, 4, 8, 16)
+CHANNELS = 4  # the brush mask is RGBA; all four channels carry the mask
+
+
+def check_installed() -> None:
+    """Nothing: the RLE is written here and checked against label-studio-converter's decoder in the tests."""
+
+
+def labeling_config() -> str:
+    labels = "\n".join(
+        f"    <Label value={quoteattr(name)} background={quoteattr('#%02x%02x%02x' % color)}/>"
+        for name, color in zip(CLASS_NAMES, CLASS_COLORS)
+        if name != CLASS_NAMES[0]
+    )
+    return (
+        "<View>\n"
+        '  <Header value="$key"/>\n'
+        f'  <Image name="{IMAGE_TAG}" value="$image" zoom="true" zoomControl="true"/>\n'
+        f'  <BrushLabels name="{BRUSH_TAG}" toName="{IMAGE_TAG}">\n{labels}\n  </BrushLabels>\n'
+        f'  <RectangleLabels name="{FACE_TAG}" toName="{IMAGE_TAG}">\n'
+        f'    <Label value="{FACE_LABEL}" background="#ffffff"/>\n'
+        "  </RectangleLabels>\n"
+        "</View>\n"
+    )
+
+
+def brush_rle(mask: np.ndarray) -> list[int]:
+    """A (height, width) bool mask in Label Studio's brush RLE (bytes as ints).
+
+    The stream is rle-pack's: 32-bit value count, 5-bit word size - 1, four 4-bit run-field widths - 1,
+    then per run `1`, a 2-bit field choice, the run length - 1 and the 8-bit value. Runs come from
+    the mask's transitions only, so the cost is per run, not per pixel.
+    """
+    flat = np.asarray(mask, dtype=bool).ravel()
+    starts = np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1))
+    lengths = np.diff(np.concatenate((starts, [flat.size]))) * CHANNELS
+    bits = [f"{flat.size * CHANNELS:032b}", f"{WORD_BITS - 1:05b}", *(f"{b - 1:04b}" for b in RUN_BITS)]
+    longest = 1 << RUN_BITS[-1]
+    for start, length in zip(starts.tolist(), lengths.tolist()):
+        value = f"{255 if flat[start] else 0:08b}"
+        while length:
+            run = min(length, longest)
+            choice = next(i for i, b in enumerate(RUN_BITS) if run - 1 < (1 << b))
+            bits.append(f"1{choice:02b}{run - 1:0{RUN_BITS[choice]}b}{value}")
+            length -= run
+    stream = "".join(bits)
+    stream += "0" * (-len(stream) % 8)
+    return list(int(stream, 2).to_bytes(len(stream) // 8, "big"))
+
+
+def _image_url(photo: Photo, copied: str | None) -> str:
+    if copied is not None:
+        return LOCAL_FILES_URL + quote(copied)
+    if photo.source and parse_location(photo.source).is_s3:
+        return photo.uri()
+    return LOCAL_FILES_URL + quote(photo.key)
+
+
+def _task(photo: Photo, copied: str | None) -> tuple[dict, int]:
+    results = []
+    w, h = photo.width, photo.height
+    for face in photo.faces:
+        if face.box is None:
+            continue
+        x0, y0, x1, y1 = np.clip(face.box, 0, [w, h, w, h]).tolist()
+        results.append({
+            "id": f"face{face.index}", "from_name": FACE_TAG, "to_name": IMAGE_TAG, "type": "rectanglelabels",
+            "original_width": w, "original_height": h, "image_rotation": 0, "score": face.score,
+            "value": {"x": 100 * x0 / w, "y": 100 * y0 / h, "width": 100 * (x1 - x0) / w, "height": 100 * (y1 - y0) / h,
+                      "rotation": 0, "rectanglelabels": [FACE_LABEL]},
+        })  # fmt: skip
+    parts = 0
+    for position, cls, mask in photo.parts():
+        face = photo.faces[position]
+        results.append({
+            "id": f"face{face.index}-{CLASS_NAMES[cls]}", "from_name": BRUSH_TAG, "to_name": IMAGE_TAG, "type": "brushlabels",
+            "original_width": w, "original_height": h, "image_rotation": 0, "score": face.score,
+            "value": {"format": "rle", "rle": brush_rle(mask), "brushlabels": [CLASS_NAMES[cls]]},
+        })  # fmt: skip
+        parts += 1
+    scores = [f.score for f in photo.faces if f.score is not None]
+    task = {
+        "data": {"image": _image_url(photo, copied), "key": photo.key, "batch_parse_id": str(photo.id),
+                 "face_count": len(photo.faces)},
+        "predictions": [{"model_version": photo.model_version, "score": min(scores) if scores else None, "result": results}],
+    }  # fmt: skip
+    return task, parts
+
+
+def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result) -> None:
+    (out / CONFIG).write_text(labeling_config(), encoding="utf-8")
+    with open(out / TASKS, "w", encoding="utf-8") as f:
+        f.write("[")
+        for photo in photos:
+            copied = originals.copy(photo, out) if originals is not None else None
+            result.copied += copied is not None
+            task, parts = _task(photo, copied)
+            f.write(("\n" if result.images == 0 else ",\n") + json.dumps(task, separators=(",", ":")))
+            result.images += 1
+            result.faces += len(photo.faces)
+            result.parts += parts
+        f.write("\n]\n")
+    result.files += [TASKS, CONFIG]

