@@ -74,6 +74,7 @@ def run_job(options: JobOptions) -> JobSummary:
     manifest = write_manifest(iter_objects(source, options.endpoint_url), manifest_path, fs, exclude_ids=before.ids)
     summary.listed, summary.already_done = manifest.listed, manifest.excluded
     summary.skipped_non_image = manifest.skipped_non_image
+    summary.skipped_unreadable, summary.unreadable_examples = manifest.skipped_unreadable, manifest.unreadable_examples
     if manifest.written == 0:
         fs.delete_file(manifest_path)  # a run that found nothing leaves nothing behind
         summary.seconds = time.time() - t0
@@ -112,7 +113,8 @@ def _label(options: JobOptions, fs, manifest_path: str, data_dir: str, model_ver
             .repartition(target_num_rows_per_block=options.batch_size)
             .map_batches(
                 stages.fetch_and_decode,
-                fn_kwargs={"source": options.source, "endpoint_url": options.endpoint_url, "max_pixels": options.max_pixels},
+                fn_kwargs={"source": options.source, "endpoint_url": options.endpoint_url, "max_pixels": options.max_pixels,
+                           "max_bytes": options.max_bytes},
                 # Same size as the model's batches: Ray fuses this stage into the actors on CPU-only
                 # nodes, and a larger batch there would make each actor task hold several batches
                 # (output, progress and commits would then move in bigger, later steps).

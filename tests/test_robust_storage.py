@@ -1,0 +1,148 @@
+"""Corpus-scale robustness: odd folder entries, undecodable names, a byte cap, one source and one writer per output."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+from click.testing import CliRunner
+
+from batch_parse.cli.main import cli
+from batch_parse.pipeline.stages import fetch_and_decode
+from batch_parse.storage.fetch import FetchError, fetch_objects
+from batch_parse.storage.listing import iter_objects, key_component, local_path
+from batch_parse.storage.location import parse_location
+from batch_parse.storage.manifest import object_id, read_manifest, write_manifest
+
+MAX_PIXELS = 50_000_000
+
+
+def _batch(table) -> dict:
+    """A manifest table as the numpy batch Ray hands to fetch_and_decode."""
+    return {name: np.array(table[name].to_pylist(), dtype=object if name in ("key", "etag") else np.int64) for name in table.column_names}
+
+
+def _manifest(location, path) -> tuple:
+    listing = iter_objects(location)
+    stats = write_manifest(listing, str(path), pafs.LocalFileSystem())
+    return listing.stats, stats, read_manifest(str(path), pafs.LocalFileSystem())
+
+
+@pytest.fixture
+def odd_folder(tmp_path, face_jpegs, monkeypatch):
+    """Real JPEGs among the entries that used to kill the job or vanish silently."""
+    root = tmp_path / "odd"
+    (root / "sub").mkdir(parents=True)
+    faces = face_jpegs(5)
+    files = {b"a.jpg": faces[0], b"sub/b.jpg": faces[1], b"caf\xe9.jpg": faces[2], b"100%\xff.jpg": faces[3], b"ok%E9.jpg": faces[4]}
+    for name, data in files.items():
+        fd = os.open(os.fsencode(root) + b"/" + name, os.O_CREAT | os.O_WRONLY, 0o644)  # bytes path: any name
+        os.write(fd, data)
+        os.close(fd)
+    os.symlink("x.jpg", root / "x.jpg")  # a self-referencing symlink: exit 1 of the whole job before
+    os.symlink("gone.jpg", root / "dangling.jpg")
+    os.symlink("..", root / "sub" / "up")  # a folder loop: walked once
+    os.mkfifo(root / "pipe.jpg")
+    monkeypatch.chdir(root)  # a relative socket name: AF_UNIX paths are limited to ~108 bytes
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind("sock.jpg")
+    yield root, files
+    sock.close()
+
+
+def test_odd_entries_become_rows_or_counted_skips(odd_folder, tmp_path):
+    root, files = odd_folder
+    location = parse_location(str(root))
+    stats, manifest, table = _manifest(location, tmp_path / "manifest.parquet")
+
+    keys = table["key"].to_pylist()
+    assert keys == ["100%25%FF.jpg", "a.jpg", "caf%E9.jpg", "ok%E9.jpg", "sub/b.jpg"]
+    assert table["id"].to_pylist() == [object_id(k) for k in keys]
+    assert manifest.written == stats.images == 5
+    assert stats.skipped_unreadable == manifest.skipped_unreadable == 4
+    assert dict(stats.unreadable_reasons) == {"symlink loop": 1, "dangling symlink": 1, "fifo": 1, "socket": 1}
+    assert "x.jpg: symlink loop" in stats.unreadable_examples
+
+    out = fetch_and_decode(_batch(table), str(root), None, MAX_PIXELS)
+    assert list(out["error_code"]) == [""] * 5, list(out["error"])
+    by_key = dict(zip(keys, fetch_objects(keys, location, threads=2)))
+    assert by_key["caf%E9.jpg"] == files[b"caf\xe9.jpg"] and by_key["100%25%FF.jpg"] == files[b"100%\xff.jpg"]
+    assert by_key["ok%E9.jpg"] == files[b"ok%E9.jpg"]  # a valid name that merely looks escaped is itself
+
+
+def test_undecodable_names_escape_reversibly_and_never_collide(tmp_path, face_jpegs):
+    root = tmp_path / "names"
+    root.mkdir()
+    raw = os.fsencode(root)
+    names = [b"\xff\xfe.jpg", b"%\xff.jpg", "é%41.jpg".encode(), b"d\xe9/x.jpg", b"caf\xe9.jpg", b"caf%E9.jpg"]
+    for name in names:
+        os.makedirs(os.path.dirname(raw + b"/" + name), exist_ok=True)
+        with open(raw + b"/" + name, "wb") as f:
+            f.write(name)
+    listing = iter_objects(parse_location(str(root)))
+    keys = [o.key for o in listing]
+    for key in keys:
+        key.encode("utf-8")  # valid text: Parquet strings, ids, messages
+        with open(local_path(str(root), key), "rb") as f:
+            assert key_component(os.fsdecode(f.read()).split("/")[-1]) == key.split("/")[-1]
+    assert sorted(keys) == sorted(["%FF%FE.jpg", "%25%FF.jpg", "é%41.jpg", "d%E9/x.jpg", "caf%E9.jpg"])
+    # b"caf\xe9.jpg" escapes to a real sibling's name: that file keeps the key, this one is a counted skip.
+    assert listing.stats.unreadable_reasons == {"undecodable name, escaped form taken by another file": 1}
+    assert key_component("plain name %41.jpg") == "plain name %41.jpg"  # valid names (and their ids) never change
+
+
+def test_objects_over_max_bytes_are_refused_from_the_listed_size(tmp_path, face_jpegs):
+    root = tmp_path / "big"
+    root.mkdir()
+    (root / "face.jpg").write_bytes(face_jpegs(1)[0])
+    with open(root / "huge.jpg", "wb") as f:
+        f.truncate(3 * 1024**3)  # a sparse 3 GB ".jpg": no disk, but a whole read would be 3 GB of memory
+    location = parse_location(str(root))
+    _, _, table = _manifest(location, tmp_path / "manifest.parquet")
+    os.remove(root / "huge.jpg")  # any attempt to open it now would be a not_found row
+
+    out = fetch_and_decode(_batch(table), str(root), None, MAX_PIXELS, max_bytes=1_000_000)
+    assert list(out["error_code"]) == ["", "too_large"]
+    assert out["error"][1] == "huge.jpg is 3,221,225,472 bytes, above max_bytes=1,000,000 (not read)"
+
+
+def test_fetch_never_reads_past_max_bytes_of_a_file_that_grew(tmp_path, face_jpegs):
+    root = tmp_path / "grew"
+    root.mkdir()
+    face = face_jpegs(1)[0]
+    (root / "a.jpg").write_bytes(face)
+    (root / "b.jpg").write_bytes(face)
+    with open(root / "b.jpg", "ab") as f:  # grew after it was listed at len(face) bytes
+        f.write(b"\0" * len(face))
+    results = fetch_objects(["a.jpg", "b.jpg"], parse_location(str(root)), threads=1, max_bytes=len(face))
+    assert results[0] == face
+    assert isinstance(results[1], FetchError) and results[1].code == "too_large"
+
+
+def test_s3_objects_over_max_bytes_are_refused(s3_server, face_jpegs):
+    bucket = s3_server.make_bucket(f"cap-{uuid.uuid4().hex[:10]}")
+    client = s3_server.client()
+    face = face_jpegs(1)[0]
+    client.put_object(Bucket=bucket, Key="in/face.jpg", Body=face)
+    client.put_object(Bucket=bucket, Key="in/huge.jpg", Body=b"\xff" * (2 * len(face)))
+    location = parse_location(f"s3://{bucket}/in")
+    objects = list(iter_objects(location, s3_server.endpoint_url))
+    batch = {"id": np.array([object_id(o.key) for o in objects]), "key": np.array([o.key for o in objects], dtype=object),
+             "size": np.array([o.size for o in objects]), "etag": np.array([o.etag for o in objects], dtype=object)}
+    client.delete_object(Bucket=bucket, Key="in/huge.jpg")  # fetching it now would be not_found
+
+    out = fetch_and_decode(batch, location.uri, s3_server.endpoint_url, MAX_PIXELS, max_bytes=len(face))
+    assert list(out["error_code"]) == ["", "too_large"]
+    # Grown since listing: fetch itself refuses it from the response's length.
+    client.put_object(Bucket=bucket, Key="in/face.jpg", Body=face + b"\0")
+    [result] = fetch_objects(["in/face.jpg"], location, s3_server.endpoint_url, max_bytes=len(face))
+    assert isinstance(result, FetchError) and result.code == "too_large"
+
+
+def test_max_bytes_flag_is_validated_before_ray(tmp_path):
+    result = CliRunner().invoke(cli, ["run", str(tmp_path), str(tmp_path / "out"), "--max-bytes", "0"])
+    assert result.exit_code != 0 and "max_bytes: must be >= 1, got 0" in result.output
