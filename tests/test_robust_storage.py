@@ -12,11 +12,16 @@ import pytest
 from click.testing import CliRunner
 
 from batch_parse.cli.main import cli
+from batch_parse.model.weights import file_sha256, resolve
+from batch_parse.pipeline.job import run_job, version_folder
+from batch_parse.pipeline.options import DEFAULT_MODEL, JobOptions
 from batch_parse.pipeline.stages import fetch_and_decode
 from batch_parse.storage.fetch import FetchError, fetch_objects
 from batch_parse.storage.listing import iter_objects, key_component, local_path
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.manifest import object_id, read_manifest, write_manifest
+from batch_parse.storage.s3 import pyarrow_filesystem
+from batch_parse.storage.source_identity import claim_source
 
 MAX_PIXELS = 50_000_000
 
@@ -146,3 +151,47 @@ def test_s3_objects_over_max_bytes_are_refused(s3_server, face_jpegs):
 def test_max_bytes_flag_is_validated_before_ray(tmp_path):
     result = CliRunner().invoke(cli, ["run", str(tmp_path), str(tmp_path / "out"), "--max-bytes", "0"])
     assert result.exit_code != 0 and "max_bytes: must be >= 1, got 0" in result.output
+
+
+# --- one source per output ---------------------------------------------------------------------
+
+
+def test_a_second_local_source_is_refused_in_one_line(tmp_path, monkeypatch):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    a.mkdir(), b.mkdir()
+    (tmp_path / "a-link").symlink_to(a)
+    fs, output = pafs.LocalFileSystem(), parse_location(str(out))
+    claim_source(fs, output, "v1", parse_location(str(a)), None)
+    monkeypatch.chdir(tmp_path)
+    for same in (f"{a}/", "a", str(tmp_path / "a-link")):  # other spellings of the same folder
+        claim_source(fs, output, "v1", parse_location(same), None)
+    with pytest.raises(ValueError) as info:
+        claim_source(fs, output, "v1", parse_location(str(b)), None)
+    assert str(info.value) == f"output {out}/v1 already holds labels of source {a}; refusing source {b}: use another output"
+    claim_source(fs, output, "v2", parse_location(str(b)), None)  # another model version: its own folder
+
+
+def test_a_second_s3_prefix_or_endpoint_is_refused(s3_server):
+    bucket = s3_server.make_bucket(f"src-{uuid.uuid4().hex[:10]}")
+    output = parse_location(f"s3://{bucket}/out")
+    fs = pyarrow_filesystem(output, s3_server.endpoint_url)
+    endpoint = s3_server.endpoint_url.split("://", 1)[1]
+    claim_source(fs, output, "v1", parse_location(f"s3://{bucket}/a/"), s3_server.endpoint_url)
+    claim_source(fs, output, "v1", parse_location(f"s3://{bucket}/a"), s3_server.endpoint_url)
+    with pytest.raises(ValueError, match=rf"of source s3://{bucket}/a \(endpoint {endpoint}\); refusing source s3://{bucket}/b "):
+        claim_source(fs, output, "v1", parse_location(f"s3://{bucket}/b"), s3_server.endpoint_url)
+    with pytest.raises(ValueError, match=rf"refusing source s3://{bucket}/a \(endpoint other.example:9000\)"):
+        claim_source(fs, output, "v1", parse_location(f"s3://{bucket}/a"), "http://other.example:9000")
+
+
+def test_run_job_refuses_another_source_before_any_work(tmp_path, face_jpegs):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    for folder in (a, b):
+        folder.mkdir()
+        (folder / "000.jpg").write_bytes(face_jpegs(1)[0])  # the same key in both: the collision of the issue
+    model_name, weights = resolve(DEFAULT_MODEL)
+    version = version_folder(model_name, file_sha256(weights))
+    claim_source(pafs.LocalFileSystem(), parse_location(str(out)), version, parse_location(str(a)), None)
+    with pytest.raises(ValueError, match=f"already holds labels of source {a}; refusing source {b}"):
+        run_job(JobOptions(source=str(b), output=str(out)))
+    assert not (out / version / "_manifests").exists()

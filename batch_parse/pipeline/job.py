@@ -2,6 +2,7 @@
 
     OUTPUT/<model-version>/data/*.parquet        the labels (schema.py), one row per image
     OUTPUT/<model-version>/_manifests/*.parquet  what each run set out to do (id, key, size, etag)
+    OUTPUT/<model-version>/_source.json          the one source these labels are of (source_identity.py)
 
 Each model version (name + weights hash) has its own folder, so a rerun with other weights never
 mixes with earlier output. Resume and incremental runs come from commit.py: the rows already
@@ -26,9 +27,10 @@ from batch_parse.pipeline.progress import ProgressCounter, ProgressPrinter
 from batch_parse.pipeline.schema import output_schema
 from batch_parse.pipeline.summary import JobSummary
 from batch_parse.storage.listing import iter_objects
-from batch_parse.storage.location import parse_location
+from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.manifest import write_manifest
 from batch_parse.storage.s3 import check_access, pyarrow_filesystem
+from batch_parse.storage.source_identity import claim_source
 
 def version_folder(model_name: str, sha256: str) -> str:
     return f"{model_name.replace('/', '-')}-{sha256[:8]}"
@@ -62,6 +64,13 @@ def run_job(options: JobOptions) -> JobSummary:
     model_version = f"{model_name}@{sha[:8]}"
     version = version_folder(model_name, sha)
     fs = pyarrow_filesystem(output, options.endpoint_url)
+    claim_source(fs, output, version, source, options.endpoint_url)
+    return _run_on_output(options, fs, source, output, version, model_version, sha)
+
+
+def _run_on_output(options: JobOptions, fs, source: Location, output: Location, version: str, model_version: str,
+                   sha: str) -> JobSummary:
+    """Recover, list, label, verify: everything done to the output."""
     data_dir = output.fs_path(version, "data")
     summary = JobSummary(output_dir=output.join(version, "data"), model_version=model_version)
 
