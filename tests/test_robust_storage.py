@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -16,7 +23,9 @@ from batch_parse.model.weights import file_sha256, resolve
 from batch_parse.pipeline.job import run_job, version_folder
 from batch_parse.pipeline.options import DEFAULT_MODEL, JobOptions
 from batch_parse.pipeline.stages import fetch_and_decode
+from batch_parse.storage import lease
 from batch_parse.storage.fetch import FetchError, fetch_objects
+from batch_parse.storage.lease import LEASE_NAME, LeaseHeld, LeaseLost, _LocalStore, _S3Store
 from batch_parse.storage.listing import iter_objects, key_component, local_path
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.manifest import object_id, read_manifest, write_manifest
@@ -24,6 +33,7 @@ from batch_parse.storage.s3 import pyarrow_filesystem
 from batch_parse.storage.source_identity import claim_source
 
 MAX_PIXELS = 50_000_000
+REPO = str(Path(__file__).resolve().parents[1])
 
 
 def _batch(table) -> dict:
@@ -194,4 +204,132 @@ def test_run_job_refuses_another_source_before_any_work(tmp_path, face_jpegs):
     claim_source(pafs.LocalFileSystem(), parse_location(str(out)), version, parse_location(str(a)), None)
     with pytest.raises(ValueError, match=f"already holds labels of source {a}; refusing source {b}"):
         run_job(JobOptions(source=str(b), output=str(out)))
-    assert not (out / version / "_manifests").exists()
+    assert not (out / version / "_manifests").exists() and not (out / LEASE_NAME).exists()
+
+
+# --- one writer per output ---------------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", "s3"])
+def output(request, tmp_path):
+    """An output location on a local folder or on the S3 server, and the endpoint to reach it."""
+    if request.param == "local":
+        return parse_location(str(tmp_path / "out")), None
+    s3_server = request.getfixturevalue("s3_server")
+    bucket = s3_server.make_bucket(f"lease-{uuid.uuid4().hex[:10]}")
+    return parse_location(f"s3://{bucket}/out"), s3_server.endpoint_url
+
+
+def _record(location, endpoint) -> dict:
+    store = _S3Store(location, endpoint) if location.is_s3 else _LocalStore(location)
+    current = store.read()
+    return json.loads(current[0]) if current else None
+
+
+def _forge(location, endpoint, **fields) -> None:
+    """Put a lease written by some other run (e.g. a crashed one) in place, whatever is there."""
+    store = _S3Store(location, endpoint) if location.is_s3 else _LocalStore(location)
+    record = {"holder": "host elsewhere, pid 7, started 2020-01-01T00:00:00Z", "host": "elsewhere", "pid": 7,
+              "expires_at": "2020-01-01T00:02:00Z", "expires_unix": time.time() + 3600, "token": "theirs", **fields}
+    current = store.read()
+    body = json.dumps(record).encode()
+    assert (store.create(body) if current is None else store.replace(body, current[1])) is not None
+
+
+def test_second_writer_is_refused_naming_the_holder_until_release(output):
+    location, endpoint = output
+    with lease.acquire(location, endpoint, holder="host h1, pid 11, started 2030-01-01T00:00:00Z"):
+        with pytest.raises(LeaseHeld) as info:
+            lease.acquire(location, endpoint, holder="the second run")
+        message = str(info.value)
+        assert "\n" not in message and message.startswith(f"output {location.uri} is being written by another run (host h1, pid 11, ")
+        assert "lease expires " in message
+    with lease.acquire(location, endpoint) as again:  # released: free for the next run
+        assert _record(location, endpoint)["token"] == again.token
+    assert _record(location, endpoint) is None
+
+
+def test_expired_lease_is_taken_over(output):
+    location, endpoint = output
+    _forge(location, endpoint, expires_unix=time.time() - 1)
+    with lease.acquire(location, endpoint) as mine:
+        assert _record(location, endpoint)["token"] == mine.token
+
+
+def test_only_one_of_racing_creators_or_takers_wins(output):
+    location, endpoint = output
+    for forge_expired in (False, True):
+        if forge_expired:
+            _forge(location, endpoint, expires_unix=time.time() - 1)
+        barrier = threading.Barrier(6)
+        won, refused = [], []
+
+        def contend():
+            barrier.wait()
+            try:
+                won.append(lease.acquire(location, endpoint))
+            except LeaseHeld:
+                refused.append(1)
+
+        threads = [threading.Thread(target=contend) for _ in range(6)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert (len(won), len(refused)) == (1, 5), forge_expired
+        assert _record(location, endpoint)["token"] == won[0].token
+        won[0].release()
+
+
+def test_renewal_extends_and_a_lost_lease_fails_the_run(output):
+    location, endpoint = output
+    with pytest.raises(LeaseLost, match="lost the lease on .* to host elsewhere, pid 7"):
+        with lease.acquire(location, endpoint) as mine:
+            before = _record(location, endpoint)
+            assert mine.renew()
+            after = _record(location, endpoint)
+            assert after["token"] == mine.token and after["expires_unix"] > before["expires_unix"]
+            _forge(location, endpoint)  # another run took over (we had stalled past the expiry)
+            assert not mine.renew()
+    assert _record(location, endpoint)["token"] == "theirs"  # ours was not deleted on the way out
+
+
+def test_lease_of_a_killed_process_on_this_host_is_taken_at_once(tmp_path):
+    location = parse_location(str(tmp_path / "out"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from batch_parse.storage.lease import acquire; "
+         "from batch_parse.storage.location import parse_location; "
+         f"lease = acquire(parse_location({str(tmp_path / 'out')!r})); print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": REPO},
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(LeaseHeld, match=f"pid {holder.pid}, "):
+        lease.acquire(location)
+    holder.kill()  # SIGKILL: no release; the lease would otherwise block for its whole TTL
+    holder.wait()
+    with lease.acquire(location) as mine:
+        assert _record(location, None)["token"] == mine.token
+
+
+def test_two_runs_on_one_output_one_is_refused_in_one_line(tmp_path, face_jpegs):
+    """Two real `batch-parse run` processes: the second fails at once naming the first; the first finishes."""
+    src, dst = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for i, data in enumerate(face_jpegs(4)):
+        (src / f"{i:03d}.jpg").write_bytes(data)
+    command = [sys.executable, "-m", "batch_parse.cli", "run", str(src), str(dst), "--batch-size", "4"]
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": REPO}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        while not (dst / LEASE_NAME).exists():
+            assert first.poll() is None, first.stdout.read()
+            time.sleep(0.05)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and second.stdout == ""
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert second.stderr.startswith(f"Error: output {dst} is being written by another run (host {socket.gethostname()}, pid {first.pid}, ")
+        output, _ = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:  # failed half way: stop its local Ray too
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert first.returncode == 0, output
+    assert "4 written: 4 ok" in output and not (dst / LEASE_NAME).exists()

@@ -3,6 +3,7 @@
     OUTPUT/<model-version>/data/*.parquet        the labels (schema.py), one row per image
     OUTPUT/<model-version>/_manifests/*.parquet  what each run set out to do (id, key, size, etag)
     OUTPUT/<model-version>/_source.json          the one source these labels are of (source_identity.py)
+    OUTPUT/_lease.json                           the run writing to OUTPUT now (lease.py)
 
 Each model version (name + weights hash) has its own folder, so a rerun with other weights never
 mixes with earlier output. Resume and incremental runs come from commit.py: the rows already
@@ -26,6 +27,7 @@ from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.progress import ProgressCounter, ProgressPrinter
 from batch_parse.pipeline.schema import output_schema
 from batch_parse.pipeline.summary import JobSummary
+from batch_parse.storage import lease
 from batch_parse.storage.listing import iter_objects
 from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.manifest import write_manifest
@@ -64,13 +66,14 @@ def run_job(options: JobOptions) -> JobSummary:
     model_version = f"{model_name}@{sha[:8]}"
     version = version_folder(model_name, sha)
     fs = pyarrow_filesystem(output, options.endpoint_url)
-    claim_source(fs, output, version, source, options.endpoint_url)
-    return _run_on_output(options, fs, source, output, version, model_version, sha)
+    with lease.acquire(output, options.endpoint_url):
+        claim_source(fs, output, version, source, options.endpoint_url)
+        return _run_on_output(options, fs, source, output, version, model_version, sha)
 
 
 def _run_on_output(options: JobOptions, fs, source: Location, output: Location, version: str, model_version: str,
                    sha: str) -> JobSummary:
-    """Recover, list, label, verify: everything done to the output."""
+    """Recover, list, label, verify: everything done to the output, under run_job's lease."""
     data_dir = output.fs_path(version, "data")
     summary = JobSummary(output_dir=output.join(version, "data"), model_version=model_version)
 
