@@ -89,6 +89,22 @@ def test_odd_entries_become_rows_or_counted_skips(odd_folder, tmp_path):
     assert by_key["ok%E9.jpg"] == files[b"ok%E9.jpg"]  # a valid name that merely looks escaped is itself
 
 
+def test_unreadable_subfolder_is_a_counted_skip(tmp_path, face_jpegs):
+    root = tmp_path / "perm"
+    (root / "locked").mkdir(parents=True)
+    (root / "a.jpg").write_bytes(face_jpegs(1)[0])
+    (root / "locked" / "b.jpg").write_bytes(face_jpegs(1)[0])
+    (root / "locked").chmod(0)
+    try:
+        if os.access(root / "locked", os.R_OK):
+            pytest.skip("this process reads any folder (root with CAP_DAC_OVERRIDE)")
+        listing = iter_objects(parse_location(str(root)))
+        assert [o.key for o in listing] == ["a.jpg"]
+        assert listing.stats.unreadable_examples == ["locked: permission denied"]
+    finally:
+        (root / "locked").chmod(0o755)
+
+
 def test_undecodable_names_escape_reversibly_and_never_collide(tmp_path, face_jpegs):
     root = tmp_path / "names"
     root.mkdir()
@@ -313,8 +329,13 @@ def test_two_runs_on_one_output_one_is_refused_in_one_line(tmp_path, face_jpegs)
     """Two real `batch-parse run` processes: the second fails at once naming the first; the first finishes."""
     src, dst = tmp_path / "src", tmp_path / "out"
     src.mkdir()
-    for i, data in enumerate(face_jpegs(4)):
+    faces = face_jpegs(4)
+    for i, data in enumerate(faces[:3]):
         (src / f"{i:03d}.jpg").write_bytes(data)
+    with open(os.fsencode(src) + b"/caf\xe9.jpg", "wb") as f:  # and the entries that used to end the job
+        f.write(faces[3])
+    os.symlink("x.jpg", src / "x.jpg")
+    os.symlink("gone.jpg", src / "dangling.jpg")
     command = [sys.executable, "-m", "batch_parse.cli", "run", str(src), str(dst), "--batch-size", "4"]
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": REPO}
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -333,3 +354,4 @@ def test_two_runs_on_one_output_one_is_refused_in_one_line(tmp_path, face_jpegs)
             first.wait()
     assert first.returncode == 0, output
     assert "4 written: 4 ok" in output and not (dst / LEASE_NAME).exists()
+    assert "skipped:  2 unreadable entries (not files we can read), e.g. dangling.jpg: dangling symlink; x.jpg: symlink loop" in output
