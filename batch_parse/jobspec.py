@@ -31,6 +31,7 @@ _OPTION_KEYS = {
     "crop_format": (str,),
     "jpeg_quality": (int,),
     "max_pixels": (int,),
+    "max_bytes": (int,),
     "rows_per_file": (int,),
     "device": (str, type(None)),
     "faces": (str,),

@@ -98,6 +98,7 @@ def cli(debug: bool) -> None:
 @click.option("--jpeg-quality", type=int, help=f"Quality of JPEG crops, 1-100.  [default: {_DEFAULTS.jpeg_quality}]")
 @click.option("--endpoint-url", help="S3-compatible endpoint (MinIO, SeaweedFS, R2...).  [default: AWS]")
 @click.option("--max-pixels", type=int, help=f"Largest image to decode, in pixels.  [default: {_DEFAULTS.max_pixels}]")
+@click.option("--max-bytes", type=int, help=f"Largest source object to fetch, in bytes; larger ones are error rows.  [default: {_DEFAULTS.max_bytes}]")
 @click.option("--rows-per-file", type=int, help=f"Rows per output Parquet file.  [default: {_DEFAULTS.rows_per_file}]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Model device.  [default: cuda when the actor has a GPU]")
 @click.option("--faces", type=click.Choice(FACE_MODES),

@@ -16,7 +16,7 @@ so a finished job is verified unique before it reports success.
 Why not Ray Data's checkpointing: it is beta, keeps every id in driver memory, and its default
 `delete_checkpoint_on_success=True` re-processes everything on scheduled reruns. Here the only
 state is the output itself, which users can copy, prune or inspect without breaking resumes.
-Limit: one writer per output folder at a time (runs on the same output must not overlap).
+One writer per output folder at a time is enforced by storage/lease.py (a lease the run holds).
 """
 
 from __future__ import annotations

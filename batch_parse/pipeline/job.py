@@ -2,6 +2,8 @@
 
     OUTPUT/<model-version>/data/*.parquet        the labels (schema.py), one row per face
     OUTPUT/<model-version>/_manifests/*.parquet  what each run set out to do (id, key, size, etag)
+    OUTPUT/<model-version>/_source.json          the one source these labels are of (source_identity.py)
+    OUTPUT/_lease.json                           the run writing to OUTPUT now (lease.py)
 
 Each model version (name + weights hash) has its own folder, so a rerun with other weights never
 mixes with earlier output. Resume and incremental runs come from commit.py: the rows already
@@ -25,10 +27,12 @@ from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.progress import ProgressCounter, ProgressPrinter
 from batch_parse.pipeline.schema import output_schema
 from batch_parse.pipeline.summary import JobSummary
+from batch_parse.storage import lease
 from batch_parse.storage.listing import iter_objects
-from batch_parse.storage.location import parse_location
+from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.manifest import write_manifest
 from batch_parse.storage.s3 import check_access, pyarrow_filesystem
+from batch_parse.storage.source_identity import claim_source
 
 def version_folder(model_name: str, sha256: str) -> str:
     return f"{model_name.replace('/', '-')}-{sha256[:8]}"
@@ -62,6 +66,14 @@ def run_job(options: JobOptions) -> JobSummary:
     model_version = f"{model_name}@{sha[:8]}"
     version = version_folder(model_name, sha)
     fs = pyarrow_filesystem(output, options.endpoint_url)
+    with lease.acquire(output, options.endpoint_url):
+        claim_source(fs, output, version, source, options.endpoint_url)
+        return _run_on_output(options, fs, source, output, version, model_version, sha)
+
+
+def _run_on_output(options: JobOptions, fs, source: Location, output: Location, version: str, model_version: str,
+                   sha: str) -> JobSummary:
+    """Recover, list, label, verify: everything done to the output, under run_job's lease."""
     data_dir = output.fs_path(version, "data")
     summary = JobSummary(output_dir=output.join(version, "data"), model_version=model_version)
 
@@ -75,6 +87,7 @@ def run_job(options: JobOptions) -> JobSummary:
     manifest = write_manifest(iter_objects(source, options.endpoint_url), manifest_path, fs, exclude_ids=before.ids)
     summary.listed, summary.already_done = manifest.listed, manifest.excluded
     summary.skipped_non_image = manifest.skipped_non_image
+    summary.skipped_unreadable, summary.unreadable_examples = manifest.skipped_unreadable, manifest.unreadable_examples
     if manifest.written == 0:
         fs.delete_file(manifest_path)  # a run that found nothing leaves nothing behind
         summary.seconds = time.time() - t0
@@ -114,7 +127,8 @@ def _label(options: JobOptions, fs, manifest_path: str, data_dir: str, model_ver
             .repartition(target_num_rows_per_block=options.batch_size)
             .map_batches(
                 stages.fetch_and_decode,
-                fn_kwargs={"source": options.source, "endpoint_url": options.endpoint_url, "max_pixels": options.max_pixels},
+                fn_kwargs={"source": options.source, "endpoint_url": options.endpoint_url, "max_pixels": options.max_pixels,
+                           "max_bytes": options.max_bytes},
                 # Same size as the model's batches: Ray fuses this stage into the actors on CPU-only
                 # nodes, and a larger batch there would make each actor task hold several batches
                 # (output, progress and commits would then move in bigger, later steps).

@@ -16,6 +16,9 @@ DEFAULT_MODEL = "stn-icnn/default"
 # Pillow refuses more than 2x its own limit (~179 MP); we cap lower: a 50 MP photo is
 # ~150 MB as RGB, which is already more than a worker should hold per image.
 DEFAULT_MAX_PIXELS = 50_000_000
+# Objects above this are refused from their listed size, never fetched: a worker holds the whole
+# encoded object in memory (a 3 GB file named .jpg took 3.7 GB before decode could refuse it).
+DEFAULT_MAX_BYTES = 200_000_000
 
 
 @dataclass
@@ -32,6 +35,7 @@ class JobOptions:
     crop_format: str = "jpeg"
     jpeg_quality: int = 90
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES  # largest source object to fetch, in bytes
     rows_per_file: int = 1000  # bounds output Parquet file size (crops make rows ~50-200 KB)
     device: str | None = None  # None: cuda when the actor has a GPU, else cpu
     faces: str = "all"  # FACE_MODES
@@ -71,6 +75,8 @@ class JobOptions:
             problems.append(f"detector_threshold: must be in (0, 1), got {self.detector_threshold}")
         if self.rows_per_file < 1:
             problems.append(f"rows_per_file: must be >= 1, got {self.rows_per_file}")
+        if self.max_bytes < 1:
+            problems.append(f"max_bytes: must be >= 1, got {self.max_bytes}")
         return problems
 
     @classmethod

@@ -13,6 +13,8 @@ class JobSummary:
     listed: int = 0  # images found at the source
     already_done: int = 0  # of those, committed by earlier runs
     skipped_non_image: int = 0  # objects without an image extension
+    skipped_unreadable: int = 0  # local entries that are no readable file: symlink loops, sockets, ...
+    unreadable_examples: list[str] = field(default_factory=list)  # "key: reason"
     rows_ok: int = 0  # face rows
     images_ok: int = 0  # images with at least one face row
     no_face: int = 0  # images decoded without a face found (one row each)
@@ -40,6 +42,9 @@ class JobSummary:
             f"source:   {self.listed} images listed, {self.already_done} already done, "
             f"{self.skipped_non_image} non-image objects skipped",
         ]
+        if self.skipped_unreadable:
+            examples = "; ".join(self.unreadable_examples[:3])
+            out.append(f"skipped:  {self.skipped_unreadable} unreadable entries (not files we can read), e.g. {examples}")
         if self.recovered_incomplete:
             out.append(f"recovered: removed {self.recovered_incomplete} unfinished file(s) of an interrupted run; their rows were redone")
         if self.incomplete_images_redone:

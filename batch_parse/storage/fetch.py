@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import botocore.exceptions as boto_errors
 
+from batch_parse.storage.listing import local_path
 from batch_parse.storage.location import Location
 from batch_parse.storage.s3 import describe_error, s3_client
 
@@ -21,17 +23,23 @@ _clients_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class FetchError:
-    code: str  # "not_found", "access_denied" or "fetch_failed" (an output row's error_code)
+    code: str  # "not_found", "access_denied", "too_large" or "fetch_failed" (an output row's error_code)
     message: str  # one line, no secrets
 
 
 def fetch_objects(
-    keys: Sequence[str], location: Location, endpoint_url: str | None = None, threads: int = DEFAULT_THREADS
+    keys: Sequence[str],
+    location: Location,
+    endpoint_url: str | None = None,
+    threads: int = DEFAULT_THREADS,
+    max_bytes: int | None = None,
 ) -> list[bytes | FetchError]:
     """The bytes of each key (same order as `keys`), or a FetchError for the ones that failed.
 
     S3 keys are full object keys; local keys are relative to the location's folder. Throttling and
-    5xx are retried by the client's config before an object is reported as failed.
+    5xx are retried by the client's config before an object is reported as failed. With
+    `max_bytes`, an object larger than that (one that grew since it was listed) is a "too_large"
+    FetchError and at most max_bytes + 1 of its bytes are ever read.
     """
     if not keys:
         return []
@@ -39,12 +47,12 @@ def fetch_objects(
         client = _client(endpoint_url)
 
         def read(key: str) -> bytes | FetchError:
-            return _get_s3(client, location, key, endpoint_url)
+            return _get_s3(client, location, key, endpoint_url, max_bytes)
 
     else:
 
         def read(key: str) -> bytes | FetchError:
-            return _read_local(location.path, key)
+            return _read_local(location.path, key, max_bytes)
 
     if threads <= 1 or len(keys) == 1:
         return [read(k) for k in keys]
@@ -63,9 +71,20 @@ def _client(endpoint_url: str | None):
         return client
 
 
-def _get_s3(client, location: Location, key: str, endpoint_url: str | None) -> bytes | FetchError:
+def _get_s3(client, location: Location, key: str, endpoint_url: str | None, max_bytes: int | None) -> bytes | FetchError:
     try:
-        return client.get_object(Bucket=location.bucket, Key=key)["Body"].read()
+        response = client.get_object(Bucket=location.bucket, Key=key)
+        body = response["Body"]
+        if max_bytes is None:
+            return body.read()
+        if int(response.get("ContentLength") or 0) > max_bytes:
+            body.close()  # drops the connection instead of draining the object
+            return _too_large(f"s3://{location.bucket}/{key}", int(response["ContentLength"]), max_bytes)
+        data = body.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            body.close()
+            return _too_large(f"s3://{location.bucket}/{key}", None, max_bytes)
+        return data
     except boto_errors.ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -80,17 +99,40 @@ def _get_s3(client, location: Location, key: str, endpoint_url: str | None) -> b
         return FetchError("fetch_failed", describe_error(exc, _object_location(location, key), endpoint_url))
 
 
-def _read_local(root: str, key: str) -> bytes | FetchError:
-    path = os.path.join(root, *key.split("/"))
+def _read_local(root: str, key: str, max_bytes: int | None) -> bytes | FetchError:
+    path = os.path.join(root, *key.split("/"))  # as messages show it: escaped names stay valid text
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        # Non-blocking open: a FIFO put where a listed file was must not hang the worker.
+        fd = os.open(local_path(root, key), os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return FetchError("not_found", f"{path} no longer exists (deleted since listing?)")
     except PermissionError:
         return FetchError("access_denied", f"permission denied reading {path}")
     except OSError as exc:
         return FetchError("fetch_failed", f"cannot read {path}: {exc.strerror or exc}")
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return FetchError("fetch_failed", f"{path} is no longer a regular file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            return _too_large(path, info.st_size, max_bytes)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as f:
+            fd = -1  # closed by the file object from here on
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+        if max_bytes is not None and len(data) > max_bytes:
+            return _too_large(path, None, max_bytes)
+        return data
+    except OSError as exc:
+        return FetchError("fetch_failed", f"cannot read {path}: {exc.strerror or exc}")
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _too_large(where: str, size: int | None, max_bytes: int) -> FetchError:
+    what = f"{size:,} bytes" if size is not None else "larger than when it was listed"
+    return FetchError("too_large", f"{where} is {what}, above max_bytes={max_bytes:,} (not read)")
 
 
 def _object_location(location: Location, key: str) -> Location:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import stat
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -24,6 +28,13 @@ class ObjectInfo:
     etag: str  # S3 ETag without quotes; local: "<size>-<mtime_ns>"
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A folder entry that is neither a readable file nor a folder we can list (walked past, counted)."""
+
+    reason: str  # "symlink loop", "dangling symlink", "socket", "fifo", "device", "permission denied", ...
+
+
 @dataclass
 class ListingStats:
     """Filled in while an ObjectListing is iterated."""
@@ -32,6 +43,10 @@ class ListingStats:
     skipped_non_image: int = 0
     skipped_hidden: int = 0
     non_image_examples: list[str] = field(default_factory=list)
+    # Local folders only: entries that cannot become a row (see Unreadable), by reason.
+    skipped_unreadable: int = 0
+    unreadable_reasons: Counter = field(default_factory=Counter)
+    unreadable_examples: list[str] = field(default_factory=list)  # "key: reason"
 
 
 class ObjectListing:
@@ -49,10 +64,15 @@ class ObjectListing:
     def __next__(self) -> ObjectInfo:
         return next(self._objects)
 
-    def _images_only(self, walk: Iterator[tuple[str, ObjectInfo]]) -> Iterator[ObjectInfo]:
+    def _images_only(self, walk: Iterator[tuple[str, ObjectInfo | Unreadable]]) -> Iterator[ObjectInfo]:
         for relative, info in walk:
             if any(part.startswith(".") for part in relative.split("/")):
                 self.stats.skipped_hidden += 1
+            elif isinstance(info, Unreadable):
+                self.stats.skipped_unreadable += 1
+                self.stats.unreadable_reasons[info.reason] += 1
+                if len(self.stats.unreadable_examples) < EXAMPLES_KEPT:
+                    self.stats.unreadable_examples.append(f"{relative}: {info.reason}")
             elif is_image_key(relative):
                 self.stats.images += 1
                 yield info
@@ -91,33 +111,116 @@ def _walk_s3(location: Location, endpoint_url: str | None, page_size: int) -> It
         raise StorageError(describe_error(exc, location, endpoint_url)) from None
 
 
-def _walk_local(root: str) -> Iterator[tuple[str, ObjectInfo]]:
+def _walk_local(root: str) -> Iterator[tuple[str, ObjectInfo | Unreadable]]:
     if not os.path.isdir(root):
         what = "is not a folder" if os.path.exists(root) else "does not exist"
         raise StorageError(f"source folder {what}: {root}")
     seen_dirs: set[tuple[int, int]] = set()
 
-    def walk(folder: str, relative: str) -> Iterator[tuple[str, ObjectInfo]]:
-        stat = os.stat(folder)
+    def walk(folder: str, relative: str, folder_stat: os.stat_result) -> Iterator[tuple[str, ObjectInfo | Unreadable]]:
         # Symlinked folders are followed (datasets are often assembled that way) but only once.
-        if (stat.st_dev, stat.st_ino) in seen_dirs:
+        if (folder_stat.st_dev, folder_stat.st_ino) in seen_dirs:
             return
-        seen_dirs.add((stat.st_dev, stat.st_ino))
+        seen_dirs.add((folder_stat.st_dev, folder_stat.st_ino))
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except PermissionError:
-            raise StorageError(f"permission denied reading folder {folder}") from None
+        except OSError as exc:
+            if not relative:  # the source folder itself: nothing to label, say so
+                raise StorageError(f"cannot read source folder {root}: {exc.strerror or exc}") from None
+            yield relative.rstrip("/"), Unreadable(_reason(exc))
+            return
+        names = {e.name for e in entries}
         for entry in entries:
-            key = f"{relative}{entry.name}"
-            if entry.is_dir():
+            name = key_component(entry.name)
+            key = f"{relative}{name}"
+            if name != entry.name and name in names:
+                # Escaping made it equal to a sibling's real name; the sibling keeps the key.
+                yield key, Unreadable("undecodable name, escaped form taken by another file")
+                continue
+            try:
+                info = entry.stat()  # follows symlinks, like open() will
+            except FileNotFoundError:
+                if entry.is_symlink():
+                    yield key, Unreadable("dangling symlink")
+                continue  # deleted while we walked: nothing to label
+            except OSError as exc:
+                yield key, Unreadable(_reason(exc))
+                continue
+            if stat.S_ISDIR(info.st_mode):
                 if not entry.name.startswith("."):
-                    yield from walk(entry.path, f"{key}/")
-            elif entry.is_file():
-                try:
-                    info = entry.stat()
-                except FileNotFoundError:  # deleted while we walked: nothing to label
-                    continue
+                    yield from walk(entry.path, f"{key}/", info)
+            elif stat.S_ISREG(info.st_mode):
                 yield key, ObjectInfo(key=key, size=info.st_size, etag=f"{info.st_size}-{info.st_mtime_ns}")
+            else:
+                yield key, Unreadable(_special_kind(info.st_mode))
 
-    yield from walk(root, "")
+    yield from walk(root, "", os.stat(root))
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return f"unreadable ({exc.strerror or type(exc).__name__})"
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "not a regular file"
+
+
+# Local file names are bytes; keys (and the output's `key` column) are UTF-8 text. A name that is
+# not valid UTF-8 keeps its key readable and reversible: each undecodable byte becomes %XX and,
+# in such names only, '%' itself becomes %25. Valid names are never changed, so their ids are stable.
+_ESCAPED_BYTE = re.compile(r"%([0-9A-F]{2})")
+
+
+def key_component(name: str) -> str:
+    """A local file name (as os.scandir gives it) as a key component: itself if valid UTF-8, else escaped."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    text = os.fsencode(name).decode("utf-8", "surrogateescape")  # undecodable bytes -> U+DC80..U+DCFF
+    return "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else "%25" if c == "%" else c for c in text)
+
+
+def local_path(root: str, key: str) -> str | bytes:
+    """The file a local key was listed from: a str path, or the raw bytes path of an escaped name.
+
+    The listing guarantees a folder never holds both a real name and an escaped name equal to it,
+    so a component that exists as written is the real one.
+    """
+    path = os.path.join(root, *key.split("/"))
+    if "%" not in key or os.path.lexists(path):
+        return path
+    raw = os.fsencode(root)
+    for part in key.split("/"):
+        candidate = os.path.join(raw, os.fsencode(part))
+        if "%" in part and not os.path.lexists(candidate):
+            original = _unescape(part)
+            if original is not None:
+                candidate = os.path.join(raw, original)
+        raw = candidate
+    return raw
+
+
+def _unescape(component: str) -> bytes | None:
+    """The raw name behind an escaped component, or None if key_component cannot have made it."""
+    parts = _ESCAPED_BYTE.split(component)  # literal text at even indexes, escaped bytes' hex at odd ones
+    if any("%" in text for text in parts[::2]):
+        return None
+    data = b"".join(bytes([int(p, 16)]) if i % 2 else p.encode("utf-8") for i, p in enumerate(parts))
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+    return None  # valid UTF-8: key_component would have left the name as it was

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,8 @@ class ManifestStats:
     excluded: int = 0  # of those, already done (id in exclude_ids)
     written: int = 0  # rows in the manifest
     skipped_non_image: int = 0  # objects without an image extension (counted by the listing)
+    skipped_unreadable: int = 0  # symlink loops, dangling links, sockets, unreadable folders (listing)
+    unreadable_examples: list[str] = field(default_factory=list)  # "key: reason"
 
 
 def object_id(key: str) -> int:
@@ -79,6 +81,8 @@ def write_manifest(
         raise
     if isinstance(objects, ObjectListing):
         stats.skipped_non_image = objects.stats.skipped_non_image
+        stats.skipped_unreadable = objects.stats.skipped_unreadable
+        stats.unreadable_examples = list(objects.stats.unreadable_examples)
     return stats
 
 

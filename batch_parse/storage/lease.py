@@ -1,0 +1,359 @@
+"""One writer per output: a lease file in the output folder, created atomically and renewed while its run lives.
+
+    OUTPUT/_lease.json    {"holder": "host h, pid 12, started ...", "expires_unix": ..., "token": ...}
+
+Creating it is atomic: on S3 a PUT with `If-None-Match: *` (only one creator gets 200, the others
+412), locally a hard link of a fully written temporary file (link fails if the name exists;
+O_CREAT|O_EXCL where the filesystem has no hard links). A
+holder rewrites it every ttl/3 with a conditional replace (`If-Match: <etag>` on S3, a lock file
+locally), so it never expires while its run lives. A crashed holder's lease is taken over once it
+has expired, or at once when the holder was a process on this host that no longer exists; the
+take-over is a conditional replace of the exact version that was judged stale, so of two runs
+taking over, one wins. The loser gets one line naming the holder.
+
+S3 stores must honour conditional writes: AWS S3 (since 2024-08), SeaweedFS 4.x (tested), MinIO,
+R2. The lease is read before any write, so a store that ignored the headers would still never
+overwrite a live lease, but two creators racing on such a store could both win.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import botocore.exceptions as boto_errors
+
+from batch_parse.storage.location import Location
+from batch_parse.storage.s3 import StorageError, describe_error, s3_client
+
+LEASE_NAME = "_lease.json"
+# A crashed run on another host blocks the output this long; renewals come every third of it, so
+# a driver would have to stall for two renewals (80 s) before its lease could be taken.
+DEFAULT_TTL_S = 120.0
+_ATTEMPTS = 5  # read-then-write rounds before giving up on a lease that keeps changing hands
+
+log = logging.getLogger(__name__)
+
+
+class LeaseHeld(StorageError):
+    """Another live run holds the output's lease; str() is one line naming it."""
+
+
+class LeaseLost(StorageError):
+    """Our lease was taken over while we ran (we stalled past its expiry); str() is one line."""
+
+
+def default_holder(started: float | None = None) -> str:
+    """How a run names itself in the lease: host, pid and start time."""
+    return f"host {socket.gethostname()}, pid {os.getpid()}, started {_iso(time.time() if started is None else started)}"
+
+
+def acquire(output: Location, endpoint_url: str | None = None, holder: str | None = None, ttl_s: float = DEFAULT_TTL_S) -> Lease:
+    """Take the lease on `output` (raise LeaseHeld naming the holder if a live run has it).
+
+    Use as `with acquire(...):`; a daemon thread renews it every ttl_s/3 until the block ends,
+    then it is deleted (only if still ours).
+    """
+    store = _S3Store(output, endpoint_url) if output.is_s3 else _LocalStore(output)
+    lease = Lease(output, store, holder or default_holder(), ttl_s)
+    for _ in range(_ATTEMPTS):
+        current = store.read()
+        if current is None:
+            version = store.create(lease.body())
+        else:
+            record = _parse(current[0], store.where)
+            if record.get("token") == lease.token:  # a retried request of ours that had landed
+                version = current[1]
+            elif not _is_stale(record):
+                raise LeaseHeld(_held_message(output, record))
+            else:
+                version = store.replace(lease.body(), current[1])
+                if version is not None:
+                    log.warning("took over the lease of %s on %s: it expired, or its process is gone", record.get("holder", "an unknown run"), output.uri)
+        if version is not None:
+            lease.start(version)
+            return lease
+    record = _parse(current[0], store.where) if current else {}
+    raise LeaseHeld(_held_message(output, record))
+
+
+class Lease:
+    """A held lease: `renew()` extends it, `release()` (or the end of a `with` block) gives it up."""
+
+    def __init__(self, output: Location, store, holder: str, ttl_s: float):
+        self.output, self.store, self.holder, self.ttl_s = output, store, holder, ttl_s
+        self.token = uuid.uuid4().hex
+        self.version: str | None = None
+        self.lost_to: str | None = None  # set when a renewal finds another holder
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def body(self) -> bytes:
+        now = time.time()
+        pid_namespace, process_start = _process_identity(os.getpid())
+        record = {
+            "holder": self.holder,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_namespace": pid_namespace,
+            "process_start": process_start,
+            "expires_at": _iso(now + self.ttl_s),
+            # Full precision makes every body differ: S3 ETags are content hashes, and an If-Match
+            # on an unchanged ETag could not tell our latest write from an older one.
+            "expires_unix": now + self.ttl_s,
+            "token": self.token,
+        }
+        return json.dumps(record).encode()
+
+    def start(self, version: str) -> None:
+        self.version = version
+        self._thread = threading.Thread(target=self._renew_loop, name="batch-parse-lease", daemon=True)
+        self._thread.start()
+
+    def renew(self) -> bool:
+        """Extend the lease by ttl_s; False (and `lost_to` set) if another run has taken it."""
+        with self._lock:
+            if self.lost_to is not None or self.version is None:
+                return False
+            version = self.store.replace(self.body(), self.version)
+            if version is None:
+                current = self.store.read()
+                record = _parse(current[0], self.store.where) if current else {}
+                if current is not None and record.get("token") == self.token:
+                    version = current[1]  # our write landed, its response was lost and retried
+                else:
+                    self.lost_to = record.get("holder", "nobody (the lease file was removed)")
+                    log.warning("lost the lease on %s to %s", self.output.uri, self.lost_to)
+                    return False
+            self.version = version
+            return True
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            if self.lost_to is None and self.version is not None:
+                try:
+                    self.store.delete(self.version)
+                except (StorageError, OSError) as exc:  # it expires anyway
+                    log.warning("could not remove the lease on %s: %s", self.output.uri, exc)
+            self.version = None
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.release()
+        if exc_type is None and self.lost_to is not None:
+            raise LeaseLost(
+                f"lost the lease on {self.output.uri} to {self.lost_to} during this run (it stalled past the lease's "
+                "expiry): another run may have written too; rerun to check the output"
+            )
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                if not self.renew():
+                    return
+            except (StorageError, OSError) as exc:  # a network blip: the next round retries
+                log.warning("could not renew the lease on %s: %s", self.output.uri, exc)
+
+
+def _held_message(output: Location, record: dict) -> str:
+    holder = record.get("holder", "an unknown run (unreadable lease)")
+    expires = record.get("expires_at", "unknown")
+    return (
+        f"output {output.uri} is being written by another run ({holder}; lease expires {expires} unless renewed): "
+        "one writer per output; wait for it, or rerun after that time if it died"
+    )
+
+
+def _is_stale(record: dict) -> bool:
+    if time.time() > float(record.get("expires_unix", 0)):
+        return True
+    # A holder on this host that no longer runs (a SIGKILLed run, rerun at once) need not be waited for.
+    # Only when it is surely the same pid namespace: a container sharing the hostname is not.
+    if record.get("host") != socket.gethostname() or None in (record.get("pid_namespace"), record.get("process_start")):
+        return False
+    pid = int(record.get("pid", 0))
+    namespace, _ = _process_identity(os.getpid())
+    if pid <= 0 or record["pid_namespace"] != namespace:
+        return False
+    _, start = _process_identity(pid)
+    return start is None or start != record.get("process_start")
+
+
+def _process_identity(pid: int) -> tuple[str | None, str | None]:
+    """(pid namespace, start time in clock ticks since boot) of a live process; start None if it is gone."""
+    try:
+        namespace = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        namespace = None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # The command name (field 2) may hold spaces: count from its closing ')'.
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start = None if fields[0] in (b"Z", b"X") else fields[19].decode()  # state (3), starttime (22)
+    except (OSError, IndexError):
+        start = None
+    return namespace, start
+
+
+def _parse(body: bytes, where: str) -> dict:
+    try:
+        record = json.loads(body)
+        if isinstance(record, dict):
+            return record
+    except ValueError:
+        pass
+    raise StorageError(f"lease file {where} is unreadable: remove it if no run is writing to this output")
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _S3Store:
+    """The lease object on S3; versions are ETags, every write is conditional."""
+
+    def __init__(self, output: Location, endpoint_url: str | None):
+        self.output, self.endpoint_url = output, endpoint_url
+        self.key = f"{self.output.list_prefix}{LEASE_NAME}"
+        self.where = f"s3://{self.output.bucket}/{self.key}"
+        self.client = s3_client(self.endpoint_url)
+
+    def read(self) -> tuple[bytes, str] | None:
+        try:
+            response = self.client.get_object(Bucket=self.output.bucket, Key=self.key)
+            return response["Body"].read(), response["ETag"]
+        except boto_errors.ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise self._error(exc) from None
+        except boto_errors.BotoCoreError as exc:
+            raise self._error(exc) from None
+
+    def create(self, body: bytes) -> str | None:
+        return self._put(body, IfNoneMatch="*")
+
+    def replace(self, body: bytes, version: str) -> str | None:
+        return self._put(body, IfMatch=version)
+
+    def delete(self, version: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.output.bucket, Key=self.key, IfMatch=version)
+        except boto_errors.ClientError as exc:
+            if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                return  # not ours any more: leave it
+            if _code(exc) not in ("NotImplemented", "501", "InvalidArgument", "400"):
+                raise self._error(exc) from None
+            # A store without conditional deletes: check, then delete (a take-over in between is
+            # only possible once our lease has expired).
+            current = self.read()
+            if current is not None and current[1] == version:
+                self.client.delete_object(Bucket=self.output.bucket, Key=self.key)
+
+    def _put(self, body: bytes, **condition) -> str | None:
+        try:
+            return self.client.put_object(Bucket=self.output.bucket, Key=self.key, Body=body, **condition)["ETag"]
+        except boto_errors.ClientError as exc:
+            # 412: the condition failed; 409 ConditionalRequestConflict (AWS): a concurrent conditional
+            # write; 404: If-Match on a lease that was removed meanwhile.
+            if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"):
+                return None
+            raise self._error(exc) from None
+        except boto_errors.BotoCoreError as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: BaseException) -> StorageError:
+        return StorageError(describe_error(exc, Location(uri=self.where, is_s3=True, bucket=self.output.bucket, prefix=self.key),
+                                           self.endpoint_url))
+
+
+def _code(exc: boto_errors.ClientError) -> str:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return code or str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+class _LocalStore:
+    """The lease file in a local (or shared) folder; versions are content hashes.
+
+    Create: write a temporary file, then link() it to the lease name (fails if the name exists, and
+    the lease is never seen half written). Replace and delete: under an exclusive lock on
+    `_lease.lock`, check the version, then rename over (or unlink) the lease file.
+    """
+
+    def __init__(self, output: Location):
+        self.folder = output.path
+        self.where = os.path.join(self.folder, LEASE_NAME)
+        self.lock_path = os.path.join(self.folder, "_lease.lock")
+
+    def read(self) -> tuple[bytes, str] | None:
+        try:
+            with open(self.where, "rb") as f:
+                body = f.read()
+        except FileNotFoundError:
+            return None
+        return body, hashlib.sha256(body).hexdigest()
+
+    def create(self, body: bytes) -> str | None:
+        os.makedirs(self.folder, exist_ok=True)
+        tmp = self._write_temporary(body)
+        try:
+            os.link(tmp, self.where)
+        except FileExistsError:
+            return None
+        except OSError:  # a filesystem without hard links: exclusive create (briefly seen empty)
+            try:
+                fd = os.open(self.where, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return None
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            os.unlink(tmp)
+        return hashlib.sha256(body).hexdigest()
+
+    def replace(self, body: bytes, version: str) -> str | None:
+        with self._locked():
+            current = self.read()
+            if current is None or current[1] != version:
+                return None
+            os.replace(self._write_temporary(body), self.where)
+        return hashlib.sha256(body).hexdigest()
+
+    def delete(self, version: str) -> None:
+        with self._locked():
+            current = self.read()
+            if current is not None and current[1] == version:
+                os.unlink(self.where)
+
+    def _write_temporary(self, body: bytes) -> str:
+        tmp = os.path.join(self.folder, f"_lease.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    @contextmanager
+    def _locked(self):
+        fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock

@@ -1,0 +1,59 @@
+"""One source per output: the output records the source it labels and refuses any other.
+
+    OUTPUT/<model-version>/_source.json   {"source": "s3://bucket/prefix", "endpoint": "host:port"}
+
+Ids are a hash of the key relative to the source, so two sources share keys (`000.jpg`) and ids;
+labelling folder B into folder A's output would skip B's `000.jpg` as done and keep A's labels
+under its key. Refusing a second source keeps ids short and stable and each output one corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from batch_parse.storage.location import Location
+
+SOURCE_FILE = "_source.json"
+
+
+def canonical_source(source: Location, endpoint_url: str | None) -> dict:
+    """The source as recorded: s3://bucket/prefix and the endpoint's host, or the resolved local folder."""
+    if source.is_s3:
+        # The host names the store; the scheme does not (http and https reach the same buckets).
+        endpoint = urlparse(endpoint_url).netloc.lower() if endpoint_url else "aws"
+        return {"source": source.uri, "endpoint": endpoint}
+    return {"source": os.path.realpath(source.path), "endpoint": None}
+
+
+def claim_source(fs: pafs.FileSystem, output: Location, version: str, source: Location, endpoint_url: str | None) -> None:
+    """Record `source` as the output's source on first use; ValueError (one line) if another is recorded.
+
+    Outputs written before sources were recorded adopt the first source that runs on them.
+    """
+    path = output.fs_path(version, SOURCE_FILE)
+    mine = canonical_source(source, endpoint_url)
+    try:
+        with fs.open_input_stream(path) as f:
+            recorded = json.loads(f.read())
+    except ValueError:
+        raise ValueError(f"{output.join(version, SOURCE_FILE)} is not a source record: remove it to record this run's source") from None
+    except FileNotFoundError:
+        if isinstance(fs, pafs.LocalFileSystem):
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(json.dumps(mine).encode())
+        return
+    theirs = {"source": recorded.get("source"), "endpoint": recorded.get("endpoint")}
+    if theirs != mine:
+        raise ValueError(
+            f"output {output.join(version)} already holds labels of source {_describe(theirs)}; "
+            f"refusing source {_describe(mine)}: use another output"
+        )
+
+
+def _describe(record: dict) -> str:
+    return record["source"] if not record.get("endpoint") else f"{record['source']} (endpoint {record['endpoint']})"

@@ -1,0 +1,357 @@
+"""Corpus-scale robustness: odd folder entries, undecodable names, a byte cap, one source and one writer per output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+from click.testing import CliRunner
+
+from batch_parse.cli.main import cli
+from batch_parse.model.weights import file_sha256, resolve
+from batch_parse.pipeline.job import run_job, version_folder
+from batch_parse.pipeline.options import DEFAULT_MODEL, JobOptions
+from batch_parse.pipeline.stages import fetch_and_decode
+from batch_parse.storage import lease
+from batch_parse.storage.fetch import FetchError, fetch_objects
+from batch_parse.storage.lease import LEASE_NAME, LeaseHeld, LeaseLost, _LocalStore, _S3Store
+from batch_parse.storage.listing import iter_objects, key_component, local_path
+from batch_parse.storage.location import parse_location
+from batch_parse.storage.manifest import object_id, read_manifest, write_manifest
+from batch_parse.storage.s3 import pyarrow_filesystem
+from batch_parse.storage.source_identity import claim_source
+
+MAX_PIXELS = 50_000_000
+REPO = str(Path(__file__).resolve().parents[1])
+
+
+def _batch(table) -> dict:
+    """A manifest table as the numpy batch Ray hands to fetch_and_decode."""
+    return {name: np.array(table[name].to_pylist(), dtype=object if name in ("key", "etag") else np.int64) for name in table.column_names}
+
+
+def _manifest(location, path) -> tuple:
+    listing = iter_objects(location)
+    stats = write_manifest(listing, str(path), pafs.LocalFileSystem())
+    return listing.stats, stats, read_manifest(str(path), pafs.LocalFileSystem())
+
+
+@pytest.fixture
+def odd_folder(tmp_path, face_jpegs, monkeypatch):
+    """Real JPEGs among the entries that used to kill the job or vanish silently."""
+    root = tmp_path / "odd"
+    (root / "sub").mkdir(parents=True)
+    faces = face_jpegs(5)
+    files = {b"a.jpg": faces[0], b"sub/b.jpg": faces[1], b"caf\xe9.jpg": faces[2], b"100%\xff.jpg": faces[3], b"ok%E9.jpg": faces[4]}
+    for name, data in files.items():
+        fd = os.open(os.fsencode(root) + b"/" + name, os.O_CREAT | os.O_WRONLY, 0o644)  # bytes path: any name
+        os.write(fd, data)
+        os.close(fd)
+    os.symlink("x.jpg", root / "x.jpg")  # a self-referencing symlink: exit 1 of the whole job before
+    os.symlink("gone.jpg", root / "dangling.jpg")
+    os.symlink("..", root / "sub" / "up")  # a folder loop: walked once
+    os.mkfifo(root / "pipe.jpg")
+    monkeypatch.chdir(root)  # a relative socket name: AF_UNIX paths are limited to ~108 bytes
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind("sock.jpg")
+    yield root, files
+    sock.close()
+
+
+def test_odd_entries_become_rows_or_counted_skips(odd_folder, tmp_path):
+    root, files = odd_folder
+    location = parse_location(str(root))
+    stats, manifest, table = _manifest(location, tmp_path / "manifest.parquet")
+
+    keys = table["key"].to_pylist()
+    assert keys == ["100%25%FF.jpg", "a.jpg", "caf%E9.jpg", "ok%E9.jpg", "sub/b.jpg"]
+    assert table["id"].to_pylist() == [object_id(k) for k in keys]
+    assert manifest.written == stats.images == 5
+    assert stats.skipped_unreadable == manifest.skipped_unreadable == 4
+    assert dict(stats.unreadable_reasons) == {"symlink loop": 1, "dangling symlink": 1, "fifo": 1, "socket": 1}
+    assert "x.jpg: symlink loop" in stats.unreadable_examples
+
+    out = fetch_and_decode(_batch(table), str(root), None, MAX_PIXELS)
+    assert list(out["error_code"]) == [""] * 5, list(out["error"])
+    by_key = dict(zip(keys, fetch_objects(keys, location, threads=2)))
+    assert by_key["caf%E9.jpg"] == files[b"caf\xe9.jpg"] and by_key["100%25%FF.jpg"] == files[b"100%\xff.jpg"]
+    assert by_key["ok%E9.jpg"] == files[b"ok%E9.jpg"]  # a valid name that merely looks escaped is itself
+
+
+def test_unreadable_subfolder_is_a_counted_skip(tmp_path, face_jpegs):
+    root = tmp_path / "perm"
+    (root / "locked").mkdir(parents=True)
+    (root / "a.jpg").write_bytes(face_jpegs(1)[0])
+    (root / "locked" / "b.jpg").write_bytes(face_jpegs(1)[0])
+    (root / "locked").chmod(0)
+    try:
+        if os.access(root / "locked", os.R_OK):
+            pytest.skip("this process reads any folder (root with CAP_DAC_OVERRIDE)")
+        listing = iter_objects(parse_location(str(root)))
+        assert [o.key for o in listing] == ["a.jpg"]
+        assert listing.stats.unreadable_examples == ["locked: permission denied"]
+    finally:
+        (root / "locked").chmod(0o755)
+
+
+def test_undecodable_names_escape_reversibly_and_never_collide(tmp_path, face_jpegs):
+    root = tmp_path / "names"
+    root.mkdir()
+    raw = os.fsencode(root)
+    names = [b"\xff\xfe.jpg", b"%\xff.jpg", "é%41.jpg".encode(), b"d\xe9/x.jpg", b"caf\xe9.jpg", b"caf%E9.jpg"]
+    for name in names:
+        os.makedirs(os.path.dirname(raw + b"/" + name), exist_ok=True)
+        with open(raw + b"/" + name, "wb") as f:
+            f.write(name)
+    listing = iter_objects(parse_location(str(root)))
+    keys = [o.key for o in listing]
+    for key in keys:
+        key.encode("utf-8")  # valid text: Parquet strings, ids, messages
+        with open(local_path(str(root), key), "rb") as f:
+            assert key_component(os.fsdecode(f.read()).split("/")[-1]) == key.split("/")[-1]
+    assert sorted(keys) == sorted(["%FF%FE.jpg", "%25%FF.jpg", "é%41.jpg", "d%E9/x.jpg", "caf%E9.jpg"])
+    # b"caf\xe9.jpg" escapes to a real sibling's name: that file keeps the key, this one is a counted skip.
+    assert listing.stats.unreadable_reasons == {"undecodable name, escaped form taken by another file": 1}
+    assert key_component("plain name %41.jpg") == "plain name %41.jpg"  # valid names (and their ids) never change
+
+
+def test_objects_over_max_bytes_are_refused_from_the_listed_size(tmp_path, face_jpegs):
+    root = tmp_path / "big"
+    root.mkdir()
+    (root / "face.jpg").write_bytes(face_jpegs(1)[0])
+    with open(root / "huge.jpg", "wb") as f:
+        f.truncate(3 * 1024**3)  # a sparse 3 GB ".jpg": no disk, but a whole read would be 3 GB of memory
+    location = parse_location(str(root))
+    _, _, table = _manifest(location, tmp_path / "manifest.parquet")
+    os.remove(root / "huge.jpg")  # any attempt to open it now would be a not_found row
+
+    out = fetch_and_decode(_batch(table), str(root), None, MAX_PIXELS, max_bytes=1_000_000)
+    assert list(out["error_code"]) == ["", "too_large"]
+    assert out["error"][1] == "huge.jpg is 3,221,225,472 bytes, above max_bytes=1,000,000 (not read)"
+
+
+def test_fetch_never_reads_past_max_bytes_of_a_file_that_grew(tmp_path, face_jpegs):
+    root = tmp_path / "grew"
+    root.mkdir()
+    face = face_jpegs(1)[0]
+    (root / "a.jpg").write_bytes(face)
+    (root / "b.jpg").write_bytes(face)
+    with open(root / "b.jpg", "ab") as f:  # grew after it was listed at len(face) bytes
+        f.write(b"\0" * len(face))
+    results = fetch_objects(["a.jpg", "b.jpg"], parse_location(str(root)), threads=1, max_bytes=len(face))
+    assert results[0] == face
+    assert isinstance(results[1], FetchError) and results[1].code == "too_large"
+
+
+def test_s3_objects_over_max_bytes_are_refused(s3_server, face_jpegs):
+    bucket = s3_server.make_bucket(f"cap-{uuid.uuid4().hex[:10]}")
+    client = s3_server.client()
+    face = face_jpegs(1)[0]
+    client.put_object(Bucket=bucket, Key="in/face.jpg", Body=face)
+    client.put_object(Bucket=bucket, Key="in/huge.jpg", Body=b"\xff" * (2 * len(face)))
+    location = parse_location(f"s3://{bucket}/in")
+    objects = list(iter_objects(location, s3_server.endpoint_url))
+    batch = {"id": np.array([object_id(o.key) for o in objects]), "key": np.array([o.key for o in objects], dtype=object),
+             "size": np.array([o.size for o in objects]), "etag": np.array([o.etag for o in objects], dtype=object)}
+    client.delete_object(Bucket=bucket, Key="in/huge.jpg")  # fetching it now would be not_found
+
+    out = fetch_and_decode(batch, location.uri, s3_server.endpoint_url, MAX_PIXELS, max_bytes=len(face))
+    assert list(out["error_code"]) == ["", "too_large"]
+    # Grown since listing: fetch itself refuses it from the response's length.
+    client.put_object(Bucket=bucket, Key="in/face.jpg", Body=face + b"\0")
+    [result] = fetch_objects(["in/face.jpg"], location, s3_server.endpoint_url, max_bytes=len(face))
+    assert isinstance(result, FetchError) and result.code == "too_large"
+
+
+def test_max_bytes_flag_is_validated_before_ray(tmp_path):
+    result = CliRunner().invoke(cli, ["run", str(tmp_path), str(tmp_path / "out"), "--max-bytes", "0"])
+    assert result.exit_code != 0 and "max_bytes: must be >= 1, got 0" in result.output
+
+
+# --- one source per output ---------------------------------------------------------------------
+
+
+def test_a_second_local_source_is_refused_in_one_line(tmp_path, monkeypatch):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    a.mkdir(), b.mkdir()
+    (tmp_path / "a-link").symlink_to(a)
+    fs, output = pafs.LocalFileSystem(), parse_location(str(out))
+    claim_source(fs, output, "v1", parse_location(str(a)), None)
+    monkeypatch.chdir(tmp_path)
+    for same in (f"{a}/", "a", str(tmp_path / "a-link")):  # other spellings of the same folder
+        claim_source(fs, output, "v1", parse_location(same), None)
+    with pytest.raises(ValueError) as info:
+        claim_source(fs, output, "v1", parse_location(str(b)), None)
+    assert str(info.value) == f"output {out}/v1 already holds labels of source {a}; refusing source {b}: use another output"
+    claim_source(fs, output, "v2", parse_location(str(b)), None)  # another model version: its own folder
+
+
+def test_a_second_s3_prefix_or_endpoint_is_refused(s3_server):
+    bucket = s3_server.make_bucket(f"src-{uuid.uuid4().hex[:10]}")
+    output = parse_location(f"s3://{bucket}/out")
+    fs = pyarrow_filesystem(output, s3_server.endpoint_url)
+    endpoint = s3_server.endpoint_url.split("://", 1)[1]
+    claim_source(fs, output, "v1", parse_location(f"s3://{bucket}/a/"), s3_server.endpoint_url)
+    claim_source(fs, output, "v1", parse_location(f"s3://{bucket}/a"), s3_server.endpoint_url)
+    with pytest.raises(ValueError, match=rf"of source s3://{bucket}/a \(endpoint {endpoint}\); refusing source s3://{bucket}/b "):
+        claim_source(fs, output, "v1", parse_location(f"s3://{bucket}/b"), s3_server.endpoint_url)
+    with pytest.raises(ValueError, match=rf"refusing source s3://{bucket}/a \(endpoint other.example:9000\)"):
+        claim_source(fs, output, "v1", parse_location(f"s3://{bucket}/a"), "http://other.example:9000")
+
+
+def test_run_job_refuses_another_source_before_any_work(tmp_path, face_jpegs):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    for folder in (a, b):
+        folder.mkdir()
+        (folder / "000.jpg").write_bytes(face_jpegs(1)[0])  # the same key in both: the collision of the issue
+    model_name, weights = resolve(DEFAULT_MODEL)
+    version = version_folder(model_name, file_sha256(weights))
+    claim_source(pafs.LocalFileSystem(), parse_location(str(out)), version, parse_location(str(a)), None)
+    with pytest.raises(ValueError, match=f"already holds labels of source {a}; refusing source {b}"):
+        run_job(JobOptions(source=str(b), output=str(out)))
+    assert not (out / version / "_manifests").exists() and not (out / LEASE_NAME).exists()
+
+
+# --- one writer per output ---------------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", "s3"])
+def output(request, tmp_path):
+    """An output location on a local folder or on the S3 server, and the endpoint to reach it."""
+    if request.param == "local":
+        return parse_location(str(tmp_path / "out")), None
+    s3_server = request.getfixturevalue("s3_server")
+    bucket = s3_server.make_bucket(f"lease-{uuid.uuid4().hex[:10]}")
+    return parse_location(f"s3://{bucket}/out"), s3_server.endpoint_url
+
+
+def _record(location, endpoint) -> dict:
+    store = _S3Store(location, endpoint) if location.is_s3 else _LocalStore(location)
+    current = store.read()
+    return json.loads(current[0]) if current else None
+
+
+def _forge(location, endpoint, **fields) -> None:
+    """Put a lease written by some other run (e.g. a crashed one) in place, whatever is there."""
+    store = _S3Store(location, endpoint) if location.is_s3 else _LocalStore(location)
+    record = {"holder": "host elsewhere, pid 7, started 2020-01-01T00:00:00Z", "host": "elsewhere", "pid": 7,
+              "expires_at": "2020-01-01T00:02:00Z", "expires_unix": time.time() + 3600, "token": "theirs", **fields}
+    current = store.read()
+    body = json.dumps(record).encode()
+    assert (store.create(body) if current is None else store.replace(body, current[1])) is not None
+
+
+def test_second_writer_is_refused_naming_the_holder_until_release(output):
+    location, endpoint = output
+    with lease.acquire(location, endpoint, holder="host h1, pid 11, started 2030-01-01T00:00:00Z"):
+        with pytest.raises(LeaseHeld) as info:
+            lease.acquire(location, endpoint, holder="the second run")
+        message = str(info.value)
+        assert "\n" not in message and message.startswith(f"output {location.uri} is being written by another run (host h1, pid 11, ")
+        assert "lease expires " in message
+    with lease.acquire(location, endpoint) as again:  # released: free for the next run
+        assert _record(location, endpoint)["token"] == again.token
+    assert _record(location, endpoint) is None
+
+
+def test_expired_lease_is_taken_over(output):
+    location, endpoint = output
+    _forge(location, endpoint, expires_unix=time.time() - 1)
+    with lease.acquire(location, endpoint) as mine:
+        assert _record(location, endpoint)["token"] == mine.token
+
+
+def test_only_one_of_racing_creators_or_takers_wins(output):
+    location, endpoint = output
+    for forge_expired in (False, True):
+        if forge_expired:
+            _forge(location, endpoint, expires_unix=time.time() - 1)
+        barrier = threading.Barrier(6)
+        won, refused = [], []
+
+        def contend():
+            barrier.wait()
+            try:
+                won.append(lease.acquire(location, endpoint))
+            except LeaseHeld:
+                refused.append(1)
+
+        threads = [threading.Thread(target=contend) for _ in range(6)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert (len(won), len(refused)) == (1, 5), forge_expired
+        assert _record(location, endpoint)["token"] == won[0].token
+        won[0].release()
+
+
+def test_renewal_extends_and_a_lost_lease_fails_the_run(output):
+    location, endpoint = output
+    with pytest.raises(LeaseLost, match="lost the lease on .* to host elsewhere, pid 7"):
+        with lease.acquire(location, endpoint) as mine:
+            before = _record(location, endpoint)
+            assert mine.renew()
+            after = _record(location, endpoint)
+            assert after["token"] == mine.token and after["expires_unix"] > before["expires_unix"]
+            _forge(location, endpoint)  # another run took over (we had stalled past the expiry)
+            assert not mine.renew()
+    assert _record(location, endpoint)["token"] == "theirs"  # ours was not deleted on the way out
+
+
+def test_lease_of_a_killed_process_on_this_host_is_taken_at_once(tmp_path):
+    location = parse_location(str(tmp_path / "out"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from batch_parse.storage.lease import acquire; "
+         "from batch_parse.storage.location import parse_location; "
+         f"lease = acquire(parse_location({str(tmp_path / 'out')!r})); print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": REPO},
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(LeaseHeld, match=f"pid {holder.pid}, "):
+        lease.acquire(location)
+    holder.kill()  # SIGKILL: no release; the lease would otherwise block for its whole TTL
+    holder.wait()
+    with lease.acquire(location) as mine:
+        assert _record(location, None)["token"] == mine.token
+
+
+def test_two_runs_on_one_output_one_is_refused_in_one_line(tmp_path, face_jpegs):
+    """Two real `batch-parse run` processes: the second fails at once naming the first; the first finishes."""
+    src, dst = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    faces = face_jpegs(4)
+    for i, data in enumerate(faces[:3]):
+        (src / f"{i:03d}.jpg").write_bytes(data)
+    with open(os.fsencode(src) + b"/caf\xe9.jpg", "wb") as f:  # and the entries that used to end the job
+        f.write(faces[3])
+    os.symlink("x.jpg", src / "x.jpg")
+    os.symlink("gone.jpg", src / "dangling.jpg")
+    command = [sys.executable, "-m", "batch_parse.cli", "run", str(src), str(dst), "--batch-size", "4"]
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": REPO}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        while not (dst / LEASE_NAME).exists():
+            assert first.poll() is None, first.stdout.read()
+            time.sleep(0.05)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and second.stdout == ""
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert second.stderr.startswith(f"Error: output {dst} is being written by another run (host {socket.gethostname()}, pid {first.pid}, ")
+        output, _ = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:  # failed half way: stop its local Ray too
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert first.returncode == 0, output
+    assert "4 written: 4 ok" in output and not (dst / LEASE_NAME).exists()
+    assert "skipped:  2 unreadable entries (not files we can read), e.g. dangling.jpg: dangling symlink; x.jpg: symlink loop" in output
