@@ -18,6 +18,8 @@ IOD frontal, more for heads turned (IOD shrinks), and the containment test needs
 about how tight a detector's box is (BlazeFace's are tighter than MTCNN's). Detections are taken
 best score first, each matching the nearest unmatched face it qualifies for. On dlib_examples a
 detection matches a box with IoU > 0.4 (the boxes are hand-drawn, not Caltech-style points).
+"eye err" is the median, over matched Caltech faces, of the mean distance between detected and
+annotated eyes over the IOD.
 
 MTCNN runs once per min_face at the lowest threshold listed; higher thresholds keep the
 detections scoring at or above them, which is exactly what a run at that threshold gives (O-Net's
@@ -58,8 +60,10 @@ PEOPLE_SCENES = frozenset(
     "376020 376043 376086 385039 388067 45077 45096 61060 65019 71099 89072".split()
 )
 
-# A detector for the benchmark: RGB photos -> per photo (boxes (K,4) x0 y0 x1 y1, scores (K,)).
-DetectFn = Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]
+# A detector for the benchmark: RGB photos -> per photo (boxes (K,4) x0 y0 x1 y1, scores (K,),
+# eyes (K,2,2) image-left then image-right).
+Found = tuple[np.ndarray, np.ndarray, np.ndarray]
+DetectFn = Callable[[list[np.ndarray]], list[Found]]
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Tally:
 
     found: np.ndarray = field(default_factory=lambda: np.zeros(len(IOD_BINS), int))
     faces: np.ndarray = field(default_factory=lambda: np.zeros(len(IOD_BINS), int))
+    eye_errors: list[float] = field(default_factory=list)  # per matched face: mean eye error / IOD
     caltech_false: int = 0
     caltech_photos: int = 0
     scene_dets: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
@@ -109,22 +114,22 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def match_caltech(boxes: np.ndarray, scores: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, int]:
-    """(matched flag per annotated face, number of detections matching none) under the rule above."""
+    """(per annotated face the index of its detection or -1, number of detections matching none)."""
     iod = np.linalg.norm(faces[:, 1] - faces[:, 0], axis=1)
     key_points = faces[:, [0, 1, 3]]  # both eyes and the mouth centre
     centres = key_points.mean(axis=1)
-    matched = np.zeros(len(faces), bool)
+    matched = np.full(len(faces), -1)
     false = 0
     for index in np.argsort(-scores, kind="stable"):
         x0, y0, x1, y1 = boxes[index]
         inside = ((key_points[..., 0] >= x0) & (key_points[..., 0] <= x1) & (key_points[..., 1] >= y0) & (key_points[..., 1] <= y1)).all(axis=1)
         width = x1 - x0
-        ok = inside & (width >= iod) & (width <= 5 * iod) & ~matched
+        ok = inside & (width >= iod) & (width <= 5 * iod) & (matched < 0)
         if not ok.any():
             false += 1
             continue
         distance = np.linalg.norm(centres - [(x0 + x1) / 2, (y0 + y1) / 2], axis=1)
-        matched[np.flatnonzero(ok)[np.argmin(distance[ok])]] = True
+        matched[np.flatnonzero(ok)[np.argmin(distance[ok])]] = index
     return matched, false
 
 
@@ -154,8 +159,8 @@ def match_boxes(boxes: np.ndarray, scores: np.ndarray, truth: np.ndarray, thresh
 def mtcnn_detector(min_face: int, threshold: float) -> DetectFn:
     detector = load_detector("mtcnn", "cpu")
 
-    def detect(images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [(d.boxes, d.scores) for d in detector.detect(images, min_face=min_face, threshold=threshold)]
+    def detect(images: list[np.ndarray]) -> list[Found]:
+        return [(d.boxes, d.scores, d.landmarks[:, :2]) for d in detector.detect(images, min_face=min_face, threshold=threshold)]
 
     return detect
 
@@ -165,7 +170,7 @@ def blazeface_detector(model_selection: int, confidence: float) -> DetectFn:
 
     solution = mp.solutions.face_detection.FaceDetection(model_selection=model_selection, min_detection_confidence=confidence)
 
-    def detect(images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def detect(images: list[np.ndarray]) -> list[Found]:
         out = []
         for image in images:
             height, width = image.shape[:2]
@@ -181,7 +186,9 @@ def blazeface_detector(model_selection: int, confidence: float) -> DetectFn:
                     for d in found
                 ]
             ).reshape(-1, 4)
-            out.append((boxes, np.array([d.score[0] for d in found], float)))
+            # Keypoints 0 and 1 are the person's right and left eye: image-left, image-right when upright.
+            eyes = np.array([[[k.x * width, k.y * height] for k in d.location_data.relative_keypoints[:2]] for d in found]).reshape(-1, 2, 2)
+            out.append((boxes, np.array([d.score[0] for d in found], float), eyes))
         return out
 
     return detect
@@ -201,26 +208,29 @@ def run(detect: DetectFn, thresholds: tuple[float, ...], caltech, scenes, dlib, 
         start = time.perf_counter()
         results = detect(images)
         seconds += time.perf_counter() - start
-        for (_, faces), (boxes, scores) in zip(chunk, results):
+        for (_, faces), (boxes, scores, eyes) in zip(chunk, results):
             iod = np.linalg.norm(faces[:, 1] - faces[:, 0], axis=1)
             bins = np.digitize(iod, [b[1] for b in IOD_BINS[:-1]])
             for t, tally in tallies.items():
                 keep = scores >= t
                 matched, false = match_caltech(boxes[keep], scores[keep], faces)
                 np.add.at(tally.faces, bins, 1)
-                np.add.at(tally.found, bins, matched.astype(int))
+                np.add.at(tally.found, bins, (matched >= 0).astype(int))
+                hit = matched >= 0
+                errors = np.linalg.norm(eyes[keep][matched[hit]] - faces[hit, :2], axis=2).mean(axis=1) / iod[hit]
+                tally.eye_errors.extend(errors.tolist())
                 tally.caltech_false += false
                 tally.caltech_photos += 1
     for tally in tallies.values():
         tally.seconds = seconds
     for chunk, images in batches(scenes):
-        for path, (boxes, scores) in zip(chunk, detect(images)):
+        for path, (boxes, scores, _) in zip(chunk, detect(images)):
             people = path.stem in PEOPLE_SCENES
             for t, tally in tallies.items():
                 tally.scene_dets[people] += int((scores >= t).sum())
                 tally.scene_photos[people] += 1
     for chunk, images in batches(dlib):
-        for (_, truth), (boxes, scores) in zip(chunk, detect(images)):
+        for (_, truth), (boxes, scores, _) in zip(chunk, detect(images)):
             for t, tally in tallies.items():
                 keep = scores >= t
                 found, extra = match_boxes(boxes[keep], scores[keep], truth)
@@ -233,7 +243,7 @@ def run(detect: DetectFn, thresholds: tuple[float, ...], caltech, scenes, dlib, 
 def print_header() -> None:
     print(
         f"{'detector':<24}{'thr':>5} | {'recall by IOD px: ' + ' '.join(f'{n:>6}' for n in BIN_NAMES):<46}{'all':>6}"
-        f" | {'false/photo':>11} | {'scenes: no people':>17} {'people':>7} | {'dlib':>9} {'extra':>5} | {'img/s':>6}"
+        f" | {'eye err':>7} | {'false/photo':>11} | {'scenes: no people':>17} {'people':>7} | {'dlib':>9} {'extra':>5} | {'img/s':>6}"
     )
 
 
@@ -243,6 +253,7 @@ def print_row(name: str, threshold: float, tally: Tally) -> None:
     rate = lambda k, n: f"{k / n:.3f}" if n else "-"  # noqa: E731
     print(
         f"{name:<24}{threshold:>5.2f} | {'':18}{' '.join(recall):<28}{overall:6.3f}"
+        f" | {np.median(tally.eye_errors) if tally.eye_errors else float('nan'):7.3f}"
         f" | {rate(tally.caltech_false, tally.caltech_photos):>11}"
         f" | {rate(tally.scene_dets[False], tally.scene_photos[False]):>17} {rate(tally.scene_dets[True], tally.scene_photos[True]):>7}"
         f" | {tally.dlib_found:>4}/{tally.dlib_faces:<4} {tally.dlib_extra:>5}"

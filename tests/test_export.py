@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 from click.testing import CliRunner
@@ -205,7 +206,7 @@ def test_labelstudio_tasks_decode_with_label_studio_converter(demo_output, truth
     brush = converter._schema["parts"]
     assert brush["type"] == "BrushLabels" and brush["to_name"] == ["image"]
     assert brush["labels"] == list(CLASS_NAMES[1:])
-    assert [brush["labels_attrs"][n]["background"] for n in CLASS_NAMES[1:]] == ["#%02x%02x%02x" % c for c in CLASS_COLORS[1:]]
+    assert [brush["labels_attrs"][n]["background"] for n in CLASS_NAMES[1:]] == ["#" + bytes(c).hex() for c in CLASS_COLORS[1:]]
 
     tasks = json.loads((out / "tasks.json").read_text())
     assert len(tasks) == len(truth)
@@ -266,8 +267,11 @@ def test_hf_parquet_loads_with_datasets(demo_output, truth, tmp_path):
     # Without --copy-images the image is a path the feature opens.
     plain = tmp_path / "hf-plain"
     export_output(str(demo_output), plain, "hf", limit=1)
-    row = datasets.load_dataset("parquet", data_dir=str(plain / "data"), split="train", cache_dir=str(tmp_path / "cache2"))[0]
-    assert row["image"].filename == str(IMAGES_DIR / row["key"])
+    ds = datasets.load_dataset("parquet", data_dir=str(plain / "data"), split="train", cache_dir=str(tmp_path / "cache2"))
+    path = IMAGES_DIR / ds[0]["key"]
+    assert ds.cast_column("image", datasets.Image(decode=False))[0]["image"] == {"bytes": None, "path": str(path)}
+    # datasets applies the EXIF orientation itself, so the label maps line up by reference too.
+    _equal(np.asarray(ds[0]["image"]), np.asarray(ImageOps.exif_transpose(Image.open(path))), "hf image by path")
 
 
 def test_fiftyone_loads_the_folder(demo_output, truth, tmp_path, monkeypatch):
@@ -284,7 +288,7 @@ def test_fiftyone_loads_the_folder(demo_output, truth, tmp_path, monkeypatch):
         assert len(dataset) == len(truth)
         assert dataset.mask_targets["segmentation"] == dict(enumerate(CLASS_NAMES))
         colours = dataset.app_config.color_scheme.fields[0]["maskTargetsColors"]
-        assert {c["intTarget"]: c["color"] for c in colours} == {i: "#%02x%02x%02x" % c for i, c in enumerate(CLASS_COLORS) if i}
+        assert {c["intTarget"]: c["color"] for c in colours} == {i: "#" + bytes(c).hex() for i, c in enumerate(CLASS_COLORS) if i}
         for sample in dataset:
             t = truth[sample["key"]]
             assert sample.filepath == str(IMAGES_DIR / t.key) and int(sample["batch_parse_id"]) == t.id
@@ -321,6 +325,68 @@ def test_where_and_limit_select_faces_and_images(demo_output, truth, tmp_path):
     result = export_output(str(demo_output), tmp_path / "none", "coco", where="face_score > 2")
     assert result.images == 0 and "no image matched" in result.notes[0]
     assert json.loads((tmp_path / "none" / "annotations.json").read_text())["images"] == []
+
+
+def test_two_model_versions_are_exported_one_at_a_time(demo_output, tmp_path):
+    """The same photos labelled by two weights would be two conflicting copies of each image: pick one."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from batch_parse.pipeline.schema import METADATA_KEY
+
+    dst = tmp_path / "two-versions"
+    shutil.copytree(demo_output, dst)
+    source = next(dst.glob("*/data/*.parquet"))
+    table = pq.read_table(source)
+    meta = json.loads(table.schema.metadata[METADATA_KEY])
+    meta["weights_sha256"] = "f" * 64
+    other = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
+    other = other.set_column(other.schema.get_field_index("model_version"), "model_version",
+                             pa.array([f"{meta['model']}@ffffffff"] * other.num_rows))  # fmt: skip
+    (dst / "other-ffffffff" / "data").mkdir(parents=True)
+    pq.write_table(other, dst / "other-ffffffff" / "data" / "part-0.parquet")
+    with pytest.raises(ValueError, match="holds 2 model versions"):
+        export_output(str(dst), tmp_path / "both", "coco")
+    result = export_output(str(dst), tmp_path / "one", "coco", where=f"model_version == '{meta['model']}@ffffffff'")
+    assert result.images == len({r["key"] for r in other.select(["key"]).to_pylist()})
+
+
+def test_export_from_s3_copies_originals_from_the_recorded_source(demo_output, truth, s3_server, tmp_path):
+    """Output and photos on S3: rows are read there, originals fetched by key from the source in the metadata."""
+    import pyarrow.parquet as pq
+    from pycocotools.coco import COCO
+
+    from batch_parse.pipeline.schema import METADATA_KEY
+
+    bucket = s3_server.make_bucket("export-test")
+    client = s3_server.client()
+    for key in truth:
+        client.put_object(Bucket=bucket, Key=f"photos/{key}", Body=(IMAGES_DIR / key).read_bytes())
+    for i, path in enumerate(sorted(demo_output.glob("*/data/*.parquet"))):
+        table = pq.read_table(path)
+        meta = json.loads(table.schema.metadata[METADATA_KEY])
+        meta.update(source=f"s3://{bucket}/photos", endpoint_url=s3_server.endpoint_url)
+        table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
+        keys = pa.array([f"photos/{k}" for k in table.column("key").to_pylist()])  # S3 rows carry full object keys
+        table = table.set_column(table.schema.get_field_index("key"), "key", keys)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        client.put_object(Bucket=bucket, Key=f"labels/v/data/part-{i}.parquet", Body=buffer.getvalue().to_pybytes())
+
+    out = tmp_path / "coco"
+    result = export_output(f"s3://{bucket}/labels", out, "coco", copy_images=True, limit=2, where="face_index == 0",
+                           endpoint_url=s3_server.endpoint_url)
+    assert (result.images, result.copied) == (2, 2)
+    for image in COCO(str(out / "annotations.json")).imgs.values():
+        assert image["coco_url"] == f"s3://{bucket}/{image['key']}"
+        copied = (out / "images" / image["file_name"]).read_bytes()
+        name = image["key"].removeprefix("photos/")
+        if name != EXIF_ROTATED:
+            assert copied == (IMAGES_DIR / name).read_bytes()
+    with pytest.raises(ValueError, match="FiftyOne reads local images only"):
+        export_output(f"s3://{bucket}/labels", tmp_path / "fo", "fiftyone", endpoint_url=s3_server.endpoint_url)
+    assert not (tmp_path / "fo").exists()  # no half export left behind
 
 
 def test_where_grammar_is_small_and_says_what_is_wrong():

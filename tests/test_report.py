@@ -304,3 +304,100 @@ def test_overlay_colours_outlines_and_leaves_background():
     assert ov.legend().height >= NUM_CLASSES * ov.FONT_SIZE
     with pytest.raises(ValueError, match="label map"):
         ov.overlay(image[:10], lm)
+
+
+GROUP_KEY = "faces/group.jpg"
+SINGLE_KEY = "faces/single.jpg"
+# (mean confidence order: group face 1 < single < group face 0)
+GROUP_CONFIDENCES = ((0.8,) * 6, (0.3,) * 6)
+SINGLE_CONFIDENCES = (0.6,) * 6
+GROUP_CLASSES = (3, 7)  # each group face's label map holds one class, so the photo panel shows whose map is whose
+
+
+@pytest.fixture
+def group_output(tmp_path, face_jpegs):
+    """A photo with two faces (its rows split over two files, as a block boundary may put them) and a one-face photo."""
+    source = tmp_path / "source"
+    (source / "faces").mkdir(parents=True)
+    first, second, single = face_jpegs(3)
+    canvas = Image.new("RGB", (440, 240), (90, 120, 160))
+    origins = ((10, 20), (230, 20))
+    for jpeg, origin in zip((first, second), origins):
+        canvas.paste(Image.open(io.BytesIO(jpeg)).convert("RGB"), origin)
+    group = _jpeg(canvas)
+    (source / GROUP_KEY).write_bytes(group)
+    (source / SINGLE_KEY).write_bytes(single)
+    rows = []
+    for index, ((x, y), cls, confidences) in enumerate(zip(origins, GROUP_CLASSES, GROUP_CONFIDENCES)):
+        region = np.zeros((200, 200), np.uint8)
+        region[60:140, 50:150] = cls
+        row = _ok_row(GROUP_KEY, group, region, confidences)
+        row.update(face_index=index, face_count=2, label_map_x=x, label_map_y=y, face_score=0.99 - index / 10,
+                   face_box=[x + 30.0, y + 30.0, x + 170.0, y + 180.0],
+                   landmarks=[x + 70.0, y + 80.0, x + 130.0, y + 80.0, x + 100.0, y + 110.0, x + 75.0, y + 140.0, x + 125.0, y + 140.0])  # fmt: skip
+        rows.append(row)
+    rows.append(_ok_row(SINGLE_KEY, single, label_map_for(0), SINGLE_CONFIDENCES))
+    dst = tmp_path / "out"
+    schema = BASE_SCHEMA.with_metadata(file_metadata(MODEL, WEIGHTS, "jpeg", source=str(source)))
+    _write(dst / VERSION_DIR / "data" / "part-0.parquet", [rows[0], rows[2]], schema)
+    _write(dst / VERSION_DIR / "data" / "part-1.parquet", [rows[1]], schema)
+    return dst, rows
+
+
+class _Figures(HTMLParser):
+    """Each <figure>'s id, class, image and link targets, in page order."""
+
+    def __init__(self):
+        super().__init__()
+        self.figures: list[dict] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "figure":
+            self.figures.append({"id": attrs.get("id"), "class": attrs.get("class"), "img": None, "links": [], "text": ""})
+        elif self.figures and tag == "img":
+            self.figures[-1]["img"] = attrs["src"]
+        elif self.figures and tag == "a":
+            self.figures[-1]["links"].append(attrs["href"])
+
+    def handle_data(self, data):
+        if self.figures:
+            self.figures[-1]["text"] += data
+
+
+def test_render_shows_a_group_photo_once_and_links_faces_to_rows(group_output, tmp_path):
+    dst, rows = group_output
+    index = render_output(str(dst), tmp_path / "review", limit=10)
+    parser = _Figures()
+    parser.feed(index.read_text(encoding="utf-8"))
+    figures = parser.figures
+    group_id = f"{rows[0]['id']:016x}"
+    # Least confident first: group face 1, then the one-face photo, then group face 0; the group photo once,
+    # just before its first face.
+    assert [f["id"] for f in figures] == [f"image-{group_id}", f"face-{group_id}-1", f"face-{rows[2]['id']:016x}-0", f"face-{group_id}-0"]
+    photo, *faces = figures
+    assert photo["class"] == "photo" and photo["img"].endswith(f"{group_id}-photo.png")
+    assert photo["links"] == [f"#face-{group_id}-1", f"#face-{group_id}-0"]  # its faces, least confident first
+    assert f'--where "id == {rows[0]["id"]}"' in photo["text"]
+    assert "faces found in the output" not in photo["text"]  # the face in the other file was found
+    for figure, row in zip(faces, (rows[1], rows[2], rows[0])):
+        assert f"#{figure['id']}" in figure["links"]  # the row key links to the face itself
+        assert f"id {row['id']}, face_index {row['face_index']}" in figure["text"]
+        assert f'--where "id == {row["id"]} and face_index == {row["face_index"]}"' in figure["text"]
+        assert (f"#image-{group_id}" in figure["links"]) == (row["key"] == GROUP_KEY)
+    # The photo panel draws both faces' label maps over the whole photo (outlines in full class colour).
+    picture = np.asarray(Image.open(index.parent / photo["img"]).convert("RGB"))
+    for cls in GROUP_CLASSES:
+        assert (picture == CLASS_COLORS[cls]).all(axis=2).sum() > 20, CLASS_NAMES[cls]
+    assert len(list((index.parent / "panels").rglob("*-photo.png"))) == 1
+
+
+def test_photo_panel_numbers_every_face():
+    lm = np.zeros((100, 200), np.uint8)
+    lm[30:60, 20:60] = 5
+    lm[30:60, 120:160] = 6
+    faces = [(0, np.array([10.0, 20, 70, 80]), np.full((5, 2), 40.0)), (1, np.array([110.0, 20, 170, 80]), None)]
+    picture = ov.photo_panel(np.full((100, 200, 3), 128, np.uint8), lm, faces, "title")
+    assert picture.width > 2 * 200 and picture.height > 100
+    with_note = ov.photo_panel(None, lm, faces, "title", note="source gone")
+    assert with_note.height > picture.height

@@ -36,7 +36,8 @@ class ExportResult:
         parts = f", {self.parts} part mask(s)" if self.parts else ""
         lines = [f"exported {self.images} image(s), {self.faces} face(s){parts} as {self.format} to {self.out}"]
         if self.copied:
-            lines.append(f"copied {self.copied} original(s) to {self.out / IMAGES_DIR}")
+            into = "the Parquet" if self.format == "hf" else self.out / IMAGES_DIR
+            lines.append(f"copied {self.copied} original(s) into {into}")
         lines += [f"  {name}" for name in self.files]
         lines += [f"note: {note}" for note in self.notes]
         return lines
@@ -67,6 +68,11 @@ def export_output(dst: str, out: str | os.PathLike, fmt: str, *, where: str | No
     module = importlib.import_module(f"batch_parse.export.{fmt}")
     module.check_installed()  # before reading anything: a missing library is a one-line error, not a half export
     output = open_output(dst, endpoint_url)
+    versions = sorted({f"{f.metadata.get('model')}@{str(f.metadata.get('weights_sha256'))[:8]}" for f in output.files})
+    if len(versions) > 1 and not (condition and "model_version" in condition.columns):
+        # The same image labelled by two models would be exported twice, as two conflicting images.
+        raise ValueError(f"{dst} holds {len(versions)} model versions ({', '.join(versions)}): export one, "
+                         f"with --where \"model_version == '{versions[-1]}'\" or DST set to its folder")
     total = sum(f.num_rows for f in output.files)
     result = ExportResult(format=fmt, out=out)
     rows_read = 0

@@ -52,7 +52,7 @@ def metadata(model_versions: list[str]) -> dict:
                 "color_scheme": {
                     "fields": [{
                         "path": SEGMENTATION_FIELD,
-                        "maskTargetsColors": [{"intTarget": i, "color": "#%02x%02x%02x" % color}
+                        "maskTargetsColors": [{"intTarget": i, "color": "#" + bytes(color).hex()}
                                               for i, color in enumerate(CLASS_COLORS) if i],
                     }],
                 },

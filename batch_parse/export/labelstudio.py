@@ -44,7 +44,7 @@ def check_installed() -> None:
 
 def labeling_config() -> str:
     labels = "\n".join(
-        f"    <Label value={quoteattr(name)} background={quoteattr('#%02x%02x%02x' % color)}/>"
+        f"    <Label value={quoteattr(name)} background={quoteattr('#' + bytes(color).hex())}/>"
         for name, color in zip(CLASS_NAMES, CLASS_COLORS)
         if name != CLASS_NAMES[0]
     )

@@ -1,4 +1,4 @@
-"""Pictures of one labelled image: coloured label maps, overlays with outlines, a legend, a review panel.
+"""Pictures of labelled images: coloured label maps, overlays with outlines, a legend, a face panel, a group photo panel.
 
 Pure functions on numpy arrays and Pillow images; fetching and decoding live in render.py.
 """
@@ -176,6 +176,64 @@ def panel(
         draw.text((GAP, 3 + FONT_SIZE + 8), note, fill=_NOTE_INK, font=font)
     x = GAP
     for picture in (_tile(original), _tile(overlaid), key_legend, grid):
+        out.paste(picture, (x, header))
+        x += picture.width + GAP
+    return out
+
+
+PHOTO_TILE = 512  # the whole photo of a group: each face must stay big enough to tell apart
+
+
+def _draw_numbered_faces(image: Image.Image, faces: Sequence[tuple[int, np.ndarray | None, np.ndarray | None]], scale: float) -> None:
+    """Each face's box and landmarks, its face_index written above the box (on a dark patch to read on any photo)."""
+    draw = ImageDraw.Draw(image)
+    font = _font(FONT_SIZE)
+    for number, face_box, landmarks in faces:
+        _draw_face(image, face_box, landmarks, scale)
+        if face_box is None or not np.all(np.isfinite(face_box)):
+            continue
+        x0, y0 = float(face_box[0]) * scale, float(face_box[1]) * scale
+        text = str(number)
+        y = max(0.0, y0 - FONT_SIZE - 4)
+        draw.rectangle((x0, y, x0 + font.getlength(text) + 5, y + FONT_SIZE + 3), fill=(0, 0, 0))
+        draw.text((x0 + 3, y + 1), text, fill=(255, 255, 255), font=font)
+
+
+def photo_panel(
+    image: np.ndarray | None,
+    label_map: np.ndarray,
+    faces: Sequence[tuple[int, np.ndarray | None, np.ndarray | None]],
+    title: str,
+    note: str | None = None,
+) -> Image.Image:
+    """A photo with several faces, once: original + every face's box (numbered by face_index) and landmarks | overlay.
+
+    faces: (face_index, face box [x0, y0, x1, y1] or None, (5, 2) landmarks or None), original pixels.
+    image None: drawn on flat grey from the label map alone (say why in `note`).
+    """
+    label_map = np.asarray(label_map, dtype=np.uint8)
+    alpha = 0.5
+    if image is None:
+        image = np.full((*label_map.shape, 3), NO_IMAGE_GREY, dtype=np.uint8)
+        alpha = 1.0
+    original, scale = _fit(Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB"), (PHOTO_TILE, PHOTO_TILE), Image.BILINEAR)
+    small_map = np.asarray(Image.fromarray(label_map).resize(original.size, Image.NEAREST))
+    overlaid = Image.fromarray(overlay(np.asarray(original), small_map, alpha))
+    _draw_numbered_faces(original, faces, scale)
+    _draw_numbered_faces(overlaid, faces, scale)
+
+    key_legend = legend()
+    font = _font(FONT_SIZE + 1)
+    header = (FONT_SIZE + 8) * (2 if note else 1) + 4
+    width = 2 * (original.width + GAP) + key_legend.width + 2 * GAP
+    height = header + max(original.height, key_legend.height) + GAP
+    out = Image.new("RGB", (width, height), _PANEL_BG)
+    draw = ImageDraw.Draw(out)
+    draw.text((GAP, 3), title, fill=_INK, font=font)
+    if note:
+        draw.text((GAP, 3 + FONT_SIZE + 8), note, fill=_NOTE_INK, font=font)
+    x = GAP
+    for picture in (original, overlaid, key_legend):
         out.paste(picture, (x, header))
         x += picture.width + GAP
     return out

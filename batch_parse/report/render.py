@@ -4,6 +4,9 @@ Two passes over the output: the small columns pick the `limit` face rows with th
 confidence (and the first error and no-face rows); then label maps and crops are read for those rows only.
 The original image is not in the output, so it is fetched again from the source recorded in
 each file's metadata; when that fails the panel is drawn from the label map alone and says why.
+A photo with several faces is also drawn once whole, every face numbered by its face_index, just
+before the first of its faces on the page; each face links to it and carries its row key
+(id, face_index) with the `--where` that exports exactly that row.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, PART_NAMES
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
 from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
-from batch_parse.report.overlay import panel
+from batch_parse.report.overlay import panel, photo_panel
 from batch_parse.report.reader import Output, OutputFile, open_output
 from batch_parse.storage.fetch import FetchError, fetch_objects
 from batch_parse.storage.location import parse_location
@@ -56,6 +59,26 @@ class Row:
     panel: str | None = field(default=None, compare=False)  # path relative to index.html
     note: str | None = field(default=None, compare=False)
 
+    @property
+    def anchor(self) -> str:
+        return f"face-{_hex(self.id)}-{self.face_index}"
+
+
+@dataclass
+class PhotoPanel:
+    """A photo with several faces, drawn once with all of them."""
+
+    id: int
+    key: str
+    face_count: int
+    faces: list[int]  # face_index of the faces drawn (all the output holds for the image)
+    panel: str | None = None
+    note: str | None = None
+
+    @property
+    def anchor(self) -> str:
+        return f"image-{_hex(self.id)}"
+
 
 @dataclass
 class ErrorRow:
@@ -73,6 +96,7 @@ class Selection:
     error_total: int = 0
     no_face: list[str] = field(default_factory=list)  # keys of the first images without a face
     no_face_total: int = 0
+    photos: dict[int, PhotoPanel] = field(default_factory=dict)  # by image id: the shown photos with several faces
 
 
 def render_output(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: str | None = None) -> Path:
@@ -87,7 +111,7 @@ def render_output(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: 
     for row in selection.rows:
         by_file[row.file.path].append(row)
     for rows in by_file.values():
-        _render_file_rows(output, rows, out_dir, endpoint_url)
+        selection.photos.update(_render_file_rows(output, rows, out_dir, endpoint_url))
     index = out_dir / "index.html"
     index.write_text(_index_html(output, selection), encoding="utf-8")
     return index
@@ -136,44 +160,111 @@ def select_rows(output: Output, limit: int) -> Selection:
     return selection
 
 
-def _render_file_rows(output: Output, rows: list[Row], out_dir: Path, endpoint_url: str | None) -> None:
-    table = output.read_rows(rows[0].file, PANEL_COLUMNS, [r.id for r in rows])
+def _render_file_rows(output: Output, rows: list[Row], out_dir: Path, endpoint_url: str | None) -> dict[int, PhotoPanel]:
+    """Panels of one file's picked faces, and of the photos among them with several faces."""
+    ids = sorted({r.id for r in rows})
+    table = output.read_rows(rows[0].file, PANEL_COLUMNS, ids)
     stored = {(record["id"], record["face_index"]): record for record in table.to_pylist()}
-    originals = _fetch_originals(rows[0].file.metadata, [r.key for r in rows], endpoint_url)
-    for row, original in zip(rows, originals):
-        record = stored.get((row.id, row.face_index))
-        face_map = _decode_label_map(record)
-        if face_map is None or not row.width or not row.height:
-            row.note = "label map missing or unreadable: no panel"
+    _read_other_faces(output, rows, stored)
+    keys = list(dict.fromkeys(r.key for r in rows))  # a group photo is fetched once for all its faces
+    originals = dict(zip(keys, _fetch_originals(rows[0].file.metadata, keys, endpoint_url)))
+    for row in rows:
+        _render_face(row, stored.get((row.id, row.face_index)), originals[row.key], out_dir)
+    photos = {}
+    for row in rows:
+        if row.face_count > 1 and row.id not in photos and row.width and row.height:
+            photos[row.id] = _render_photo(row, [r for k, r in sorted(stored.items()) if k[0] == row.id], originals[row.key], out_dir)
+    return photos
+
+
+def _read_other_faces(output: Output, rows: list[Row], stored: dict[tuple[int, int], dict]) -> None:
+    """Add the faces of group photos that a block boundary put in another file (rare: other files are read only then)."""
+    found = defaultdict(int)
+    for row_id, _ in stored:
+        found[row_id] += 1
+    missing = {r.id for r in rows if r.face_count > found[r.id]}
+    for file in output.files:
+        if not missing:
+            return
+        if file.path == rows[0].file.path:
             continue
-        # The face's map covers its region only: place it in the photo.
-        label_map = np.zeros((row.height, row.width), np.uint8)
-        x0, y0 = record["label_map_x"], record["label_map_y"]
-        h, w = face_map.shape
-        label_map[y0 : y0 + h, x0 : x0 + w] = face_map[: row.height - y0, : row.width - x0]
-        image, note = original
-        if image is not None and image.shape[:2] != label_map.shape:
-            note = (f"source image is {image.shape[1]}x{image.shape[0]} now but the label map is "
-                    f"{label_map.shape[1]}x{label_map.shape[0]}: changed since labelling")  # fmt: skip
-            image = None
-        if image is None:
-            note = f"original not shown, drawn from the label map alone: {note}"
-        boxes = np.array([record[f"{p}_box"] or [np.nan] * 4 for p in PART_NAMES], dtype=np.float64)
-        crops = [_decode_crop(record[f"{p}_crop"]) for p in PART_NAMES]
-        landmarks = np.array(record["landmarks"], np.float64).reshape(5, 2) if record["landmarks"] else None
-        face_box = np.array(record["face_box"], np.float64) if record["face_box"] else None
-        # Zoom to the face: in a group photo a whole-image tile would make each face a few pixels.
-        x0, y0, x1, y1 = _around(face_box, row.width, row.height)
-        shift = np.array([x0, y0, x0, y0], np.float64)
-        label_map = label_map[y0:y1, x0:x1]
-        image = None if image is None else image[y0:y1, x0:x1]
-        picture = panel(image, label_map, boxes - shift, row.confidences, crops, _title(row), note,
-                        face_box=None if face_box is None else face_box - shift,
-                        landmarks=None if landmarks is None else landmarks - shift[:2])
-        relative = f"{PANELS_DIR}/{_slug(row.model_version)}/{row.id & 0xFFFFFFFFFFFFFFFF:016x}-{row.face_index}.png"
-        (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-        picture.save(out_dir / relative)
-        row.panel, row.note = relative, note
+        for record in output.read_rows(file, PANEL_COLUMNS, sorted(missing)).to_pylist():
+            stored.setdefault((record["id"], record["face_index"]), record)
+        missing = {r.id for r in rows if r.face_count > sum(1 for k in stored if k[0] == r.id)}
+
+
+def _placed(record: dict | None, width: int, height: int) -> np.ndarray | None:
+    """The row's label map placed in a zero (height, width) map: the face in its photo."""
+    face_map = _decode_label_map(record)
+    if face_map is None:
+        return None
+    label_map = np.zeros((height, width), np.uint8)
+    x0, y0 = record["label_map_x"], record["label_map_y"]
+    h, w = face_map.shape
+    label_map[y0 : y0 + h, x0 : x0 + w] = face_map[: height - y0, : width - x0]
+    return label_map
+
+
+def _original_for(original: tuple[np.ndarray | None, str | None], shape: tuple[int, int]) -> tuple[np.ndarray | None, str | None]:
+    image, note = original
+    if image is not None and image.shape[:2] != shape:
+        note = (f"source image is {image.shape[1]}x{image.shape[0]} now but the label map is "
+                f"{shape[1]}x{shape[0]}: changed since labelling")  # fmt: skip
+        image = None
+    if image is None:
+        note = f"original not shown, drawn from the label map alone: {note}"
+    return image, note
+
+
+def _face_geometry(record: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
+    landmarks = np.array(record["landmarks"], np.float64).reshape(5, 2) if record["landmarks"] else None
+    face_box = np.array(record["face_box"], np.float64) if record["face_box"] else None
+    return face_box, landmarks
+
+
+def _render_face(row: Row, record: dict | None, original: tuple[np.ndarray | None, str | None], out_dir: Path) -> None:
+    label_map = _placed(record, row.width, row.height) if row.width and row.height else None
+    if label_map is None:
+        row.note = "label map missing or unreadable: no panel"
+        return
+    image, note = _original_for(original, label_map.shape)
+    boxes = np.array([record[f"{p}_box"] or [np.nan] * 4 for p in PART_NAMES], dtype=np.float64)
+    crops = [_decode_crop(record[f"{p}_crop"]) for p in PART_NAMES]
+    face_box, landmarks = _face_geometry(record)
+    # Zoom to the face: in a group photo a whole-image tile would make each face a few pixels.
+    x0, y0, x1, y1 = _around(face_box, row.width, row.height)
+    shift = np.array([x0, y0, x0, y0], np.float64)
+    label_map = label_map[y0:y1, x0:x1]
+    image = None if image is None else image[y0:y1, x0:x1]
+    picture = panel(image, label_map, boxes - shift, row.confidences, crops, _title(row), note,
+                    face_box=None if face_box is None else face_box - shift,
+                    landmarks=None if landmarks is None else landmarks - shift[:2])
+    relative = f"{PANELS_DIR}/{_slug(row.model_version)}/{_hex(row.id)}-{row.face_index}.png"
+    (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+    picture.save(out_dir / relative)
+    row.panel, row.note = relative, note
+
+
+def _render_photo(row: Row, records: list[dict], original: tuple[np.ndarray | None, str | None], out_dir: Path) -> PhotoPanel:
+    """The whole photo once, with the union of its faces' label maps (larger faces first, as exports build it)."""
+    photo = PhotoPanel(row.id, row.key, row.face_count, [r["face_index"] for r in records])
+    label_map = np.zeros((row.height, row.width), np.uint8)
+    faces = []
+    for record in records:  # face_index order
+        placed = _placed(record, row.width, row.height)
+        if placed is not None:
+            np.copyto(label_map, placed, where=label_map == 0)
+        faces.append((record["face_index"], *_face_geometry(record)))
+    image, note = _original_for(original, label_map.shape)
+    if len(records) < row.face_count:
+        note = "; ".join(filter(None, [note, f"{len(records)} of {row.face_count} faces found in the output"]))
+    key = row.key if len(row.key) <= TITLE_KEY_CHARS else "..." + row.key[-(TITLE_KEY_CHARS - 3) :]
+    title = f"{key}   {row.face_count} faces, boxes numbered by face_index   {row.width}x{row.height}   {row.model_version}"
+    relative = f"{PANELS_DIR}/{_slug(row.model_version)}/{_hex(row.id)}-photo.png"
+    (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+    photo_panel(image, label_map, faces, title, note).save(out_dir / relative)
+    photo.panel, photo.note = relative, note
+    return photo
 
 
 FACE_CONTEXT = 2.0  # panel side / face box side: the face with its hair, ears and chin around it
@@ -238,8 +329,19 @@ def _decode_crop(data: bytes | None) -> Image.Image | None:
 
 def _title(row: Row) -> str:
     key = row.key if len(row.key) <= TITLE_KEY_CHARS else "..." + row.key[-(TITLE_KEY_CHARS - 3) :]
-    return (f"{key}   face {row.face_index + 1}/{row.face_count}{_score(row.face_score)}   {row.width}x{row.height}   "
+    return (f"{key}   face_index {row.face_index} of {row.face_count} faces{_score(row.face_score)}   {row.width}x{row.height}   "
             f"mean confidence {_confidence(row.mean_confidence)}   {row.model_version}")
+
+
+def _hex(row_id: int) -> str:
+    """An id as 16 hex digits (ids are signed 64-bit; the hex of the same bits names files and anchors)."""
+    return f"{row_id & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def export_where(row_id: int, face_index: int | None = None) -> str:
+    """The --where of `batch-parse export` that selects exactly this face (or image)."""
+    clause = f"id == {row_id}"
+    return clause if face_index is None else f"{clause} and face_index == {face_index}"
 
 
 def _score(score: float | None) -> str:
@@ -262,6 +364,8 @@ figure { margin: 0 0 1.5em 0; border-top: 1px solid #ccc; padding-top: .5em; }
 figure img { max-width: 100%; }
 figcaption { font-size: .9em; }
 .note { color: #b00; }
+.photo { background: #f6f6f6; }
+code { font-size: .95em; background: #f0f0f0; padding: 0 .2em; }
 table { border-collapse: collapse; font-size: .9em; }
 td, th { border: 1px solid #ccc; padding: .2em .5em; text-align: left; }
 """
@@ -285,19 +389,35 @@ def _index_html(output: Output, selection: Selection) -> str:
         f"and {selection.error_total:,} error row(s), listed at the end.</p>",
         f'<p class="legend">{legend}</p>',
         "<p>Each panel: the original with the face box, its five landmarks and the six part windows | the label "
-        "overlay | the class legend | the upright part crops with their confidences.</p>",
+        "overlay | the class legend | the upright part crops with their confidences. A photo with several faces is "
+        "shown whole once, its boxes numbered by face_index, before the first of its faces.</p>",
+        "<p>Each face names its row key (<code>id</code>, <code>face_index</code>) and the <code>--where</code> that "
+        "exports exactly that row: <code>batch-parse export DST OUT --to cvat --where \"...\"</code>.</p>",
     ]
+    shown_photos: set[int] = set()
+    faces_shown: dict[int, dict[int, Row]] = defaultdict(dict)
+    for row in selection.rows:
+        faces_shown[row.id][row.face_index] = row
     for rank, row in enumerate(selection.rows, 1):
+        photo = selection.photos.get(row.id)
+        if photo is not None and row.id not in shown_photos:
+            shown_photos.add(row.id)
+            parts.append(_photo_figure(photo, faces_shown[row.id]))
         confidences = ", ".join(f"{e(name)} {_confidence(c)}" for name, c in zip(PART_NAMES, row.confidences))
+        where = export_where(row.id, row.face_index)
         caption = (
-            f"#{rank} <strong>{e(row.key)}</strong> &middot; face {row.face_index + 1} of {row.face_count}{e(_score(row.face_score))} "
-            f"&middot; id {row.id} &middot; {row.width}x{row.height} &middot; "
-            f"mean confidence {_confidence(row.mean_confidence)} &middot; {e(row.model_version)}<br>{confidences}"
+            f"#{rank} <strong>{e(row.key)}</strong> &middot; face_index {row.face_index} of {row.face_count} faces"
+            f"{e(_score(row.face_score))} &middot; {row.width}x{row.height} &middot; "
+            f"mean confidence {_confidence(row.mean_confidence)} &middot; {e(row.model_version)}<br>{confidences}<br>"
+            f'row <a href="#{row.anchor}">id {row.id}, face_index {row.face_index}</a> &middot; '
+            f"export it: <code>--where \"{e(where)}\"</code>"
         )
+        if photo is not None:
+            caption += f' &middot; <a href="#{photo.anchor}">the whole photo with its {row.face_count} faces</a>'
         if row.note:
             caption += f'<br><span class="note">{e(row.note)}</span>'
         image = f'<img src="{e(row.panel)}" alt="{e(row.key)}" loading="lazy">' if row.panel else ""
-        parts.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")
+        parts.append(f'<figure id="{row.anchor}">{image}<figcaption>{caption}</figcaption></figure>')
     if selection.no_face:
         shown = len(selection.no_face)
         more = f" (first {shown} of {selection.no_face_total:,})" if shown < selection.no_face_total else ""
@@ -316,3 +436,25 @@ def _index_html(output: Output, selection: Selection) -> str:
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _photo_figure(photo: PhotoPanel, shown: dict[int, Row]) -> str:
+    """The whole photo, with a link to each of its faces on the page (the others are more confident)."""
+    e = html.escape
+    links = []
+    # Least confident first, like the page; faces not picked for the page come last.
+    order = sorted(photo.faces, key=lambda i: (i not in shown, shown[i].mean_confidence if i in shown else 0.0, i))
+    for index in order:
+        row = shown.get(index)
+        if row is None:
+            links.append(f"face_index {index} (not among the least confident shown)")
+        else:
+            links.append(f'<a href="#{row.anchor}">face_index {index}</a> (mean confidence {_confidence(row.mean_confidence)})')
+    caption = (
+        f"<strong>{e(photo.key)}</strong> &middot; {photo.face_count} faces &middot; id {photo.id} &middot; "
+        f"export the photo: <code>--where \"{e(export_where(photo.id))}\"</code><br>" + " &middot; ".join(links)
+    )
+    if photo.note:
+        caption += f'<br><span class="note">{e(photo.note)}</span>'
+    image = f'<img src="{e(photo.panel)}" alt="{e(photo.key)}" loading="lazy">' if photo.panel else ""
+    return f'<figure class="photo" id="{photo.anchor}">{image}<figcaption>{caption}</figcaption></figure>'
