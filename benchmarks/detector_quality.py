@@ -6,10 +6,11 @@
 
 Data (../shared/data/facepool, see its README):
 - caltech_webfaces: 2,026 web photos (longest side 480) with eyes, nose and mouth centre of 3,044
-  faces, in these pixels. Not every face is annotated (background and crowd faces often are not),
+  faces, in these pixels (1-based, see CALTECH_ORIGIN). Not every face is annotated (background and crowd faces often are not),
   so "false/photo" there counts unannotated real faces too: an upper bound on false detections.
-- scenes_bsds500: 167 scenes. PEOPLE_SCENES lists the ones that show a person (checked by eye, any
-  size, faces visible or not); detections on the other scenes are false by construction.
+- scenes_bsds500: 167 scenes. PEOPLE_SCENES lists the ones that show a person (checked by eye on
+  every scene: any size, face visible or not; specks on distant boats and squares not counted);
+  detections on the other scenes are false.
 - dlib_examples: 9 PASCAL VOC group photos with 43 hand-drawn face boxes (imglab XML).
 
 Matching on Caltech: a detection matches an annotated face when its box contains both eyes and the
@@ -25,8 +26,9 @@ MTCNN runs once per min_face at the lowest threshold listed; higher thresholds k
 detections scoring at or above them, which is exactly what a run at that threshold gives (O-Net's
 NMS only lets a box suppress lower-scoring ones). images/s is detection time only (photos decoded
 beforehand), MTCNN in batches of --batch-size photos, BlazeFace one photo per call as its API
-takes them, with its own threads. On a machine busy with other jobs, compare rows of one run only;
-the load average is printed.
+takes them, with its own threads. On a machine busy with other jobs use --threads 1 (two torch
+threads spin against the other job: 2.4 photos/s instead of 39 on this 2-core box) and compare
+rows of one run only; the load average is printed.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ IOD_BINS = ((0, 10), (10, 20), (20, 40), (40, float("inf")))
 BIN_NAMES = ("<10", "10-20", "20-40", ">=40")
 MTCNN_THRESHOLDS = (0.7, 0.8, 0.9)
 BLAZEFACE_CONFIDENCE = 0.5  # MediaPipe's default
+# Caltech's points are 1-based (Matlab): detections on mirrored photos show MTCNN's landmarks
+# mirror-symmetric within 0.2 px in 0-based pixel-index coordinates, and the Caltech points sit
+# 1.0 px right of and 1.1 px below them at every face size.
+CALTECH_ORIGIN = 1.0
 # Scenes in scenes_bsds500 showing at least one person (checked by eye on every scene).
 PEOPLE_SCENES = frozenset(
     "102062 140006 14092 145014 145059 147062 147077 15062 151087 155060 157055 157087 179084 181079 "
@@ -84,13 +90,13 @@ class Tally:
 
 
 def read_caltech(facepool: Path, limit: int | None) -> list[tuple[Path, np.ndarray]]:
-    """(photo, faces (n,4,2): eye image-left, eye image-right, nose, mouth centre) in file order."""
+    """(photo, faces (n,4,2): eye image-left, eye image-right, nose, mouth centre, 0-based) in file order."""
     faces: dict[str, list[np.ndarray]] = {}
     for line in (facepool / "caltech_webfaces" / "faces.txt").read_text().splitlines():
         if line.startswith("#") or not line.strip():
             continue
         name, *values = line.split()
-        faces.setdefault(name, []).append(np.array(values, float).reshape(4, 2))
+        faces.setdefault(name, []).append(np.array(values, float).reshape(4, 2) - CALTECH_ORIGIN)
     names = sorted(faces)[:limit]
     return [(facepool / "caltech_webfaces" / "images" / name, np.stack(faces[name])) for name in names]
 
@@ -156,16 +162,18 @@ def match_boxes(boxes: np.ndarray, scores: np.ndarray, truth: np.ndarray, thresh
     return int(taken.sum()), extra
 
 
-def mtcnn_detector(min_face: int, threshold: float) -> DetectFn:
+def mtcnn_detector(min_face: int, threshold: float, pad_retry: bool = True) -> DetectFn:
     detector = load_detector("mtcnn", "cpu")
 
     def detect(images: list[np.ndarray]) -> list[Found]:
-        return [(d.boxes, d.scores, d.landmarks[:, :2]) for d in detector.detect(images, min_face=min_face, threshold=threshold)]
+        found = detector.detect(images, min_face=min_face, threshold=threshold, pad_retry=pad_retry)
+        return [(d.boxes, d.scores, d.landmarks[:, :2]) for d in found]
 
     return detect
 
 
 def blazeface_detector(model_selection: int, confidence: float) -> DetectFn:
+    """MediaPipe's BlazeFace; its coordinates are fractions of the image's extent, from edge to edge."""
     import mediapipe as mp  # the teacher's install (scripts/setup-env test); CPU only
 
     solution = mp.solutions.face_detection.FaceDetection(model_selection=model_selection, min_detection_confidence=confidence)
@@ -175,19 +183,14 @@ def blazeface_detector(model_selection: int, confidence: float) -> DetectFn:
         for image in images:
             height, width = image.shape[:2]
             found = solution.process(image).detections or []
-            boxes = np.array(
-                [
-                    [
-                        d.location_data.relative_bounding_box.xmin * width,
-                        d.location_data.relative_bounding_box.ymin * height,
-                        (d.location_data.relative_bounding_box.xmin + d.location_data.relative_bounding_box.width) * width,
-                        (d.location_data.relative_bounding_box.ymin + d.location_data.relative_bounding_box.height) * height,
-                    ]
-                    for d in found
-                ]
-            ).reshape(-1, 4)
+            to_pixels = lambda x, y: (x * width - 0.5, y * height - 0.5)  # noqa: E731 - edge fractions to pixel-index
+            boxes = []
+            for d in found:
+                box = d.location_data.relative_bounding_box
+                boxes.append([*to_pixels(box.xmin, box.ymin), *to_pixels(box.xmin + box.width, box.ymin + box.height)])
+            boxes = np.array(boxes).reshape(-1, 4)
             # Keypoints 0 and 1 are the person's right and left eye: image-left, image-right when upright.
-            eyes = np.array([[[k.x * width, k.y * height] for k in d.location_data.relative_keypoints[:2]] for d in found]).reshape(-1, 2, 2)
+            eyes = np.array([[to_pixels(k.x, k.y) for k in d.location_data.relative_keypoints[:2]] for d in found]).reshape(-1, 2, 2)
             out.append((boxes, np.array([d.score[0] for d in found], float), eyes))
         return out
 
@@ -270,6 +273,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-mediapipe", action="store_true", help="skip the BlazeFace comparison")
     p.add_argument("--min-faces", default="20,10", help="MTCNN min_face values to run (default 20,10)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--thresholds", default=",".join(map(str, MTCNN_THRESHOLDS)),
+                   help="MTCNN score thresholds to report; the detector runs at the lowest (default %(default)s)")
+    p.add_argument("--no-pad-retry", action="store_true",
+                   help="no second look inside a black border at photos without a face (see detector.RETRY_BORDER)")
     p.add_argument("--batch-size", type=int, default=16, help="photos per MTCNN call (default 16)")
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
@@ -292,7 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print_header()
     for min_face in (int(v) for v in args.min_faces.split(",") if v):
-        tallies = run(mtcnn_detector(min_face, min(MTCNN_THRESHOLDS)), MTCNN_THRESHOLDS, caltech, scenes, dlib, args.batch_size)
+        thresholds = tuple(float(v) for v in args.thresholds.split(","))
+        tallies = run(mtcnn_detector(min_face, min(thresholds), not args.no_pad_retry), thresholds, caltech, scenes, dlib,
+                      args.batch_size)
         for threshold, tally in tallies.items():
             print_row(f"mtcnn min_face={min_face}", threshold, tally)
     if not args.no_mediapipe:

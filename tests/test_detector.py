@@ -48,7 +48,8 @@ def caltech_faces() -> dict[str, np.ndarray]:
     for line in (FACEPOOL / "caltech_webfaces" / "faces.txt").read_text().splitlines():
         if not line.startswith("#"):
             name, *values = line.split()
-            faces.setdefault(name, []).append(np.array(values, float).reshape(4, 2))
+            # The points are 1-based; see CALTECH_ORIGIN in benchmarks/detector_quality.py.
+            faces.setdefault(name, []).append(np.array(values, float).reshape(4, 2) - 1)
     return {name: np.stack(found) for name, found in sorted(faces.items())}
 
 
@@ -141,14 +142,16 @@ def test_photos_too_small_for_a_face_give_none(detector, side):
 
 
 def test_a_larger_min_face_drops_the_smaller_faces(detector):
-    group = rgb(FACEPOOL / "dlib_examples" / "2008_007676.jpg")  # 7 faces, 37 to 53 px boxes
-    (small,) = detector.detect([group], min_face=DEFAULT_MIN_FACE)
-    (large,) = detector.detect([group], min_face=48)
-    (none,) = detector.detect([group], min_face=120)
+    crowd = rgb(FACEPOOL / "caltech_webfaces" / "images" / "pic00021.jpg")  # faces 14 to 32 px wide
+    (small,) = detector.detect([crowd], min_face=DEFAULT_MIN_FACE)
+    (large,) = detector.detect([crowd], min_face=60)
     widths = lambda d: d.boxes[:, 2] - d.boxes[:, 0]  # noqa: E731
-    assert len(small.boxes) >= 6
+    # min_face is P-Net's window, which holds a face with a margin: boxes come out down to ~0.4x it.
+    assert len(small.boxes) >= 3 and widths(small).min() < 0.35 * 60
     assert 0 < len(large.boxes) < len(small.boxes)
-    assert widths(large).min() > widths(small).min()
+    assert widths(large).min() >= 0.35 * 60
+    assert all(best_iou(box, small.boxes) > 0.5 for box in large.boxes)
+    (none,) = detector.detect([crowd], min_face=200)
     assert len(none.boxes) == 0
 
 

@@ -1,6 +1,32 @@
 """Face detection with five landmarks: the MTCNN cascade run over a batch of photos of any sizes.
 
-Why MTCNN: (figures to come from benchmarks/detector_quality.py)
+Why MTCNN. Measured with `python benchmarks/detector_quality.py --threads 1` on 2,026 Caltech web
+photos (3,044 annotated faces, longest side 480), 114 BSDS500 scenes without people and 9 dlib
+group photos (43 boxes), on a 2-core CPU shared with another busy job:
+
+    detector (threshold)         recall by eye distance (IOD)       all  eye err  false per  dlib   img/s
+                                   <10  10-20  20-40   >=40 px            /IOD  empty scene         1 thread
+    MTCNN min_face 20 (0.9)       0.86   0.97   0.98   0.98     0.957   0.047    0.009    42/43  28-39
+    MTCNN min_face 20 (0.8)       0.89   0.97   0.98   0.98     0.965   0.048    0.035    42/43
+    MTCNN min_face 20 (0.7)       0.91   0.98   0.98   0.98     0.969   0.048    0.070    42/43
+    MTCNN min_face 10 (0.9)       0.90   0.97   0.98   0.98     0.960   0.048    0.018    43/43  14
+    BlazeFace full range (0.5)    0.52   0.83   0.95   0.94     0.841   0.082    0        41/43  211-239
+    BlazeFace short range (0.5)   0.11   0.50   0.94   0.99     0.662   0.097    0.053    11/43  580-620
+
+MTCNN finds the small faces of group and crowd photos that BlazeFace misses, gives the five points
+alignment needs (BlazeFace has no mouth corners) with eyes ~1.7x closer to the annotations, and
+its weights are MIT, read from a wheel installed without its dependencies; BlazeFace (Apache-2.0)
+needs mediapipe, whose numpy<2 / protobuf<5 pins keep it to training (the teacher). MTCNN is
+6-20x slower on CPU: 28-39 photos/s on one thread (BlazeFace on its own threads). With
+torch.set_num_threads(2) on this box it ran at 2.3-2.5 photos/s (`--threads 2 --limit 300
+--caltech-only --min-faces 20`): OpenMP threads spinning against the other job, as elsewhere in
+this project, so CPU workers on a busy machine should use one thread. DEFAULT_THRESHOLD 0.9: from
+0.8 it costs 0.8 points of recall (18 of the 25 faces lost are under 10 px IOD, too small to
+parse) and cuts false detections on people-free scenes from 4 to 1 in 114. min_face 10 adds 4
+points on those tiny faces at half the speed (and 2 false detections instead of 1), so 20 stays
+the default.
+"False detections" on Caltech (0.14 per photo at 0.9) are mostly real faces nobody annotated: of
+89 looked at (every third photo), about 5 were not faces.
 
 The cascade: an image pyramid (each level 0.709 of the one before, the first at 12/min_face so
 the smallest wanted face fills P-Net's 12 px window) goes through P-Net, whose proposals are
@@ -9,7 +35,9 @@ the final score, box and landmarks. R-Net and O-Net run once per call on the cro
 
 Coordinates: pixel-index coordinates, as in batch_parse.faces.align (pixel (row i, column j) has
 its centre at x=j, y=i), so a box around the whole of a WxH photo is [-0.5, -0.5, W-0.5, H-0.5].
-Boxes may reach past the photo's border when the face does.
+Boxes may reach past the photo's border when the face does. On mirrored photos the landmarks come
+back mirror-symmetric within 0.2 px; the boxes sit 1-3% of their width to the left (O-Net's own
+box regression does this; facenet-pytorch's cascade shows it too).
 """
 
 from __future__ import annotations
@@ -23,6 +51,8 @@ import torch.nn.functional as F
 from batch_parse.faces import mtcnn
 
 DETECTORS = ("mtcnn",)
+# min_face is the side of the smallest P-Net window searched, in photo pixels; a window holds a
+# face with some margin, so detected boxes come out down to about 0.4 x min_face.
 DEFAULT_MIN_FACE = 20
 DEFAULT_THRESHOLD = 0.9  # O-Net score; see "Why MTCNN" above
 PYRAMID_FACTOR = 0.709  # each level's side over the last: about 1/sqrt(2), two levels per octave
@@ -41,13 +71,17 @@ MAX_PNET_PIXELS = 1536 * 1024
 # thousands; R-Net rejects almost all of them, and a face's proposals score near the top.
 MAX_PROPOSALS = 2000
 CROP_BATCH = 512  # R-Net / O-Net crops per forward pass, to bound memory
+# Black border (fraction of each side) of the second look at a photo where no face was found.
+# On 200 tight UTKFace test crops, faces missed at the default threshold: 26 without a border, 18
+# with 0.1, 12 with 0.2, 6 with 0.3 (edge-replicated borders did worse: 19 / 15 / 11).
+RETRY_BORDER = 0.3
 
 
 @dataclass
 class Detections:
     """One photo's faces, largest box first."""
 
-    boxes: np.ndarray  # (K,4) float32 [x0, y0, x1, y1]
+    boxes: np.ndarray  # (K,4) float32 [x0, y0, x1, y1], pixel-index coordinates (module docstring)
     landmarks: np.ndarray  # (K,5,2) float32 (x, y): eye image-left, eye image-right, nose tip, mouth corner image-left, image-right
     scores: np.ndarray  # (K,) float32 O-Net face probability, 0..1
 
@@ -69,12 +103,31 @@ class FaceDetector:
         self.pnet, self.rnet, self.onet = nets
 
     @torch.inference_mode()
-    def detect(self, images: list[np.ndarray], min_face: int = DEFAULT_MIN_FACE, threshold: float = DEFAULT_THRESHOLD) -> list[Detections]:
-        """Faces in each photo (RGB uint8, HxWx3, any sizes), at least about min_face px wide, O-Net score >= threshold."""
+    def detect(self, images: list[np.ndarray], min_face: int = DEFAULT_MIN_FACE, threshold: float = DEFAULT_THRESHOLD,
+               pad_retry: bool = True) -> list[Detections]:
+        """Faces in each photo (RGB uint8, HxWx3, any sizes) with O-Net score >= threshold.
+
+        min_face: the smallest face searched for, as P-Net's window in photo pixels (boxes come out
+        down to ~0.4x it, see DEFAULT_MIN_FACE); raised for photos over MAX_PNET_PIXELS.
+        pad_retry: a photo with no face is searched once more inside a black border (RETRY_BORDER
+        of its size on each side): a face cut by the frame (a tight crop) scores low in MTCNN's
+        windows, which were trained on faces with context.
+        """
         if min_face < 1:
             raise DetectorError(f"min_face must be >= 1, got {min_face}")
         if not images:
             return []
+        results = self._detect_once(images, min_face, threshold)
+        missing = [i for i, found in enumerate(results) if len(found.scores) == 0] if pad_retry else []
+        if missing:
+            borders = [(round(RETRY_BORDER * images[i].shape[1]), round(RETRY_BORDER * images[i].shape[0])) for i in missing]
+            padded = [np.pad(images[i], ((by, by), (bx, bx), (0, 0))) for i, (bx, by) in zip(missing, borders)]
+            for i, (bx, by), found in zip(missing, borders, self._detect_once(padded, min_face, threshold)):
+                shift = np.array([bx, by], np.float32)
+                results[i] = Detections(found.boxes - np.tile(shift, 2), found.landmarks - shift, found.scores)
+        return results
+
+    def _detect_once(self, images: list[np.ndarray], min_face: int, threshold: float) -> list[Detections]:
         photos = [_Photo(_as_tensor(image, index, self.device), min_face) for index, image in enumerate(images)]
 
         # Stage 1, per photo: P-Net proposals over the pyramid, squared.
@@ -215,8 +268,8 @@ def _crops(photos: list[_Photo], boxes: np.ndarray, owners: np.ndarray, size: in
     """(N,3,size,size) normalised crops of the (square) boxes, black beyond the photo's border.
 
     Each crop is sampled bilinearly from the smallest pyramid level that still has at least `size`
-    pixels across the box, so it is never shrunk by more than ~2x in one step (no aliasing) and
-    one grid_sample per level serves all its boxes.
+    pixels across the box, so it is shrunk by at most 2x in that step (little aliasing), and one
+    grid_sample per level serves all its boxes.
     """
     device = photos[0].pixels.device
     out = torch.zeros((len(boxes), 3, size, size), device=device)
@@ -242,7 +295,7 @@ def _crops(photos: list[_Photo], boxes: np.ndarray, owners: np.ndarray, size: in
                 sources[level_index].pixels[None].float(), grid.reshape(1, -1, size, 2), mode="bilinear", padding_mode="zeros", align_corners=False
             )
             out[torch.as_tensor(picked, device=device)] = sampled[0].view(3, len(picked), size, size).transpose(0, 1)
-    return _normalise(out) if len(boxes) else out
+    return _normalise(out)
 
 
 def _run_batched(net: torch.nn.Module, crops: torch.Tensor) -> tuple[np.ndarray, ...]:
