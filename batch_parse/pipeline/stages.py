@@ -107,7 +107,7 @@ class FaceParseActor:
         else:
             found = self.detector.detect(images, **self.detect_kwargs)
             if self.faces == "largest":
-                found = [type(d)(d.boxes[:1], d.landmarks[:1], d.scores[:1]) for d in found]  # largest first
+                found = [d.largest() for d in found]
             results = self.parser.parse_faces(images, found)
         per_image: list[list] = [[] for _ in images]
         for r in results:

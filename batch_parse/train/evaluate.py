@@ -72,7 +72,7 @@ def photo_label_maps(parser, detector, images: list[np.ndarray], largest: bool =
         return [r.label_map for r in parser.parse(images)]
     found = detector.detect(images)
     if largest:
-        found = [type(d)(d.boxes[:1], d.landmarks[:1], d.scores[:1]) for d in found]
+        found = [d.largest() for d in found]
     maps = [np.zeros(im.shape[:2], np.uint8) for im in images]
     for r in parser.parse_faces(images, found):
         face = r.photo_label_map(images[r.image_index].shape[1], images[r.image_index].shape[0])
