@@ -163,19 +163,22 @@ def panel(
     _draw_boxes(original, boxes, scale)
     _draw_face(original, face_box, landmarks, scale)
 
-    key_legend = legend()
-    grid = _crop_grid(crops, confidences)
+    return _row_of_pictures(title, note, [_tile(original), _tile(overlaid), legend(), _crop_grid(crops, confidences)])
+
+
+def _row_of_pictures(title: str, note: str | None, pictures: list[Image.Image]) -> Image.Image:
+    """A panel: the title (and a red note) over the pictures side by side."""
     font = _font(FONT_SIZE + 1)
     header = (FONT_SIZE + 8) * (2 if note else 1) + 4
-    width = 2 * (TILE + GAP) + key_legend.width + GAP + grid.width + GAP
-    height = header + max(TILE, grid.height) + GAP
+    width = GAP + sum(p.width + GAP for p in pictures)
+    height = header + max(p.height for p in pictures) + GAP
     out = Image.new("RGB", (width, height), _PANEL_BG)
     draw = ImageDraw.Draw(out)
     draw.text((GAP, 3), title, fill=_INK, font=font)
     if note:
         draw.text((GAP, 3 + FONT_SIZE + 8), note, fill=_NOTE_INK, font=font)
     x = GAP
-    for picture in (_tile(original), _tile(overlaid), key_legend, grid):
+    for picture in pictures:
         out.paste(picture, (x, header))
         x += picture.width + GAP
     return out
@@ -222,18 +225,4 @@ def photo_panel(
     _draw_numbered_faces(original, faces, scale)
     _draw_numbered_faces(overlaid, faces, scale)
 
-    key_legend = legend()
-    font = _font(FONT_SIZE + 1)
-    header = (FONT_SIZE + 8) * (2 if note else 1) + 4
-    width = 2 * (original.width + GAP) + key_legend.width + 2 * GAP
-    height = header + max(original.height, key_legend.height) + GAP
-    out = Image.new("RGB", (width, height), _PANEL_BG)
-    draw = ImageDraw.Draw(out)
-    draw.text((GAP, 3), title, fill=_INK, font=font)
-    if note:
-        draw.text((GAP, 3 + FONT_SIZE + 8), note, fill=_NOTE_INK, font=font)
-    x = GAP
-    for picture in (original, overlaid, key_legend):
-        out.paste(picture, (x, header))
-        x += picture.width + GAP
-    return out
+    return _row_of_pictures(title, note, [original, overlaid, legend()])
