@@ -3,8 +3,8 @@ five landmarks, and the parser's results (label map, part windows) mapped back t
 
 Coordinates are pixel-index coordinates (a pixel's centre is at its integer index) in both the
 photo and the aligned frame. An `Alignment.matrix` M (2x3) maps photo (x, y, 1) to frame (u, v):
-a user can redo any face's crop from the original with the stored matrix, e.g.
-`PIL.Image.transform(size, Image.AFFINE, data=inverse(M).flatten())`.
+a user can redo any face's frame from the original with the stored matrix:
+`photo.transform((w, h), Image.AFFINE, Alignment(M, w, h).pil_affine())`.
 """
 
 from __future__ import annotations
@@ -59,6 +59,14 @@ class Alignment:
     def scale(self) -> float:
         """Frame pixels per photo pixel (<= 1 unless the face is smaller than MIN_SIDE)."""
         return float(math.sqrt(abs(np.linalg.det(self.matrix[:, :2]))))
+
+    def pil_affine(self) -> tuple[float, ...]:
+        """`data` for `PIL.Image.transform((width, height), Image.AFFINE, data)`, which redoes this
+        frame from the photo: PIL maps output pixel centres (u+0.5, v+0.5) to input coordinates
+        whose pixel centres are at +0.5, so the inverse is shifted into that convention."""
+        inv = self.inverse
+        shift = 0.5 - 0.5 * inv[:, :2].sum(axis=1) + inv[:, 2]
+        return (inv[0, 0], inv[0, 1], shift[0], inv[1, 0], inv[1, 1], shift[1])
 
     def to_photo(self, points: np.ndarray) -> np.ndarray:
         """(...,2) frame points -> photo points."""

@@ -81,7 +81,7 @@ COLUMN_DOCS: dict[str, str] = {
     "face_box": "Detector box [x0, y0, x1, y1] in original pixels (`--faces whole-image`: the whole image).",
     "landmarks": "Detector landmarks [x, y] x 5 in original pixels: eye (image left), eye (image right), nose tip, mouth corner (image left), mouth corner (image right); null for whole-image.",
     "face_score": "Detector confidence 0..1; null for whole-image.",
-    "transform": "Row-major 2x3 similarity matrix M mapping an original pixel (x, y, 1) to the aligned frame (u, v), pixel centres at integer coordinates; the face was parsed in that frame. Redo the crop with `PIL.Image.transform((aligned_width, aligned_height), Image.AFFINE, inverse(M))`. Identity for whole-image.",
+    "transform": "Row-major 2x3 similarity matrix M mapping an original pixel (x, y, 1) to the aligned frame (u, v), pixel centres at integer coordinates; the face was parsed in that frame. Redo the frame with PIL: `photo.transform((aligned_width, aligned_height), Image.AFFINE, batch_parse.faces.align.Alignment(M, aligned_width, aligned_height).pil_affine())`. Identity for whole-image.",
     "aligned_width": "Width of the aligned frame in pixels (<= the face's own resolution, at most 256 for detected faces).",
     "aligned_height": "Height of the aligned frame in pixels.",
     "label_map": "8-bit grey PNG covering the face's region of the original image (the aligned frame mapped back, clipped to the image), pixel value = class index (class_names in the metadata). Place it at (label_map_x, label_map_y).",
