@@ -32,6 +32,8 @@ _OPTION_KEYS = {
     "jpeg_quality": (int,),
     "max_pixels": (int,),
     "max_bytes": (int,),
+    "fetch_attempts": (int,),
+    "retry_errors": (bool,),
     "rows_per_file": (int,),
     "device": (str, type(None)),
     "faces": (str,),
@@ -54,7 +56,7 @@ _DEVICES = ("cpu", "cuda")
 # Job names end up in submission ids and Kubernetes object names: keep them to a safe alphabet.
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", dict: "a mapping", list: "a list", type(None): "null"}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping", list: "a list", type(None): "null"}
 
 
 @dataclass
@@ -153,7 +155,9 @@ def _check(raw: dict) -> list[str]:
 
 def _type_ok(value, types: tuple) -> bool:
     # bool is an int subclass in Python; `batch_size: yes` is a mistake, not 1.
-    return not isinstance(value, bool) and isinstance(value, types)
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
 
 
 def option_problems(options: JobOptions) -> list[str]:

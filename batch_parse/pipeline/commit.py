@@ -8,7 +8,10 @@ a kill may land between them). Before a run we
   1. delete unreadable data files (their rows were never committed and will be redone),
   2. drop duplicate (id, face_index) rows if any exist (a write retried after it had landed),
   3. remove the rows of images with only some of their faces committed (redone whole),
-  4. collect the ids of complete images, which the new manifest excludes.
+  4. remove the error rows of failures that can pass (pipeline/errors.py: fetch_failed,
+     access_denied, throttled, model_failed) unless the run is told not to retry them: those
+     images are redone, and their new rows never meet the old ones,
+  5. collect the ids of complete images, which the new manifest excludes.
 Rerunning the same command therefore processes exactly what is missing, whatever killed the
 last run and whenever; a run with nothing new writes nothing. The same check runs after a run,
 so a finished job is verified unique before it reports success.
@@ -21,12 +24,17 @@ One writer per output folder at a time is enforced by storage/lease.py (a lease 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from batch_parse.pipeline.errors import RETRYABLE
+from batch_parse.pipeline.schema import STATUS_ERROR
 
 
 @dataclass
@@ -36,6 +44,8 @@ class CommitState:
     removed_incomplete: list[str] = field(default_factory=list)
     duplicates_removed: int = 0  # rows
     incomplete_images: int = 0  # images with only some faces committed, whose rows were removed
+    retry_cleared: Counter = field(default_factory=Counter)  # error_code -> retryable error rows removed to redo them
+    retryable_kept: Counter = field(default_factory=Counter)  # error_code -> retryable error rows left (not retrying)
 
 
 def data_files(fs: pafs.FileSystem, data_dir: str) -> list[str]:
@@ -52,23 +62,29 @@ def data_files(fs: pafs.FileSystem, data_dir: str) -> list[str]:
 _NO_FACE = -1
 
 
-def _read_keys(fs: pafs.FileSystem, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(id, face_index, face_count) of a committed file, or None if the file is incomplete (no valid footer)."""
+def _read_keys(fs: pafs.FileSystem, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(id, face_index, face_count, retryable error code or None) of a committed file's rows, or
+    None if the file is incomplete (no valid footer)."""
     try:
         with fs.open_input_file(path) as f:
-            table = pq.read_table(f, columns=["id", "face_index", "face_count"])
+            table = pq.read_table(f, columns=["id", "face_index", "face_count", "status", "error_code"])
     except (pa.ArrowInvalid, OSError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowInvalid) and "Parquet" not in str(exc):
             raise  # a storage error is not evidence of an unfinished write: never delete on it
         return None
     faces = table["face_index"].fill_null(_NO_FACE).to_numpy().astype(np.int64)
-    return table["id"].to_numpy(), faces, table["face_count"].to_numpy().astype(np.int64)
+    retryable = pc.and_(pc.equal(table["status"], STATUS_ERROR), pc.is_in(table["error_code"], pa.array(sorted(RETRYABLE))))
+    codes = pc.if_else(retryable.fill_null(False), table["error_code"], None).to_numpy(zero_copy_only=False)
+    return table["id"].to_numpy(), faces, table["face_count"].to_numpy().astype(np.int64), codes
 
 
-def recover(fs: pafs.FileSystem, data_dir: str) -> CommitState:
-    """Bring an output folder to a consistent state and return what it holds."""
+def recover(fs: pafs.FileSystem, data_dir: str, retry_errors: bool = False) -> CommitState:
+    """Bring an output folder to a consistent state and return what it holds.
+
+    retry_errors: also remove retryable error rows (their images are then not done, and redone).
+    """
     state = CommitState(ids=np.empty(0, dtype=np.int64))
-    per_file: list[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
+    per_file: list[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = []
     for path in data_files(fs, data_dir):
         keys = _read_keys(fs, path)
         if keys is None:
@@ -82,8 +98,13 @@ def recover(fs: pafs.FileSystem, data_dir: str) -> CommitState:
     ids = np.concatenate([k[0] for _, k in per_file])
     faces = np.concatenate([k[1] for _, k in per_file])
     counts = np.concatenate([k[2] for _, k in per_file])
+    codes = np.concatenate([k[3] for _, k in per_file])
     drop, state.duplicates_removed, incomplete_ids = rows_to_drop(ids, faces, counts)
     state.incomplete_images = len(incomplete_ids)
+    retryable = np.not_equal(codes, None) & ~drop
+    (state.retry_cleared if retry_errors else state.retryable_kept).update(codes[retryable].tolist())
+    if retry_errors:
+        drop |= retryable
     if drop.any():
         start = 0
         for path, keys in per_file:

@@ -78,10 +78,11 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     summary = JobSummary(output_dir=output.join(version, "data"), model_version=model_version)
 
     t0 = time.time()
-    before = commit.recover(fs, data_dir)
+    before = commit.recover(fs, data_dir, retry_errors=options.retry_errors)
     summary.recovered_incomplete = len(before.removed_incomplete)
     summary.duplicates_removed = before.duplicates_removed
     summary.incomplete_images_redone = before.incomplete_images
+    summary.retried, summary.not_retried = before.retry_cleared, before.retryable_kept
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     manifest_path = output.fs_path(version, "_manifests", f"{stamp}.parquet")
     manifest = write_manifest(iter_objects(source, options.endpoint_url), manifest_path, fs, exclude_ids=before.ids)
@@ -128,7 +129,7 @@ def _label(options: JobOptions, fs, manifest_path: str, data_dir: str, model_ver
             .map_batches(
                 stages.fetch_and_decode,
                 fn_kwargs={"source": options.source, "endpoint_url": options.endpoint_url, "max_pixels": options.max_pixels,
-                           "max_bytes": options.max_bytes},
+                           "max_bytes": options.max_bytes, "fetch_attempts": options.fetch_attempts},
                 # Same size as the model's batches: Ray fuses this stage into the actors on CPU-only
                 # nodes, and a larger batch there would make each actor task hold several batches
                 # (output, progress and commits would then move in bigger, later steps).

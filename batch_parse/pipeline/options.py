@@ -19,6 +19,8 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # Objects above this are refused from their listed size, never fetched: a worker holds the whole
 # encoded object in memory (a 3 GB file named .jpg took 3.7 GB before decode could refuse it).
 DEFAULT_MAX_BYTES = 200_000_000
+# Tries per object on S3 when the store fails in a way that can pass (storage/fetch.py).
+DEFAULT_FETCH_ATTEMPTS = 4
 
 
 @dataclass
@@ -36,6 +38,8 @@ class JobOptions:
     jpeg_quality: int = 90
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES  # largest source object to fetch, in bytes
+    fetch_attempts: int = DEFAULT_FETCH_ATTEMPTS  # tries per S3 object on errors that can pass, with backoff
+    retry_errors: bool = True  # redo images whose rows are retryable errors (pipeline/errors.py) from earlier runs
     rows_per_file: int = 1000  # bounds output Parquet file size (crops make rows ~50-200 KB)
     device: str | None = None  # None: cuda when the actor has a GPU, else cpu
     faces: str = "all"  # FACE_MODES
@@ -77,6 +81,8 @@ class JobOptions:
             problems.append(f"rows_per_file: must be >= 1, got {self.rows_per_file}")
         if self.max_bytes < 1:
             problems.append(f"max_bytes: must be >= 1, got {self.max_bytes}")
+        if self.fetch_attempts < 1:
+            problems.append(f"fetch_attempts: must be >= 1, got {self.fetch_attempts}")
         return problems
 
     @classmethod

@@ -30,7 +30,7 @@ from PIL import Image
 
 from batch_parse.labels import CLASS_NAMES, PART_NAMES
 from batch_parse.pipeline.decode import DecodeError, decode_image
-from batch_parse.pipeline.options import DEFAULT_MAX_BYTES, JobOptions
+from batch_parse.pipeline.options import DEFAULT_FETCH_ATTEMPTS, DEFAULT_MAX_BYTES, JobOptions
 from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.storage.fetch import FetchError, fetch_objects
 from batch_parse.storage.location import parse_location
@@ -46,13 +46,13 @@ def _object_column(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def fetch_and_decode(batch: dict[str, np.ndarray], source: str, endpoint_url: str | None, max_pixels: int,
-                     max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
+                     max_bytes: int = DEFAULT_MAX_BYTES, fetch_attempts: int = DEFAULT_FETCH_ATTEMPTS) -> dict:
     """Manifest rows -> decoded RGB images, or error rows (fetch or decode failures)."""
     keys = [str(k) for k in batch["key"]]
     sizes = [int(s) for s in batch["size"]]
     # Refused from the listed size: not a byte of an object above max_bytes is fetched.
     fetched = iter(fetch_objects([k for k, s in zip(keys, sizes) if s <= max_bytes], parse_location(source), endpoint_url,
-                                 max_bytes=max_bytes))
+                                 max_bytes=max_bytes, attempts=fetch_attempts))
     blobs = [next(fetched) if s <= max_bytes else FetchError("too_large", f"{k} is {s:,} bytes, above max_bytes={max_bytes:,} (not read)")
              for k, s in zip(keys, sizes)]
     images, codes, errors = [], [], []

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from batch_parse.pipeline.errors import EXIT_RETRYABLE, is_retryable
+
 
 @dataclass
 class JobSummary:
@@ -25,15 +27,23 @@ class JobSummary:
     recovered_incomplete: int = 0  # unfinished files from a killed run, removed before starting
     duplicates_removed: int = 0
     incomplete_images_redone: int = 0  # images with only some faces committed: their rows removed and redone
+    retried: Counter = field(default_factory=Counter)  # error_code -> images of earlier runs' retryable errors, redone now
+    not_retried: Counter = field(default_factory=Counter)  # error_code -> earlier retryable errors left (--no-retry-errors)
 
     @property
     def rows_written(self) -> int:
         return self.rows_ok + self.no_face + sum(self.errors.values())
 
     @property
+    def retryable(self) -> Counter:
+        """error_code -> rows this run wrote with errors that can pass (the next run retries them)."""
+        return Counter({code: n for code, n in self.errors.items() if is_retryable(code)})
+
+    @property
     def exit_code(self) -> int:
-        # Bad images are data, not failures of the job: they are reported as rows.
-        return 0
+        # Bad images are data, not failures of the job: they are rows with a final error code. Rows
+        # that failed for reasons that can pass (an outage, credentials, the model) are work not done.
+        return EXIT_RETRYABLE if self.retryable else 0
 
     def lines(self) -> list[str]:
         out = [
@@ -49,6 +59,12 @@ class JobSummary:
             out.append(f"recovered: removed {self.recovered_incomplete} unfinished file(s) of an interrupted run; their rows were redone")
         if self.incomplete_images_redone:
             out.append(f"recovered: {self.incomplete_images_redone} image(s) had only some faces committed; their rows were removed and redone")
+        if self.retried:
+            out.append(f"retrying: {sum(self.retried.values())} image(s) that failed in earlier runs with errors that can pass "
+                       f"({_codes(self.retried)})")
+        if self.not_retried:
+            out.append(f"not retried: {sum(self.not_retried.values())} image(s) of earlier runs with errors that can pass "
+                       f"({_codes(self.not_retried)}): --no-retry-errors")
         if self.rows_written == 0:
             out.append("nothing new to label: no files written")
             return out
@@ -68,4 +84,11 @@ class JobSummary:
             out.append(f"  {path}")
         if len(self.new_files) > 5:
             out.append(f"  ... and {len(self.new_files) - 5} more")
+        if self.retryable:
+            out.append(f"NOT DONE: {sum(self.retryable.values())} image(s) failed with errors that can pass ({_codes(self.retryable)}); "
+                       f"rerun the same command to retry them (exit code {EXIT_RETRYABLE})")
         return out
+
+
+def _codes(counts: Counter) -> str:
+    return ", ".join(f"{code} {n}" for code, n in counts.most_common())

@@ -1,13 +1,20 @@
-"""Reads the bytes of many objects concurrently; a failed object becomes a FetchError, never an exception."""
+"""Reads the bytes of many objects concurrently; a failed object becomes a FetchError, never an exception.
+
+Failures that can pass (the store unreachable, timing out, throttling, answering 5xx or refusing
+our credentials) are retried with capped exponential backoff before the object is reported; the
+job records what still fails as retryable (pipeline/errors.py), and the next run tries again.
+"""
 
 from __future__ import annotations
 
 import os
+import random
 import stat
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import botocore.exceptions as boto_errors
 
@@ -16,6 +23,19 @@ from batch_parse.storage.location import Location
 from batch_parse.storage.s3 import describe_error, s3_client
 
 DEFAULT_THREADS = 16
+# Codes of failures that can pass: retried here, and by the next run when they persist.
+TRANSIENT = frozenset({"fetch_failed", "access_denied", "throttled"})
+# Tries per object: the client's own (short: 3, connection errors and 5xx) inside each of ours
+# (pauses of ~1, 2, 4 s between). A store down for longer than this (~10 s per object) gives
+# retryable rows, not a job that stalls for minutes on every object.
+DEFAULT_ATTEMPTS = 4
+CLIENT_ATTEMPTS = 3
+BACKOFF_S = 1.0
+BACKOFF_CAP_S = 8.0
+# A server that accepts connections but never answers must not hold a worker for botocore's 60 s.
+CONNECT_TIMEOUT_S = 10
+READ_TIMEOUT_S = 30
+_THROTTLE_CODES = ("SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "429")
 
 _clients: dict[tuple[int, str | None], object] = {}
 _clients_lock = threading.Lock()
@@ -23,8 +43,11 @@ _clients_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class FetchError:
-    code: str  # "not_found", "access_denied", "too_large" or "fetch_failed" (an output row's error_code)
+    code: str  # "not_found", "too_large" (final), or one of TRANSIENT (an output row's error_code)
     message: str  # one line, no secrets
+    # False when trying again within seconds cannot help (e.g. the bucket is gone); the code still
+    # says whether a later run retries it.
+    retry_now: bool = field(default=True, compare=False)
 
 
 def fetch_objects(
@@ -33,11 +56,12 @@ def fetch_objects(
     endpoint_url: str | None = None,
     threads: int = DEFAULT_THREADS,
     max_bytes: int | None = None,
+    attempts: int = DEFAULT_ATTEMPTS,
 ) -> list[bytes | FetchError]:
     """The bytes of each key (same order as `keys`), or a FetchError for the ones that failed.
 
-    S3 keys are full object keys; local keys are relative to the location's folder. Throttling and
-    5xx are retried by the client's config before an object is reported as failed. With
+    S3 keys are full object keys; local keys are relative to the location's folder. On S3 a
+    TRANSIENT failure is tried `attempts` times with backoff before it is reported. With
     `max_bytes`, an object larger than that (one that grew since it was listed) is a "too_large"
     FetchError and at most max_bytes + 1 of its bytes are ever read.
     """
@@ -47,7 +71,13 @@ def fetch_objects(
         client = _client(endpoint_url)
 
         def read(key: str) -> bytes | FetchError:
-            return _get_s3(client, location, key, endpoint_url, max_bytes)
+            for attempt in range(attempts):
+                result = _get_s3(client, location, key, endpoint_url, max_bytes)
+                if not isinstance(result, FetchError) or result.code not in TRANSIENT or not result.retry_now:
+                    return result
+                if attempt + 1 < attempts:
+                    time.sleep(backoff_s(attempt))
+            return FetchError(result.code, f"{result.message} (tried {attempts}x)" if attempts > 1 else result.message)
 
     else:
 
@@ -60,6 +90,11 @@ def fetch_objects(
         return list(pool.map(read, keys))
 
 
+def backoff_s(attempt: int) -> float:
+    """Pause after failed try number `attempt` (0-based): doubling from BACKOFF_S, capped, jittered."""
+    return min(BACKOFF_CAP_S, BACKOFF_S * 2**attempt) * random.uniform(0.5, 1.0)
+
+
 def _client(endpoint_url: str | None):
     # One client per process and endpoint: creating one costs ~50 ms and clients are thread-safe.
     # The pid is in the key because a forked child must not share its parent's connection pool.
@@ -67,7 +102,8 @@ def _client(endpoint_url: str | None):
     with _clients_lock:
         client = _clients.get(cache_key)
         if client is None:
-            client = _clients[cache_key] = s3_client(endpoint_url)
+            client = _clients[cache_key] = s3_client(endpoint_url, max_attempts=CLIENT_ATTEMPTS,
+                                                     connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S)
         return client
 
 
@@ -94,7 +130,10 @@ def _get_s3(client, location: Location, key: str, endpoint_url: str | None, max_
         message = describe_error(exc, _object_location(location, key), endpoint_url)
         if code in ("AccessDenied", "403") or status == 403:
             return FetchError("access_denied", message)
-        return FetchError("fetch_failed", message)
+        if code in _THROTTLE_CODES or status == 429:
+            return FetchError("throttled", message)
+        # Other 4xx (no such bucket, a bad request) do not pass in seconds; 5xx and the rest may.
+        return FetchError("fetch_failed", message, retry_now=not (isinstance(status, int) and 400 <= status < 500 and status != 408))
     except (boto_errors.BotoCoreError, OSError) as exc:
         return FetchError("fetch_failed", describe_error(exc, _object_location(location, key), endpoint_url))
 

@@ -26,10 +26,13 @@ class StorageError(Exception):
     """A storage problem the user can fix (missing bucket, credentials, unreachable endpoint); str() is one line."""
 
 
-def s3_client(endpoint_url: str | None = None):
-    """A boto3 S3 client: standard credential chain, adaptive retries, path-style for custom endpoints."""
-    retries = {"mode": "adaptive", "max_attempts": MAX_ATTEMPTS}
-    return _client(endpoint_url, Config(retries=retries, max_pool_connections=MAX_POOL_CONNECTIONS))
+def s3_client(endpoint_url: str | None = None, max_attempts: int = MAX_ATTEMPTS, **config):
+    """A boto3 S3 client: standard credential chain, adaptive retries, path-style for custom endpoints.
+
+    `config`: further botocore Config settings (e.g. connect_timeout, read_timeout).
+    """
+    retries = {"mode": "adaptive", "max_attempts": max_attempts}
+    return _client(endpoint_url, Config(retries=retries, max_pool_connections=MAX_POOL_CONNECTIONS, **config))
 
 
 def check_access(location: Location, endpoint_url: str | None = None) -> None:
