@@ -459,3 +459,167 @@ def test_list_only_credentials_are_retryable_not_final(s3_server, face_jpegs, tm
     assert_exactly_once(table, set(keys))
     assert set(table["status"].to_pylist()) == {"ok"}
 
+
+# --- cleanup after kills, Ray of a killed driver, outages while Ray starts, PNG text -----------
+
+
+def test_leftovers_of_killed_runs_are_removed(output, tmp_path, face_jpegs):
+    """What a kill mid-listing or mid-write leaves (forged: a kill cannot be timed to land there):
+    a half-written manifest, a rewrite's temporary file and, on S3, an unfinished multipart upload."""
+    location, endpoint = output
+    model_name, weights = resolve(DEFAULT_MODEL)
+    version = version_folder(model_name, file_sha256(weights))
+    fs = pyarrow_filesystem(location, endpoint)
+    src = tmp_path / "empty"
+    src.mkdir()
+    partial_manifest = location.fs_path(version, "_manifests", "_partial-20300101T000000000000Z.parquet")
+    partial_rewrite = location.fs_path(version, "data", "_rewrite-0000.parquet")
+    for path in (partial_manifest, partial_rewrite):
+        if not location.is_s3:
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(b"PAR1" + b"\0" * 100)  # no footer: what a killed writer leaves
+    client = None
+    if location.is_s3:
+        client = s3_server_client(endpoint)
+        key = location.fs_path(version, "data", "big.parquet").split("/", 1)[1]
+        upload = client.create_multipart_upload(Bucket=location.bucket, Key=key)
+        client.upload_part(Bucket=location.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1000)
+
+    summary = run_job(JobOptions(source=str(src), output=location.uri, endpoint_url=endpoint))
+    assert summary.leftovers_removed == (3 if location.is_s3 else 2)
+    assert "recovered: removed 3 partial manifest(s)" in "\n".join(summary.lines()) or not location.is_s3
+    for path in (partial_manifest, partial_rewrite):
+        assert fs.get_file_info(path).type == pafs.FileType.NotFound
+    if client is not None:
+        assert not client.list_multipart_uploads(Bucket=location.bucket, Prefix=location.list_prefix).get("Uploads")
+
+
+def s3_server_client(endpoint: str):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
+
+
+def test_manifest_is_written_under_a_partial_name_until_complete(tmp_path):
+    from batch_parse.storage.listing import ObjectInfo
+
+    fs, path = pafs.LocalFileSystem(), str(tmp_path / "m" / "run.parquet")
+
+    def listing_that_dies():
+        yield ObjectInfo("a.jpg", 1, "e")
+        assert [p.name for p in (tmp_path / "m").iterdir()] == ["_partial-run.parquet"]  # never under its name
+        raise OSError("listing failed")
+
+    with pytest.raises(OSError):
+        write_manifest(listing_that_dies(), path, fs)
+    assert list((tmp_path / "m").iterdir()) == []
+    write_manifest([ObjectInfo("a.jpg", 1, "e")], path, fs)
+    assert [p.name for p in (tmp_path / "m").iterdir()] == ["run.parquet"]
+
+
+def _live_processes_of_session(sid: int) -> list[str]:
+    """Command names of the live (not zombie) processes in session `sid`."""
+    names = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(proc.name)) != sid:
+                continue
+            stat = (proc / "stat").read_bytes()
+        except OSError:
+            continue
+        name, rest = stat.split(b"(", 1)[1].rsplit(b")", 1)
+        if rest.split()[0] not in (b"Z", b"X"):
+            names.append(name.decode(errors="replace"))
+    return names
+
+
+def test_killed_driver_takes_its_local_ray_along(tmp_path, face_jpegs):
+    """SIGKILL to the driver alone (an OOM kill): its local Ray must not live on (it did for > 60 s)."""
+    src, dst = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for i, data in enumerate(face_jpegs(8)):
+        (src / f"{i}.jpg").write_bytes(data)
+    command = [sys.executable, "-m", "batch_parse.cli", "run", str(src), str(dst), "--batch-size", "2", "--rows-per-file", "2"]
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": REPO}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not any(p.stat().st_size > 0 for p in dst.glob("*/data/*.parquet")):
+            assert driver.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.1)
+        assert len(_live_processes_of_session(driver.pid)) > 3  # raylet, GCS, workers, agents
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 20
+        while _live_processes_of_session(driver.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _live_processes_of_session(driver.pid) == []
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_png_with_huge_text_chunks_is_decoded(face_jpegs):
+    """Pillow refuses text chunks above 1 MB decompressed even after the pixels decoded fine."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from batch_parse.pipeline.decode import decode_image
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    face = Image.open(io.BytesIO(face_jpegs(1)[0])).convert("RGB")
+    buffer = io.BytesIO()
+    face.save(buffer, "PNG")
+    png = buffer.getvalue()
+    end = png.rindex(b"IEND") - 4
+    comment = chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"a" * 2_000_000))
+    xmp = chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0" + zlib.compress(b"<x:xmpmeta/>" * 200_000))
+    for data in (png[:end] + comment + png[end:], png[:end] + xmp + png[end:], png[:33] + comment + png[33:]):
+        assert (decode_image(data, MAX_PIXELS) == np.asarray(face)).all()
+
+
+def test_outage_while_ray_starts_ends_in_one_line(s3_server, face_jpegs, tmp_path):
+    """S3 goes down in the seconds Ray takes to start: one line naming the store, no traceback."""
+    bucket = s3_server.make_bucket(f"raystart-{uuid.uuid4().hex[:10]}")
+    for i, data in enumerate(face_jpegs(2)):
+        s3_server.client().put_object(Bucket=bucket, Key=f"in/{i}.jpg", Body=data)
+    port = int(s3_server.endpoint_url.rsplit(":", 1)[1])
+    # The real driver, with the server stopped right after its local Ray is up.
+    driver = (
+        "import os, signal, socket, sys, time\n"
+        "from batch_parse.pipeline import job\n"
+        "start_ray = job.connect_ray\n"
+        "def start_ray_then_outage():\n"
+        "    start_ray()\n"
+        f"    os.kill({s3_server.process.pid}, signal.SIGTERM)\n"
+        "    for _ in range(300):\n"
+        "        try:\n"
+        f"            socket.create_connection(('127.0.0.1', {port}), timeout=1).close()\n"
+        "            time.sleep(0.1)\n"
+        "        except OSError:\n"
+        "            break\n"
+        "job.connect_ray = start_ray_then_outage\n"
+        "from batch_parse.cli.main import cli\n"
+        "cli.main(sys.argv[1:])\n"
+    )
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": REPO}
+    try:
+        run = subprocess.run([sys.executable, "-c", driver, "run", f"s3://{bucket}/in", f"s3://{bucket}/out",
+                              "--endpoint-url", s3_server.endpoint_url], env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        s3_server.stop()  # waits for the SIGTERMed server to be gone
+        s3_server.start()
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: cannot reach the S3 endpoint {s3_server.endpoint_url} (is the URL right and the server up?)"], run.stderr[-3000:]

@@ -48,6 +48,9 @@ class CommitState:
     retryable_kept: Counter = field(default_factory=Counter)  # error_code -> retryable error rows left (not retrying)
 
 
+_REWRITE_PREFIX = "_rewrite-"
+
+
 def data_files(fs: pafs.FileSystem, data_dir: str) -> list[str]:
     try:
         infos = fs.get_file_info(pafs.FileSelector(data_dir, recursive=True, allow_not_found=True))
@@ -76,6 +79,18 @@ def _read_keys(fs: pafs.FileSystem, path: str) -> tuple[np.ndarray, np.ndarray, 
     retryable = pc.and_(pc.equal(table["status"], STATUS_ERROR), pc.is_in(table["error_code"], pa.array(sorted(RETRYABLE))))
     codes = pc.if_else(retryable.fill_null(False), table["error_code"], None).to_numpy(zero_copy_only=False)
     return table["id"].to_numpy(), faces, table["face_count"].to_numpy().astype(np.int64), codes
+
+
+def remove_partial_rewrites(fs: pafs.FileSystem, data_dir: str) -> int:
+    """Delete the temporary files of rewrites a kill interrupted (the data file itself is intact)."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(data_dir, allow_not_found=True))
+    except FileNotFoundError:
+        return 0
+    partial = [i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(_REWRITE_PREFIX)]
+    for path in partial:
+        fs.delete_file(path)
+    return len(partial)
 
 
 def recover(fs: pafs.FileSystem, data_dir: str, retry_errors: bool = False) -> CommitState:
@@ -152,6 +167,6 @@ def _rewrite_without(fs: pafs.FileSystem, path: str, keep: np.ndarray) -> None:
         fs.delete_file(path)
         return
     # Write beside, then replace: the file is never half-written under its committed name.
-    tmp = path.rsplit("/", 1)[0] + "/_rewrite-" + path.rsplit("/", 1)[1]
+    tmp = path.rsplit("/", 1)[0] + "/" + _REWRITE_PREFIX + path.rsplit("/", 1)[1]
     pq.write_table(kept, tmp, filesystem=fs)
     fs.move(tmp, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -12,6 +13,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # tracking pixels, not faces.
 MIN_SIDE = 16
 _WHITE = (255, 255, 255, 255)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
 class DecodeError(Exception):
@@ -32,17 +35,49 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """
     if not data:
         raise DecodeError("empty", "the object is empty (0 bytes)")
+    try:
+        image = _decode(data, max_pixels)
+    except _TextTooLarge:
+        # Pillow refuses PNG text chunks above 1 MB decompressed (64 MB in all) as a memory guard,
+        # even after the pixels decoded fine (text after IDAT is read at the end of load()). We need
+        # no text: decode the same file without its text chunks.
+        image = _decode(_without_png_text(data), max_pixels)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a corrupt EXIF block should not cost a readable image its label
+        pass
+    return _to_rgb(image)
+
+
+class _TextTooLarge(Exception):
+    """Pillow's PNG text-chunk limit (MAX_TEXT_CHUNK / MAX_TEXT_MEMORY) was hit."""
+
+
+def _decode(data: bytes, max_pixels: int) -> Image.Image:
     # Our max_pixels check below is the real limit; Pillow's own warning would only be noise.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         image = _open(data)
         _check_size(image.size, max_pixels)
         _load(image)
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # a corrupt EXIF block should not cost a readable image its label
-        pass
-    return _to_rgb(image)
+    return image
+
+
+def _without_png_text(data: bytes) -> bytes:
+    """The PNG without its tEXt/zTXt/iTXt chunks; anything malformed is kept as it is for the decoder to judge."""
+    out, pos = [data[:8]], 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 12 + length
+        if end > len(data):
+            break
+        if kind not in _PNG_TEXT_CHUNKS:
+            out.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            break
+    out.append(data[pos:])
+    return b"".join(out)
 
 
 def _open(data: bytes) -> Image.Image:
@@ -52,6 +87,10 @@ def _open(data: bytes) -> Image.Image:
         raise DecodeError("not_an_image", f"not an image file Pillow can read ({len(data)} bytes)") from None
     except Image.DecompressionBombError as exc:
         raise DecodeError("too_large", f"declared size is above Pillow's safety limit: {_first_line(exc)}") from None
+    except ValueError as exc:
+        if "MAX_TEXT_" in str(exc) and data.startswith(_PNG_SIGNATURE):
+            raise _TextTooLarge() from None
+        raise _classify(exc) from None
     except Exception as exc:
         raise _classify(exc) from None
 
@@ -70,6 +109,10 @@ def _load(image: Image.Image) -> None:
         image.load()
     except Image.DecompressionBombError as exc:
         raise DecodeError("too_large", f"above Pillow's safety limit: {_first_line(exc)}") from None
+    except ValueError as exc:
+        if "MAX_TEXT_" in str(exc) and image.format == "PNG":
+            raise _TextTooLarge() from None
+        raise _classify(exc) from None
     except Exception as exc:
         raise _classify(exc) from None
 

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import datetime, timezone
 
+import botocore.exceptions as boto_errors
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch_parse.model.weights import file_sha256, resolve
-from batch_parse.pipeline import commit, stages
+from batch_parse.pipeline import commit, ray_reaper, stages
 from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.progress import ProgressCounter, ProgressPrinter
 from batch_parse.pipeline.schema import output_schema
@@ -30,8 +33,8 @@ from batch_parse.pipeline.summary import JobSummary
 from batch_parse.storage import lease
 from batch_parse.storage.listing import iter_objects
 from batch_parse.storage.location import Location, parse_location
-from batch_parse.storage.manifest import write_manifest
-from batch_parse.storage.s3 import check_access, pyarrow_filesystem
+from batch_parse.storage.manifest import remove_partial_manifests, write_manifest
+from batch_parse.storage.s3 import StorageError, abort_unfinished_uploads, check_access, describe_error, pyarrow_filesystem
 from batch_parse.storage.source_identity import claim_source
 
 def version_folder(model_name: str, sha256: str) -> str:
@@ -49,6 +52,28 @@ def connect_ray() -> None:
     else:
         # "local" forces a fresh single-machine cluster: never join a stray `ray start` by accident.
         ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+        _start_reaper()
+
+
+_reapers: list[subprocess.Popen] = []  # held for the driver's life: their pipes close when it ends
+
+
+def _start_reaper() -> None:
+    """Start ray_reaper.py on the local cluster just started, so it goes within a second of this driver."""
+    import ray
+
+    try:
+        processes = ray._private.worker._global_node.all_processes  # private: Ray may move it
+        raylet = [p.process.pid for p in processes["raylet"]]
+        heads = [p.process.pid for name, infos in processes.items() if name != "raylet" for p in infos]
+    except (AttributeError, KeyError, IndexError):
+        logging.getLogger(__name__).debug("cannot find the local Ray's processes: no reaper")
+        return
+    _reapers.append(subprocess.Popen(
+        [sys.executable, os.path.abspath(ray_reaper.__file__), *map(str, raylet[:1] + heads)],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C or a kill of our process group must not stop it before it acts
+    ))  # fmt: skip
 
 
 def run_job(options: JobOptions) -> JobSummary:
@@ -78,23 +103,27 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     summary = JobSummary(output_dir=output.join(version, "data"), model_version=model_version)
 
     t0 = time.time()
+    manifests_dir = output.fs_path(version, "_manifests")
+    # What a killed run left half written: partial manifests and rewrites, unfinished S3 uploads.
+    summary.leftovers_removed = remove_partial_manifests(fs, manifests_dir) + commit.remove_partial_rewrites(fs, data_dir)
+    if output.is_s3:
+        summary.leftovers_removed += abort_unfinished_uploads(output, options.endpoint_url)
     before = commit.recover(fs, data_dir, retry_errors=options.retry_errors)
     summary.recovered_incomplete = len(before.removed_incomplete)
     summary.duplicates_removed = before.duplicates_removed
     summary.incomplete_images_redone = before.incomplete_images
     summary.retried, summary.not_retried = before.retry_cleared, before.retryable_kept
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    manifest_path = output.fs_path(version, "_manifests", f"{stamp}.parquet")
+    manifest_path = f"{manifests_dir}/{stamp}.parquet"
     manifest = write_manifest(iter_objects(source, options.endpoint_url), manifest_path, fs, exclude_ids=before.ids)
     summary.listed, summary.already_done = manifest.listed, manifest.excluded
     summary.skipped_non_image = manifest.skipped_non_image
     summary.skipped_unreadable, summary.unreadable_examples = manifest.skipped_unreadable, manifest.unreadable_examples
-    if manifest.written == 0:
-        fs.delete_file(manifest_path)  # a run that found nothing leaves nothing behind
+    if manifest.written == 0:  # a run that found nothing leaves nothing behind
         summary.seconds = time.time() - t0
         return summary
 
-    _label(options, fs, manifest_path, data_dir, model_version, sha, manifest.written)
+    _label(options, fs, manifest_path, data_dir, model_version, sha, manifest.written, [output, source])
 
     after = commit.recover(fs, data_dir)
     summary.duplicates_removed += after.duplicates_removed
@@ -104,11 +133,46 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     return summary
 
 
-def _label(options: JobOptions, fs, manifest_path: str, data_dir: str, model_version: str, sha: str, todo: int) -> None:
-    """The Ray Data chain: manifest -> fetch+decode -> model actors -> encode -> Parquet."""
+def _label(options: JobOptions, fs, manifest_path: str, data_dir: str, model_version: str, sha: str, todo: int,
+           locations: list[Location]) -> None:
+    """The Ray Data chain: manifest -> fetch+decode -> model actors -> encode -> Parquet.
+
+    Storage failures that stop it (S3 down while Ray started, or while writing) end as one
+    StorageError line naming the store, not as a Ray traceback.
+    """
     import ray
 
     connect_ray()
+    for location in locations:  # S3 may have gone while Ray started (seconds): say so before Ray Data does
+        check_access(location, options.endpoint_url)
+    try:
+        _run_chain(options, fs, manifest_path, data_dir, model_version, sha, todo)
+    except Exception as exc:
+        cause = _root_cause(exc)
+        if not isinstance(cause, (OSError, StorageError, boto_errors.BotoCoreError, boto_errors.ClientError)):
+            raise
+        raise StorageError(f"labelling stopped: {describe_error(cause, locations[0], options.endpoint_url)}; "
+                           "rerun the same command to finish (committed rows are kept)") from exc
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The error under Ray's wrappers (RayTaskError.cause, Ray Data's UserCodeException and re-raises)."""
+    from ray.exceptions import RayError
+
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) if isinstance(exc, RayError) else None
+        inner = inner or exc.__cause__
+        if inner is None or not (isinstance(exc, RayError) or type(exc).__module__.startswith("ray")):
+            return exc
+        exc = inner
+    return exc
+
+
+def _run_chain(options: JobOptions, fs, manifest_path: str, data_dir: str, model_version: str, sha: str, todo: int) -> None:
+    import ray
+
     ctx = ray.data.DataContext.get_current()
     # Our own one-line progress (progress.py) replaces Ray's per-operator bars and logs.
     ctx.enable_progress_bars = False

@@ -27,6 +27,7 @@ class JobSummary:
     recovered_incomplete: int = 0  # unfinished files from a killed run, removed before starting
     duplicates_removed: int = 0
     incomplete_images_redone: int = 0  # images with only some faces committed: their rows removed and redone
+    leftovers_removed: int = 0  # partial manifests, partial rewrites and unfinished S3 uploads of killed runs
     retried: Counter = field(default_factory=Counter)  # error_code -> images of earlier runs' retryable errors, redone now
     not_retried: Counter = field(default_factory=Counter)  # error_code -> earlier retryable errors left (--no-retry-errors)
 
@@ -55,6 +56,8 @@ class JobSummary:
         if self.skipped_unreadable:
             examples = "; ".join(self.unreadable_examples[:3])
             out.append(f"skipped:  {self.skipped_unreadable} unreadable entries (not files we can read), e.g. {examples}")
+        if self.leftovers_removed:
+            out.append(f"recovered: removed {self.leftovers_removed} partial manifest(s), rewrite(s) or unfinished upload(s) of an interrupted run")
         if self.recovered_incomplete:
             out.append(f"recovered: removed {self.recovered_incomplete} unfinished file(s) of an interrupted run; their rows were redone")
         if self.incomplete_images_redone:

@@ -40,6 +40,7 @@ LEASE_NAME = "_lease.json"
 # a driver would have to stall for two renewals (80 s) before its lease could be taken.
 DEFAULT_TTL_S = 120.0
 _ATTEMPTS = 5  # read-then-write rounds before giving up on a lease that keeps changing hands
+_S3_ATTEMPTS = 4  # tries per S3 request (botocore's backoff: ~0.5, 1, 2 s)
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,9 @@ class _S3Store:
         self.output, self.endpoint_url = output, endpoint_url
         self.key = f"{self.output.list_prefix}{LEASE_NAME}"
         self.where = f"s3://{self.output.bucket}/{self.key}"
-        self.client = s3_client(self.endpoint_url)
+        # A few quick tries per call: a renewal that fails is retried by the next round anyway,
+        # and a run failing because S3 is down must not spend minutes releasing its lease.
+        self.client = s3_client(self.endpoint_url, max_attempts=_S3_ATTEMPTS, connect_timeout=5, read_timeout=15)
 
     def read(self) -> tuple[bytes, str] | None:
         try:
@@ -263,6 +266,8 @@ class _S3Store:
             current = self.read()
             if current is not None and current[1] == version:
                 self.client.delete_object(Bucket=self.output.bucket, Key=self.key)
+        except boto_errors.BotoCoreError as exc:  # unreachable: the lease expires on its own
+            raise self._error(exc) from None
 
     def _put(self, body: bytes, **condition) -> str | None:
         try:

@@ -23,6 +23,8 @@ MANIFEST_SCHEMA = pa.schema(
 )
 # Bounds the writer's memory (~1-2 MB of keys) and gives Ray Data read tasks a useful unit of work.
 ROW_GROUP_ROWS = 10_000
+# A manifest being written; renamed to its final name once complete.
+PARTIAL_PREFIX = "_partial-"
 _ID_MASK = (1 << 63) - 1
 
 
@@ -55,16 +57,21 @@ def write_manifest(
     """Stream `objects` into a Parquet manifest, leaving out ids in `exclude_ids`.
 
     Memory stays at one row group whatever the number of objects. When `objects` is an
-    ObjectListing (what `iter_objects` returns) its skip count is carried into the result. On an
-    error (e.g. the listing fails half way) the partial file is removed before re-raising.
+    ObjectListing (what `iter_objects` returns) its skip count is carried into the result. The
+    manifest is written as `_partial-<name>` and renamed to its name once complete (a killed
+    listing leaves only a `_partial-` file, which remove_partial_manifests clears); a manifest with
+    no rows is not kept. On an error (e.g. the listing fails half way) the partial file is removed
+    before re-raising.
     """
     path = _fs_path(path_or_uri)
+    folder, name = path.rsplit("/", 1)
+    partial = f"{folder}/{PARTIAL_PREFIX}{name}"
     done = _sorted_ids(exclude_ids)
     stats = ManifestStats()
     if isinstance(filesystem, pafs.LocalFileSystem):
         # Only locally: on S3 a "folder" would be an empty marker object cluttering the bucket.
-        filesystem.create_dir(path.rsplit("/", 1)[0] or "/", recursive=True)
-    writer = pq.ParquetWriter(path, MANIFEST_SCHEMA, filesystem=filesystem)
+        filesystem.create_dir(folder or "/", recursive=True)
+    writer = pq.ParquetWriter(partial, MANIFEST_SCHEMA, filesystem=filesystem)
     try:
         batch: list[ObjectInfo] = []
         for info in objects:
@@ -77,13 +84,29 @@ def write_manifest(
         writer.close()
     except BaseException:
         writer.close()
-        _remove_quietly(filesystem, path)
+        _remove_quietly(filesystem, partial)
         raise
+    if stats.written:
+        filesystem.move(partial, path)
+    else:
+        _remove_quietly(filesystem, partial)
     if isinstance(objects, ObjectListing):
         stats.skipped_non_image = objects.stats.skipped_non_image
         stats.skipped_unreadable = objects.stats.skipped_unreadable
         stats.unreadable_examples = list(objects.stats.unreadable_examples)
     return stats
+
+
+def remove_partial_manifests(filesystem: pafs.FileSystem, folder: str) -> int:
+    """Delete the manifests a killed run left half written in `folder`; how many there were."""
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    except FileNotFoundError:
+        return 0
+    partial = [i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(PARTIAL_PREFIX)]
+    for path in partial:
+        _remove_quietly(filesystem, path)
+    return len(partial)
 
 
 def read_manifest(path_or_uri: str, filesystem: pafs.FileSystem) -> pa.Table:

@@ -51,6 +51,29 @@ def check_access(location: Location, endpoint_url: str | None = None) -> None:
         raise StorageError(describe_error(exc, location, endpoint_url)) from None
 
 
+def abort_unfinished_uploads(location: Location, endpoint_url: str | None = None) -> int:
+    """Abort the multipart uploads under `location` (S3); how many there were.
+
+    A writer killed mid-upload (a manifest, a data file) leaves its parts stored, invisible and
+    billed, until someone aborts the upload. Call this only while holding the output's lease:
+    no upload of a live run can be under it then.
+    """
+    client = s3_client(endpoint_url)
+    aborted = 0
+    try:
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=location.bucket, Prefix=location.list_prefix):
+            for upload in page.get("Uploads", ()):
+                client.abort_multipart_upload(Bucket=location.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted += 1
+    except boto_errors.ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchUpload", "NotImplemented", "501"):
+            return aborted  # gone meanwhile, or a store that cannot list uploads
+        raise StorageError(describe_error(exc, location, endpoint_url)) from None
+    except boto_errors.BotoCoreError as exc:
+        raise StorageError(describe_error(exc, location, endpoint_url)) from None
+    return aborted
+
+
 def _client(endpoint_url: str | None, config: Config):
     # Path-style because S3-compatible stores (MinIO, SeaweedFS, on-prem) rarely have wildcard DNS
     # for virtual-hosted buckets; AWS itself keeps botocore's default.
