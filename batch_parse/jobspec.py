@@ -34,6 +34,7 @@ _OPTION_KEYS = {
     "max_bytes": (int,),
     "fetch_attempts": (int,),
     "retry_errors": (bool,),
+    "object_list": (str, type(None)),
     "rows_per_file": (int,),
     "device": (str, type(None)),
     "faces": (str,),
@@ -239,9 +240,11 @@ def _build(raw: dict, path: Path | None) -> JobSpec:
     values.update({k: v for k, v in (raw.get("resources") or {}).items() if k in _RESOURCE_KEYS})
     # As with `run --min-actors 4`: a spec that names only min_actors asks for a fixed pool.
     values.setdefault("max_actors", max(values.get("min_actors", 1), JobOptions.max_actors))
-    for key in ("source", "output"):
+    for key in ("source", "output", "object_list"):
         # Relative local folders are read against the spec's own folder (as docker-compose does),
         # so a spec means the same thing whichever directory the command runs from.
+        if key not in values:
+            continue
         if path is not None and "://" not in values[key] and not os.path.isabs(os.path.expanduser(values[key])):
             values[key] = str((path.parent / values[key]).resolve())
     options = JobOptions(**values)

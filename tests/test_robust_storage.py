@@ -75,7 +75,7 @@ def test_odd_entries_become_rows_or_counted_skips(odd_folder, tmp_path):
     stats, manifest, table = _manifest(location, tmp_path / "manifest.parquet")
 
     keys = table["key"].to_pylist()
-    assert keys == ["100%25%FF.jpg", "a.jpg", "caf%E9.jpg", "ok%E9.jpg", "sub/b.jpg"]
+    assert sorted(keys) == ["100%25%FF.jpg", "a.jpg", "caf%E9.jpg", "ok%E9.jpg", "sub/b.jpg"]
     assert table["id"].to_pylist() == [object_id(k) for k in keys]
     assert manifest.written == stats.images == 5
     assert stats.skipped_unreadable == manifest.skipped_unreadable == 4
@@ -137,8 +137,9 @@ def test_objects_over_max_bytes_are_refused_from_the_listed_size(tmp_path, face_
     os.remove(root / "huge.jpg")  # any attempt to open it now would be a not_found row
 
     out = fetch_and_decode(_batch(table), str(root), None, MAX_PIXELS, max_bytes=1_000_000)
-    assert list(out["error_code"]) == ["", "too_large"]
-    assert out["error"][1] == "huge.jpg is 3,221,225,472 bytes, above max_bytes=1,000,000 (not read)"
+    codes, errors = dict(zip(out["key"], out["error_code"])), dict(zip(out["key"], out["error"]))
+    assert codes == {"face.jpg": "", "huge.jpg": "too_large"}
+    assert errors["huge.jpg"] == "huge.jpg is 3,221,225,472 bytes, above max_bytes=1,000,000 (not read)"
 
 
 def test_fetch_never_reads_past_max_bytes_of_a_file_that_grew(tmp_path, face_jpegs):
@@ -509,7 +510,7 @@ def test_manifest_is_written_under_a_partial_name_until_complete(tmp_path):
 
     def listing_that_dies():
         yield ObjectInfo("a.jpg", 1, "e")
-        assert [p.name for p in (tmp_path / "m").iterdir()] == ["_partial-run.parquet"]  # never under its name
+        assert [p.name for p in (tmp_path / "m").iterdir()] == ["_listing-run"]  # its sorted parts; no manifest yet
         raise OSError("listing failed")
 
     with pytest.raises(OSError):
@@ -623,3 +624,174 @@ def test_outage_while_ray_starts_ends_in_one_line(s3_server, face_jpegs, tmp_pat
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
     assert errors == [f"Error: cannot reach the S3 endpoint {s3_server.endpoint_url} (is the URL right and the server up?)"], run.stderr[-3000:]
+
+
+# --- cost bounded by the new work: the committed index, range anti-join, fanned-out listing, object lists
+
+
+def _data_file(path: Path, rows: list[tuple]) -> None:
+    """A data file with the real schema: rows of (id, face_index or None, face_count, status, error_code)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from batch_parse.pipeline.schema import output_schema
+
+    schema = output_schema("stn-icnn/default", "0" * 64, "jpeg")
+    n = len(rows)
+    values = {
+        "id": pa.array([r[0] for r in rows], pa.int64()), "key": pa.array([f"k{r[0]}.jpg" for r in rows]),
+        "face_index": pa.array([r[1] for r in rows], pa.int32()), "face_count": pa.array([r[2] for r in rows], pa.int32()),
+        "status": pa.array([r[3] for r in rows]), "error_code": pa.array([r[4] for r in rows], pa.string()),
+        "model_version": pa.array(["m"] * n), "processed_at": pa.array([0] * n, pa.timestamp("ms", tz="UTC")),
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_arrays([values.get(f.name, pa.nulls(n, f.type)) for f in schema], schema=schema), path)
+
+
+def _all_ids(state) -> list[int]:
+    from batch_parse.storage.id_ranges import ID_SPACE
+
+    return state.index.ids_in_range(0, ID_SPACE).tolist()
+
+
+def test_recovery_reads_only_what_no_index_covers(tmp_path):
+    from batch_parse.pipeline import commit
+
+    data, fs = tmp_path / "v" / "data", pafs.LocalFileSystem()
+    _data_file(data / "a.parquet", [(1, 0, 2, "ok", None), (1, 1, 2, "ok", None), (2, None, 0, "no_face", None)])
+    _data_file(data / "b.parquet", [(3, None, 0, "error", "truncated"), (4, None, 0, "error", "fetch_failed"), (5, 0, 2, "ok", None)])
+
+    first = commit.recover(fs, str(data))  # an output written before indexes: every file read once
+    assert first.scanned == 2 and first.incomplete_images == 1  # id 5 has 1 of its 2 faces
+    assert _all_ids(first) == [1, 2, 3, 4] and first.retryable_kept == {"fetch_failed": 1}
+    again = commit.recover(fs, str(data))
+    assert again.scanned == 0 and _all_ids(again) == [1, 2, 3, 4]  # nothing read: the index covers both files
+
+    _data_file(data / "c.parquet", [(6, None, 0, "no_face", None)])  # a new run's file
+    third = commit.recover(fs, str(data))
+    assert third.scanned == 1 and _all_ids(third) == [1, 2, 3, 4, 6]
+
+    retried = commit.recover(fs, str(data), retry_errors=True)  # only b.parquet holds a retryable row
+    assert retried.scanned == 1 and retried.retry_cleared == {"fetch_failed": 1} and _all_ids(retried) == [1, 2, 3, 6]
+    assert commit.recover(fs, str(data)).scanned == 0  # rewritten and sealed again
+
+    for index in (tmp_path / "v" / "_index").iterdir():  # deleting the index is always safe
+        index.unlink()
+    rebuilt = commit.recover(fs, str(data))
+    assert rebuilt.scanned == 3 and _all_ids(rebuilt) == [1, 2, 3, 6]
+
+
+def test_index_files_are_merged_and_keep_every_id(tmp_path, monkeypatch):
+    from batch_parse.pipeline import commit
+    from batch_parse.storage import id_ranges
+
+    monkeypatch.setattr(commit, "MAX_INDEX_FILES", 3)
+    monkeypatch.setattr(id_ranges, "RANGE_ROWS", 7)  # several id ranges, with these few ids
+    data, fs = tmp_path / "v" / "data", pafs.LocalFileSystem()
+    rng = np.random.default_rng(0)
+    expected: list[int] = []
+    for run in range(8):  # eight runs, one index file each, merged as they pile up
+        ids = rng.integers(0, 2**63 - 1, 10).tolist()
+        expected += ids
+        _data_file(data / f"run{run}.parquet", [(i, None, 0, "no_face", None) for i in ids])
+        state = commit.recover(fs, str(data))
+        assert state.scanned == 1 and len(list((tmp_path / "v" / "_index").iterdir())) <= 4
+        assert _all_ids(state) == sorted(expected)
+    (data / "run3.parquet").unlink()  # a pruned data file: its ids are no longer committed
+    assert _all_ids(commit.recover(fs, str(data))) == sorted(expected[:30] + expected[40:])
+
+
+def test_manifest_excludes_done_ids_range_by_range(tmp_path, monkeypatch):
+    from batch_parse.storage import id_ranges, manifest
+    from batch_parse.storage.listing import ObjectInfo
+
+    monkeypatch.setattr(id_ranges, "RANGE_ROWS", 10)
+    monkeypatch.setattr(manifest, "PART_ROWS", 13)
+    keys = [f"img/{i:03d}.jpg" for i in range(100)]
+    done = {object_id(k) for k in keys[::3]}
+    objects = [ObjectInfo(k, i, f"e{i}") for i, k in enumerate(keys)] + [ObjectInfo(keys[1], 1, "e1")]  # one listed twice
+    path = tmp_path / "m" / "run.parquet"
+    stats = write_manifest(objects, str(path), pafs.LocalFileSystem(), exclude_ids=done)
+    table = read_manifest(str(path), pafs.LocalFileSystem())
+    assert sorted(table["key"].to_pylist()) == [k for i, k in enumerate(keys) if i % 3]
+    assert table["id"].to_pylist() == sorted(table["id"].to_pylist())
+    assert (stats.listed, stats.written, stats.excluded) == (101, 66, 35)
+    assert [p.name for p in path.parent.iterdir()] == ["run.parquet"]  # the sorted parts are gone
+
+
+@pytest.mark.parametrize("fan_out", [2, 32])
+def test_fanned_out_listing_finds_what_one_paginator_finds(s3_server, monkeypatch, fan_out):
+    from batch_parse.storage import listing as listing_module
+
+    monkeypatch.setattr(listing_module, "FLAT_OBJECTS", 4)
+    monkeypatch.setattr(listing_module, "FAN_OUT", fan_out)
+    bucket = s3_server.make_bucket(f"fan-{uuid.uuid4().hex[:10]}")
+    keys = ["top.jpg", "notes.txt", "a/1.jpg", "a/2.png", "c/", "c/d/e/deep.jpg", "c/d/f.jpg", ".git/x.jpg", "c/.hidden/y.jpg"]
+    keys += [f"b/{i}.jpg" for i in range(6)] + ["b/x/sub.jpg"]  # b: more objects than FLAT_OBJECTS, listed whole
+    keys += [f"m/{i:02d}/{j}.jpg" for i in range(12) for j in range(2)]
+    client = s3_server.client()
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=f"src/{key}", Body=b"x")
+    client.put_object(Bucket=bucket, Key="srcx/not-mine.jpg", Body=b"x")  # shares the prefix's text, not its folder
+    location = parse_location(f"s3://{bucket}/src")
+    serial = iter_objects(location, s3_server.endpoint_url, page_size=5)
+    fanned = iter_objects(location, s3_server.endpoint_url, fan_out=True)
+    assert sorted(o.key for o in fanned) == sorted(o.key for o in serial)
+    assert len(list(iter_objects(location, s3_server.endpoint_url, fan_out=True))) == 36
+    assert (fanned.stats.images, fanned.stats.skipped_non_image, fanned.stats.skipped_hidden) == (36, 1, 2)
+    assert vars(fanned.stats) == vars(serial.stats) | {"non_image_examples": fanned.stats.non_image_examples}
+
+
+def test_object_lists_parquet_and_s3_inventory(s3_server, tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bucket = s3_server.make_bucket(f"inv-{uuid.uuid4().hex[:10]}")
+    source = parse_location(f"s3://{bucket}/photos")
+    client = s3_server.client()
+
+    plain = tmp_path / "keys.parquet"  # any Parquet of keys; no sizes
+    pq.write_table(pa.table({"key": ["photos/a.jpg", "photos/sub/b.png", "photos/notes.txt", "other/c.jpg", "photos/d/"]}), plain)
+    listing = iter_objects(source, s3_server.endpoint_url, object_list=str(plain))
+    assert [(o.key, o.size) for o in listing] == [("photos/a.jpg", None), ("photos/sub/b.png", None)]
+    assert listing.stats.skipped_non_image == 1
+
+    # An S3 Inventory in CSV: gzip, no header, URL-encoded keys, versions and other buckets' rows.
+    rows = [(bucket, "photos/caf%C3%A9+1.jpg", "true", "false", "120", "e1"), (bucket, "photos/old.jpg", "false", "false", "5", "e2"),
+            (bucket, "photos/gone.jpg", "true", "true", "", ""), ("elsewhere", "photos/x.jpg", "true", "false", "9", "e3")]  # fmt: skip
+    csv = "\n".join(",".join(f'"{v}"' for v in row) for row in rows) + "\n"
+    client.put_object(Bucket=bucket, Key="inventory/data/part-0.csv.gz", Body=gzip.compress(csv.encode()))
+    manifest = {"sourceBucket": bucket, "destinationBucket": f"arn:aws:s3:::{bucket}", "fileFormat": "CSV",
+                "fileSchema": "Bucket, Key, IsLatest, IsDeleteMarker, Size, ETag",
+                "files": [{"key": "inventory/data/part-0.csv.gz", "size": 1, "MD5checksum": "x"}]}  # fmt: skip
+    client.put_object(Bucket=bucket, Key="inventory/csv/manifest.json", Body=json.dumps(manifest).encode())
+    found = list(iter_objects(source, s3_server.endpoint_url, object_list=f"s3://{bucket}/inventory/csv/manifest.json"))
+    assert [(o.key, o.size, o.etag) for o in found] == [("photos/café 1.jpg", 120, "e1")]
+
+    # The same as a Parquet inventory.
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.table({"bucket": [bucket, bucket], "key": ["photos/p.jpg", "photos/q.jpg"], "size": [1, 2],
+                             "e_tag": ["x", "y"], "is_latest": [True, False]}), buffer)  # fmt: skip
+    client.put_object(Bucket=bucket, Key="inventory/data/part-0.parquet", Body=buffer.getvalue().to_pybytes())
+    manifest.update(fileFormat="Parquet", files=[{"key": "inventory/data/part-0.parquet", "size": 1, "MD5checksum": "x"}])
+    client.put_object(Bucket=bucket, Key="inventory/pq/manifest.json", Body=json.dumps(manifest).encode())
+    found = list(iter_objects(source, s3_server.endpoint_url, object_list=f"s3://{bucket}/inventory/pq/manifest.json"))
+    assert [(o.key, o.size, o.etag) for o in found] == [("photos/p.jpg", 1, "x")]
+
+
+def test_run_from_an_object_list_without_sizes(s3_server, face_jpegs, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bucket = s3_server.make_bucket(f"objlist-{uuid.uuid4().hex[:10]}")
+    for i, data in enumerate(face_jpegs(2)):
+        s3_server.client().put_object(Bucket=bucket, Key=f"in/{i}.jpg", Body=data)
+    keys = tmp_path / "keys.parquet"
+    pq.write_table(pa.table({"key": ["in/0.jpg", "in/1.jpg", "in/deleted-since.jpg"]}), keys)
+    run = _cli_run(f"s3://{bucket}/in", tmp_path / "out", "--endpoint-url", s3_server.endpoint_url, "--object-list", str(keys))
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {r["key"]: r for r in _output_table(tmp_path / "out").to_pylist()}
+    assert {k: (r["status"], r["error_code"], r["size"]) for k, r in rows.items()} == {
+        "in/0.jpg": ("ok", None, None), "in/1.jpg": ("ok", None, None), "in/deleted-since.jpg": ("error", "not_found", None)}

@@ -212,6 +212,24 @@ def test_submit_runs_a_real_job_and_reports_it(ray_head: RayHead, tmp_path: Path
     assert {s for t in rows for s in t.column("status").to_pylist()} == {"ok"}
 
 
+def test_submit_passes_on_the_exit_code_of_retryable_errors(ray_head: RayHead, s3_server, tmp_path: Path, face_jpegs):
+    """Credentials that can list but not read: the job exits 3 (images not done), and so does submit."""
+    bucket = s3_server.make_bucket("submit-listonly")
+    for i, data in enumerate(face_jpegs(2)):
+        s3_server.client().put_object(Bucket=bucket, Key=f"in/{i}.jpg", Body=data)
+    spec = {
+        "name": "list-only", "source": f"s3://{bucket}/in", "output": "labels", "endpoint_url": s3_server.endpoint_url,
+        "fetch_attempts": 1, "device": "cpu", "resources": {"gpus_per_actor": 0, "cpus_per_actor": 1, "min_actors": 1, "max_actors": 1},
+        "runtime_env": {"env_vars": s3_server.list_only_env()},
+    }  # fmt: skip
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    submitted = _cli(ray_head, "submit", str(path), "--address", ray_head.url, "--submission-id", "list-only-1", timeout=JOB_TIMEOUT_S)
+    assert submitted.returncode == 3, submitted.stdout[-2000:] + submitted.stderr[-2000:]
+    assert "NOT DONE: 2 image(s) failed with errors that can pass (access_denied 2)" in submitted.stdout
+    assert submitted.stdout.rstrip().splitlines()[-1].startswith("list-only-1: FAILED")
+
+
 def test_stop_a_running_job(ray_head: RayHead, tmp_path: Path, face_jpegs):
     spec = _tiny_spec(tmp_path, face_jpegs, "to-stop")
     submitted = _cli(ray_head, "submit", str(spec), "--address", ray_head.url, "--no-wait")

@@ -104,6 +104,8 @@ def cli(debug: bool) -> None:
 @click.option("--retry-errors/--no-retry-errors", default=None,
               help="Redo images whose rows are retryable errors (fetch_failed, access_denied, throttled, model_failed) "
                    "from earlier runs.  [default: --retry-errors]")
+@click.option("--object-list", help="Read SRC's keys from this object list instead of listing SRC: an S3 Inventory "
+                                    "manifest.json, or Parquet with a `key` column (local or s3://).")
 @click.option("--rows-per-file", type=int, help=f"Rows per output Parquet file.  [default: {_DEFAULTS.rows_per_file}]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Model device.  [default: cuda when the actor has a GPU]")
 @click.option("--faces", type=click.Choice(FACE_MODES),

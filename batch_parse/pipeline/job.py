@@ -2,6 +2,7 @@
 
     OUTPUT/<model-version>/data/*.parquet        the labels (schema.py), one row per face
     OUTPUT/<model-version>/_manifests/*.parquet  what each run set out to do (id, key, size, etag)
+    OUTPUT/<model-version>/_index/*.parquet      which images the data files hold complete (commit.py)
     OUTPUT/<model-version>/_source.json          the one source these labels are of (source_identity.py)
     OUTPUT/_lease.json                           the run writing to OUTPUT now (lease.py)
 
@@ -108,14 +109,18 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     summary.leftovers_removed = remove_partial_manifests(fs, manifests_dir) + commit.remove_partial_rewrites(fs, data_dir)
     if output.is_s3:
         summary.leftovers_removed += abort_unfinished_uploads(output, options.endpoint_url)
-    before = commit.recover(fs, data_dir, retry_errors=options.retry_errors)
+    with summary.timed("recovery"):
+        before = commit.recover(fs, data_dir, retry_errors=options.retry_errors)
     summary.recovered_incomplete = len(before.removed_incomplete)
     summary.duplicates_removed = before.duplicates_removed
     summary.incomplete_images_redone = before.incomplete_images
     summary.retried, summary.not_retried = before.retry_cleared, before.retryable_kept
+    summary.data_files, summary.data_files_read = len(before.files), before.scanned
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     manifest_path = f"{manifests_dir}/{stamp}.parquet"
-    manifest = write_manifest(iter_objects(source, options.endpoint_url), manifest_path, fs, exclude_ids=before.ids)
+    listing = iter_objects(source, options.endpoint_url, fan_out=True, object_list=options.object_list)
+    manifest = write_manifest(listing, manifest_path, fs, committed=before.index)
+    summary.phases.update(listing=manifest.list_seconds, exclusion=manifest.exclude_seconds)
     summary.listed, summary.already_done = manifest.listed, manifest.excluded
     summary.skipped_non_image = manifest.skipped_non_image
     summary.skipped_unreadable, summary.unreadable_examples = manifest.skipped_unreadable, manifest.unreadable_examples
@@ -123,9 +128,11 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
         summary.seconds = time.time() - t0
         return summary
 
-    _label(options, fs, manifest_path, data_dir, model_version, sha, manifest.written, [output, source])
+    with summary.timed("labelling"):
+        _label(options, fs, manifest_path, data_dir, model_version, sha, manifest.written, [output, source])
 
-    after = commit.recover(fs, data_dir)
+    with summary.timed("check"):
+        after = commit.recover(fs, data_dir)  # checks and seals this run's new files
     summary.duplicates_removed += after.duplicates_removed
     summary.new_files = sorted(set(after.files) - set(before.files))
     _count_rows(summary, fs, summary.new_files)

@@ -49,12 +49,14 @@ def fetch_and_decode(batch: dict[str, np.ndarray], source: str, endpoint_url: st
                      max_bytes: int = DEFAULT_MAX_BYTES, fetch_attempts: int = DEFAULT_FETCH_ATTEMPTS) -> dict:
     """Manifest rows -> decoded RGB images, or error rows (fetch or decode failures)."""
     keys = [str(k) for k in batch["key"]]
-    sizes = [int(s) for s in batch["size"]]
-    # Refused from the listed size: not a byte of an object above max_bytes is fetched.
-    fetched = iter(fetch_objects([k for k, s in zip(keys, sizes) if s <= max_bytes], parse_location(source), endpoint_url,
+    sizes = [_size(s) for s in batch["size"]]
+    # Refused from the listed size: not a byte of an object above max_bytes is fetched (an unknown
+    # size, from an object list without sizes, is capped by fetch itself).
+    small = [s is None or s <= max_bytes for s in sizes]
+    fetched = iter(fetch_objects([k for k, ok in zip(keys, small) if ok], parse_location(source), endpoint_url,
                                  max_bytes=max_bytes, attempts=fetch_attempts))
-    blobs = [next(fetched) if s <= max_bytes else FetchError("too_large", f"{k} is {s:,} bytes, above max_bytes={max_bytes:,} (not read)")
-             for k, s in zip(keys, sizes)]
+    blobs = [next(fetched) if ok else FetchError("too_large", f"{k} is {s:,} bytes, above max_bytes={max_bytes:,} (not read)")
+             for k, s, ok in zip(keys, sizes, small)]
     images, codes, errors = [], [], []
     for key, blob in zip(keys, blobs):
         if isinstance(blob, FetchError):
@@ -77,6 +79,11 @@ def fetch_and_decode(batch: dict[str, np.ndarray], source: str, endpoint_url: st
     out["error_code"] = np.array(codes, dtype=object)
     out["error"] = np.array(errors, dtype=object)
     return out
+
+
+def _size(value) -> int | None:
+    """A manifest size as Ray hands it over: an int, or None / NaN when the object list had none."""
+    return None if value is None or value != value else int(value)
 
 
 class FaceParseActor:
@@ -246,7 +253,7 @@ def encode_rows(batch: dict[str, np.ndarray], schema: pa.Schema, model_version: 
         "id": batch["id"].astype(np.int64),
         "key": [str(k) for k in batch["key"]],
         "etag": [None if e is None else str(e) for e in batch["etag"]],
-        "size": batch["size"].astype(np.int64),
+        "size": [_size(s) for s in batch["size"]],
         "width": [int(w) if good else None for good, w in zip(decoded, batch["width"])],
         "height": [int(h) if good else None for good, h in zip(decoded, batch["height"])],
         "face_index": per_face(batch["face_index"].astype(int).tolist()),

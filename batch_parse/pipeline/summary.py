@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from batch_parse.pipeline.errors import EXIT_RETRYABLE, is_retryable
@@ -27,9 +29,20 @@ class JobSummary:
     recovered_incomplete: int = 0  # unfinished files from a killed run, removed before starting
     duplicates_removed: int = 0
     incomplete_images_redone: int = 0  # images with only some faces committed: their rows removed and redone
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: recovery, listing, exclusion, labelling, check
+    data_files: int = 0  # committed data files before the run
+    data_files_read: int = 0  # of those, read by the recovery (the rest are covered by the index)
     leftovers_removed: int = 0  # partial manifests, partial rewrites and unfinished S3 uploads of killed runs
     retried: Counter = field(default_factory=Counter)  # error_code -> images of earlier runs' retryable errors, redone now
     not_retried: Counter = field(default_factory=Counter)  # error_code -> earlier retryable errors left (--no-retry-errors)
+
+    @contextmanager
+    def timed(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - start
 
     @property
     def rows_written(self) -> int:
@@ -68,6 +81,7 @@ class JobSummary:
         if self.not_retried:
             out.append(f"not retried: {sum(self.not_retried.values())} image(s) of earlier runs with errors that can pass "
                        f"({_codes(self.not_retried)}): --no-retry-errors")
+        out.append(self.timing_line())
         if self.rows_written == 0:
             out.append("nothing new to label: no files written")
             return out
@@ -91,6 +105,11 @@ class JobSummary:
             out.append(f"NOT DONE: {sum(self.retryable.values())} image(s) failed with errors that can pass ({_codes(self.retryable)}); "
                        f"rerun the same command to retry them (exit code {EXIT_RETRYABLE})")
         return out
+
+
+    def timing_line(self) -> str:
+        phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.phases.items())
+        return f"time:     {phases} ({self.data_files_read} of {self.data_files} committed data files read)"
 
 
 def _codes(counts: Counter) -> str:
