@@ -10,6 +10,7 @@ for the rest of their rows.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import posixpath
 from collections.abc import Iterator, Sequence
@@ -114,8 +115,16 @@ def iter_photos(output: Output, where: Where | None = None, limit: int | None = 
     progress(rows_read): called after every batch.
     """
     wanted = list(dict.fromkeys((*PHOTO_COLUMNS, *FACE_COLUMNS, *columns, *(where.columns if where else ()))))
+    exportable = (photo for photo in _assembled_photos(output, wanted, where, columns, progress) if _exportable(photo))
+    for photo in itertools.islice(exportable, limit):
+        photo.faces.sort(key=lambda f: f.index)
+        yield photo
+
+
+def _assembled_photos(output: Output, wanted: list[str], where: Where | None, columns: Sequence[str],
+                      progress) -> Iterator[Photo]:
+    """Every photo once all its rows are read (faces may span files), then those with rows missing."""
     pending: dict[int, tuple[Photo, int]] = {}  # id -> (photo so far, rows of it still to come)
-    emitted = 0
     for file in output.files:
         for batch in _file_batches(output, file, wanted):
             keep = _keep(batch, where)
@@ -131,22 +140,13 @@ def iter_photos(output: Output, where: Where | None = None, limit: int | None = 
                 missing -= 1
                 if missing > 0:
                     pending[record["id"]] = (photo, missing)
-                elif _exportable(photo):
-                    photo.faces.sort(key=lambda f: f.index)
+                else:
                     yield photo
-                    emitted += 1
-                    if limit is not None and emitted >= limit:
-                        return
             if progress is not None:
                 progress(batch.num_rows)
     # Images with rows missing (a torn output the job would redo): export what is there.
     for photo, _ in pending.values():
-        if _exportable(photo):
-            photo.faces.sort(key=lambda f: f.index)
-            yield photo
-            emitted += 1
-            if limit is not None and emitted >= limit:
-                return
+        yield photo
 
 
 def _file_batches(output: Output, file: OutputFile, columns: list[str]) -> Iterator[pa.RecordBatch]:

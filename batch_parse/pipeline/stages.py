@@ -230,11 +230,10 @@ def _png(array: np.ndarray) -> bytes:
 def _crop_bytes(crop: np.ndarray, fmt: str, quality: int) -> bytes | None:
     if crop.size == 0:
         return None
-    buf = io.BytesIO()
     if fmt == "png":
-        Image.fromarray(crop).save(buf, format="PNG", compress_level=1)
-    else:
-        Image.fromarray(crop).save(buf, format="JPEG", quality=quality)
+        return _png(crop)
+    buf = io.BytesIO()
+    Image.fromarray(crop).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
