@@ -28,17 +28,21 @@ DEFAULT_STEPS = {"a": 900, "b": 400, "c": 450, "e2e": 160}  # what stn-icnn/defa
               help="Smallest face size / photo size in the zoom-out augmentation.")
 @click.option("--init", "init_path", type=click.Path(exists=True, dir_okay=False), help="Weights to start from (fine-tuning).")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False), help="After e2e, write the final fp16 weights here.")
-def train(data, run_dir, stage, steps, batch_size, val_every, val_images, threads, limit, lr, zoom_min, init_path, export_path) -> None:
+@click.option("--extra", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Another Helen-layout folder whose train split is added (e.g. self-training labels); repeatable.")
+def train(data, run_dir, stage, steps, batch_size, val_every, val_images, threads, limit, lr, zoom_min, init_path, export_path,
+          extra) -> None:
     """Train STN-iCNN on a labelled dataset folder.
 
-    DATA is a Helen- or CelebAMask-HQ-layout folder; RUN_DIR keeps checkpoints, and a rerun resumes.
+    DATA is a Helen- or CelebAMask-HQ-layout folder (a face-pool folder is one); validation uses its
+    val split. RUN_DIR keeps checkpoints, and a rerun resumes.
     """
     from batch_parse.train.train import TrainOptions, export_weights, train_stage
 
     for name in (["a", "b", "c", "e2e"] if stage == "all" else [stage]):
         best = train_stage(TrainOptions(data, run_dir, name, steps or DEFAULT_STEPS[name], batch_size, val_every=val_every,
                                         val_images=val_images, threads=threads, limit=limit, lr=lr, zoom_min=zoom_min,
-                                        init=init_path))
+                                        init=init_path, extra=tuple(extra)))
         echo(f"stage {name}: best weights in {best}")
     if export_path:
         echo(f"exported {export_weights(run_dir, export_path)}")
@@ -60,8 +64,12 @@ def train(data, run_dir, stage, steps, batch_size, val_every, val_images, thread
 def evaluate(data, model, split, limit, batch_size, device, face_fraction, faces, json_path) -> None:
     """Score a model (F1 per part) on a labelled dataset.
 
-    Helen convention: one confusion histogram over the split at original resolution.
+    Helen convention: one confusion histogram over the split at original resolution. On a
+    face-pool folder (python -m batch_parse.train.facepool) it scores the aligned faces per source
+    and pose, against the teacher and against the human points (probe hits, model vs teacher).
     """
+    if (Path(data) / "faces.jsonl").is_file():
+        return _evaluate_facepool(data, model, split, limit, batch_size, device, json_path)
     from batch_parse.faces import load_detector
     from batch_parse.model import load_parser
     from batch_parse.train.datasets import open_dataset
@@ -83,6 +91,19 @@ def evaluate(data, model, split, limit, batch_size, device, face_fraction, faces
         Path(json_path).write_text(json.dumps({"model": parser.model_version, "data": str(data), "split": split, "images": n,
                                                "face_fraction": face_fraction, "faces": faces,
                                                "f1": scores, "confusion": hist.tolist()}, indent=1))
+
+
+def _evaluate_facepool(data, model, split, limit, batch_size, device, json_path) -> None:
+    from batch_parse.model import load_parser
+    from batch_parse.train.probes import format_scores, score_facepool
+
+    parser = load_parser(model, device=device)
+    scores = score_facepool(lambda ims: [r.label_map for r in parser.parse(ims)], data, split, limit, batch_size)
+    echo(f"model {parser.model_version} on the aligned faces of {data} [{split}]:")
+    echo(format_scores(scores))
+    if json_path:
+        Path(json_path).write_text(json.dumps({"model": parser.model_version, "data": str(data), "split": split,
+                                               **scores.to_json()}, indent=1))
 
 
 @click.command()

@@ -3,13 +3,17 @@
 A batch of square source images (faces, pixel labels) becomes a batch of square "photos" of
 the same size in which the face is rotated (+-15 deg), rescaled (the authors' 0.8-1.5, plus a
 zoom-out down to 0.4 so loosely framed photos work), shifted, sometimes mirrored (sides
-swapped in the labels) and letterboxed, then recoloured and noised.
+swapped in the labels) and letterboxed, then recoloured and noised. Photos in the wild add
+what the aligned faces of real corpora look like: blur (out of focus, upscaled small faces),
+JPEG artefacts, and occluders (hands, microphones, masks) over which there is no part to label.
 """
 
 from __future__ import annotations
 
+import io
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -70,7 +74,59 @@ def augment(
     mean = out.mean((1, 2, 3), keepdim=True)
     out = (out - mean) * contrast + mean + ((rnd(b) - 0.5) * 0.3)[:, None, None, None]
     noise = (rnd(b) * 0.04)[:, None, None, None] * torch.randn(out.shape, generator=gen)
-    return (out + noise).clamp(0, 1), lab
+    out = (out + noise).clamp(0, 1)
+    out, lab = occlude(out, lab, gen)
+    out = blur(out, gen)
+    return jpeg(out, gen), lab
+
+
+def occlude(images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, p: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fraction p of the samples get one rectangle (10-40% of the side) of flat colour or of
+    another sample's pixels; labels under it become background: what is hidden is not labelled."""
+    b, _, s, _ = images.shape
+    images, labels = images.clone(), labels.clone()
+    for i in torch.nonzero(torch.rand(b, generator=gen) < p).flatten().tolist():
+        w, h = (s * (0.1 + 0.3 * torch.rand(2, generator=gen))).long().tolist()
+        x0 = int(torch.randint(0, s - w + 1, (1,), generator=gen))
+        y0 = int(torch.randint(0, s - h + 1, (1,), generator=gen))
+        if torch.rand(1, generator=gen).item() < 0.5:
+            patch = torch.rand(3, 1, 1, generator=gen).expand(3, h, w)
+        else:
+            j = int(torch.randint(0, b, (1,), generator=gen))
+            patch = images[j, :, y0 : y0 + h, x0 : x0 + w].flip(-1)
+        images[i, :, y0 : y0 + h, x0 : x0 + w] = patch
+        labels[i, y0 : y0 + h, x0 : x0 + w] = 0
+    return images, labels
+
+
+def blur(images: torch.Tensor, gen: torch.Generator, p: float = 0.3, max_sigma: float = 2.0) -> torch.Tensor:
+    """Gaussian blur (sigma up to max_sigma pixels of the photo) on a fraction p of the samples."""
+    out = images.clone()
+    for i in torch.nonzero(torch.rand(len(images), generator=gen) < p).flatten().tolist():
+        sigma = 0.5 + (max_sigma - 0.5) * torch.rand(1, generator=gen).item()
+        radius = math.ceil(2.5 * sigma)
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        k = torch.exp(-(x**2) / (2 * sigma**2))
+        k = (k / k.sum()).to(images.dtype)
+        img = F.pad(images[i : i + 1], (radius, radius, radius, radius), mode="replicate")
+        img = F.conv2d(img, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+        out[i] = F.conv2d(img, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)[0]
+    return out
+
+
+def jpeg(images: torch.Tensor, gen: torch.Generator, p: float = 0.4, quality: tuple[int, int] = (15, 80)) -> torch.Tensor:
+    """Re-encodes a fraction p of the samples as JPEG at a random quality: the artefacts of web photos."""
+    from PIL import Image
+
+    out = images.clone()
+    for i in torch.nonzero(torch.rand(len(images), generator=gen) < p).flatten().tolist():
+        q = int(torch.randint(quality[0], quality[1] + 1, (1,), generator=gen))
+        pixels = (images[i].permute(1, 2, 0) * 255).round().clamp(0, 255).byte().numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=q)
+        decoded = np.asarray(Image.open(buffer).convert("RGB"))
+        out[i] = torch.from_numpy(decoded.copy()).permute(2, 0, 1).float() / 255
+    return out
 
 
 def target_windows(labels: torch.Tensor) -> torch.Tensor:

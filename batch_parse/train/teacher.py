@@ -151,7 +151,8 @@ _mesh = None
 _topology: dict[str, list[list[int]]] = {}
 
 
-def _init_worker() -> None:
+def start_mesh() -> None:
+    """Starts this process's face mesh (once per process: it holds a TFLite interpreter)."""
     global _mesh, _topology
     import mediapipe as mp
 
@@ -159,6 +160,36 @@ def _init_worker() -> None:
         static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5
     )
     _topology = _mesh_topology()
+
+
+def label_rgb(rgb: np.ndarray) -> np.ndarray | None:
+    """(H, W) Helen label map of the face in an RGB uint8 image, or None if the mesh finds no face.
+
+    Needs the mesh started in this process (start_mesh)."""
+    result = _mesh.process(np.ascontiguousarray(rgb))
+    if not result.multi_face_landmarks:
+        return None
+    height, width = rgb.shape[:2]
+    landmarks = result.multi_face_landmarks[0].landmark
+    points = np.array([(p.x * width, p.y * height) for p in landmarks], dtype=np.float64)
+    return helen_label_map(points, height, width, _topology)
+
+
+def write_sample(dst: Path, name: str, image: bytes | np.ndarray, helen_map: np.ndarray | None) -> None:
+    """images/NAME.jpg (JPEG bytes as given, or an RGB array encoded at q95) and, when labelled,
+    labels/NAME/NAME_lblXX.png: one 0/255 mask per Helen label."""
+    image_path = dst / "images" / f"{name}.jpg"
+    if isinstance(image, bytes):
+        image_path.write_bytes(image)
+    else:
+        Image.fromarray(image).save(image_path, quality=95)
+    if helen_map is None:
+        return
+    label_dir = dst / "labels" / name
+    label_dir.mkdir(parents=True, exist_ok=True)
+    for index in range(len(HELEN_LABELS)):
+        mask = np.where(helen_map == index, 255, 0).astype(np.uint8)
+        Image.fromarray(mask).save(label_dir / f"{name}_lbl{index:02d}.png")
 
 
 def _label_one(job: tuple[Path, Path]) -> tuple[str, str]:
@@ -172,24 +203,10 @@ def _label_one(job: tuple[Path, Path]) -> tuple[str, str]:
         rgb = np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError):
         return name, "unreadable"
-    result = _mesh.process(rgb)
-    if not result.multi_face_landmarks:
+    label_map = label_rgb(rgb)
+    if label_map is None:
         return name, "no_face"
-    height, width = rgb.shape[:2]
-    landmarks = result.multi_face_landmarks[0].landmark
-    points = np.array([(p.x * width, p.y * height) for p in landmarks], dtype=np.float64)
-    label_map = helen_label_map(points, height, width, _topology)
-
-    image_path = dst / "images" / f"{name}.jpg"
-    if image_format == "JPEG":
-        image_path.write_bytes(data)
-    else:
-        Image.fromarray(rgb).save(image_path, quality=95)
-    label_dir = dst / "labels" / name
-    label_dir.mkdir(parents=True, exist_ok=True)
-    for index in range(len(HELEN_LABELS)):
-        mask = np.where(label_map == index, 255, 0).astype(np.uint8)
-        Image.fromarray(mask).save(label_dir / f"{name}_lbl{index:02d}.png")
+    write_sample(dst, name, data if image_format == "JPEG" else rgb, label_map)
     return name, hash_split(name)
 
 
@@ -216,10 +233,10 @@ def pseudo_label(src_dir: str | Path, dst_dir: str | Path, limit: int | None = N
     start = last_report = time.monotonic()
     # Fail fast here: a worker whose initializer raises is respawned by Pool forever.
     try:
-        _init_worker()
+        start_mesh()
     except Exception as exc:  # noqa: BLE001 - any mediapipe install problem, reported in one line
         raise RuntimeError(f"the MediaPipe face mesh cannot start ({type(exc).__name__}: {exc}); see scripts/setup-env") from None
-    with Pool(workers, initializer=_init_worker) as pool:
+    with Pool(workers, initializer=start_mesh) as pool:
         for name, outcome in pool.imap_unordered(_label_one, [(p, dst_dir) for p in sources], chunksize=8):
             counts["seen"] += 1
             if outcome in splits:

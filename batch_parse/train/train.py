@@ -56,6 +56,7 @@ class TrainOptions:
     zoom_min: float = 0.4  # smallest face size / photo size in the zoom-out augmentation
     init: str | None = None  # weights file to start from (fine-tuning), before the stage's own inputs
     lr: float | None = None  # default: the authors' rate for the stage
+    extra: tuple[str, ...] = ()  # more folders whose train split is added (e.g. self-training labels)
 
 
 def log(msg: str) -> None:
@@ -220,7 +221,9 @@ def train_stage(opts: TrainOptions) -> Path:
         log(f"stage e2e: staged model before fine-tuning: {text}")
         save_weights(model, best_path, info={"stage": "e2e", "step": 0, "val": text})
 
-    images, labels = load_split(opts.data, "train", opts.canvas, opts.limit)
+    parts = [load_split(root, "train", opts.canvas, opts.limit) for root in (opts.data, *opts.extra)]
+    images, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    del parts
     log(f"stage {opts.stage}: {len(images)} training images, {opts.steps} steps")
     batches = Batches(images, labels, opts.batch_size or BATCH_SIZES[opts.stage], opts.seed + step, opts.zoom_min)
     t0, seen, running = time.time(), 0, None
