@@ -498,7 +498,7 @@ def test_cli_train_rejects_a_missing_extra_folder(pool_dir, tmp_path):
 # --- registry --------------------------------------------------------------------------------------
 
 
-def test_registry_v1_resolves_and_loads():
+def test_registry_v1_and_v2_resolve_and_load():
     from batch_parse.model.stn_icnn import STNiCNN
     from batch_parse.model.weights import REGISTRY, load_weights, resolve
 
@@ -509,6 +509,10 @@ def test_registry_v1_resolves_and_loads():
     assert isinstance(model, STNiCNN) and not model.training and isinstance(info, dict)
     _, default_path = resolve("stn-icnn/default")
     assert default_path.is_file()
+    # The default is v2; v1 stays a different file, so earlier outputs can be reproduced.
+    assert default_path == resolve("stn-icnn/v2")[1] != path
+    v2, _ = load_weights(default_path)
+    assert v2.cfg == model.cfg  # same architecture and geometry: v2 is a fine-tune of v1
 
 
 # --- errors ----------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 # Where the five landmarks sit in the canonical frame, as fractions of its side: eye at
 # image-left, eye at image-right, nose tip, mouth corners (image-left, image-right). Measured as
-# the median MTCNN landmarks on UTKFace crops like those the shipped weights were trained on
+# the median MTCNN landmarks on UTKFace crops like those stn-icnn/v1 was trained on (v2 was trained
+# on faces aligned to this same template)
 # (`python benchmarks/fit_template.py --limit 1500`: 1,402 crops with one face; symmetrised,
 # as training flips faces), so an aligned face looks like what the parser learned from: upright,
 # eyes level, with the margin those crops leave for brows, forehead and chin.

@@ -24,7 +24,8 @@ FORMAT = "batch-parse/stn-icnn/1"
 # Named weights that ship inside the package (MODEL_CARD.md describes each). v1 stays loadable by
 # name so that earlier outputs can be reproduced; "default" is what a run uses unless told.
 REGISTRY: dict[str, Path] = {
-    "stn-icnn/default": WEIGHTS_DIR / "stn-icnn-v1.safetensors",
+    "stn-icnn/default": WEIGHTS_DIR / "stn-icnn-v2.safetensors",
+    "stn-icnn/v2": WEIGHTS_DIR / "stn-icnn-v2.safetensors",
     "stn-icnn/v1": WEIGHTS_DIR / "stn-icnn-v1.safetensors",
 }
 
