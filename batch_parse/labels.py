@@ -73,6 +73,10 @@ PARTS: tuple[Part, ...] = (
 )
 PART_NAMES: tuple[str, ...] = tuple(p.name for p in PARTS)
 
+# Class of each class in the mirrored image: side 1 and side 2 trade places (brow_1 <-> brow_2,
+# eye_1 <-> eye_2), the rest stay. Used to mirror label maps (augmentation, flip checks).
+MIRROR_CLASS: tuple[int, ...] = (0, 2, 1, 4, 3, 5, 6, 7, 8)
+
 # The four stage-2 networks, in the authors' order (model C's `model.0` ... `model.3`).
 STAGE2_NETWORKS: tuple[str, ...] = ("brow", "eye", "nose", "mouth")
 STAGE2_OUTPUTS: dict[str, int] = {p.network: p.num_outputs for p in PARTS}
@@ -92,6 +96,8 @@ HELEN_LABELS: tuple[str, ...] = (
     "hair",
 )
 HELEN_TO_CLASS: tuple[int, ...] = (0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0)
+# The way back, for writing our maps in Helen's layout: each class's first Helen label.
+CLASS_TO_HELEN: tuple[int, ...] = tuple(HELEN_TO_CLASS.index(c) for c in range(NUM_CLASSES))
 
 # CelebAMask-HQ (CelebAMask-HQ-mask-anno/K/NNNNN_<part>.png). Its l_/r_ prefixes name the
 # subject's side, so l_ lands on the image's right: side 2 in our convention.

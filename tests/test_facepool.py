@@ -440,7 +440,7 @@ def test_self_label_lists_only_kept_faces(self_labelled, records):
 
 def test_self_labels_are_the_students_maps(self_labelled, records):
     from batch_parse.model.parser import load_parser
-    from batch_parse.train.selftrain import CLASS_TO_HELEN
+    from batch_parse.labels import CLASS_TO_HELEN
 
     root, _, (dst, report) = self_labelled
     candidates = _candidates(records)

@@ -9,7 +9,7 @@ import click
 
 from batch_parse.cli.redact import echo
 
-DEFAULT_STEPS = {"a": 900, "b": 400, "c": 450, "e2e": 160}  # what stn-icnn/default was trained with on 2 CPU cores
+DEFAULT_STEPS = {"a": 900, "b": 400, "c": 450, "e2e": 160}  # what stn-icnn/v1 was trained with from scratch on 2 CPU cores
 
 
 @click.command()

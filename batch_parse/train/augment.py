@@ -16,11 +16,12 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from batch_parse.labels import NUM_CLASSES, PARTS
+from batch_parse.labels import MIRROR_CLASS, NUM_CLASSES, PARTS
 
 # Mirroring an image swaps the sides: brow_1 <-> brow_2, eye_1 <-> eye_2.
-_SWAP_SIDES = torch.tensor([0, 2, 1, 4, 3, 5, 6, 7, 8], dtype=torch.long)
+_SWAP_SIDES = torch.tensor(MIRROR_CLASS, dtype=torch.long)
 # Window side = this many times the part's larger bounding-box side: room for localiser error.
 WINDOW_MARGIN = 1.6
 MIN_WINDOW_FRACTION = 0.06  # of the image side, so tiny or missing parts still get a window
@@ -116,8 +117,6 @@ def blur(images: torch.Tensor, gen: torch.Generator, p: float = 0.3, max_sigma: 
 
 def jpeg(images: torch.Tensor, gen: torch.Generator, p: float = 0.4, quality: tuple[int, int] = (15, 80)) -> torch.Tensor:
     """Re-encodes a fraction p of the samples as JPEG at a random quality: the artefacts of web photos."""
-    from PIL import Image
-
     out = images.clone()
     for i in torch.nonzero(torch.rand(len(images), generator=gen) < p).flatten().tolist():
         q = int(torch.randint(quality[0], quality[1] + 1, (1,), generator=gen))

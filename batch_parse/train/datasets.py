@@ -46,7 +46,7 @@ def _read_name_list(path: Path) -> list[str]:
     return names
 
 
-def _read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
@@ -60,6 +60,13 @@ def _read_grey(path: Path) -> np.ndarray:
             return np.asarray(image.convert("L"))
     except OSError as error:
         raise ValueError(f"cannot read mask {path}: {error}") from None
+
+
+def read_helen_labels(label_dir: Path, name: str) -> np.ndarray:
+    """label_dir/NAME_lblXX.png (one grey map per Helen label) -> (H, W) uint8 class indices."""
+    greys = np.stack([_read_grey(label_dir / f"{name}_lbl{i:02d}.png") for i in range(len(HELEN_LABELS))])
+    # The strongest grey value wins; argmax breaks ties towards the lower label index.
+    return np.asarray(HELEN_TO_CLASS, dtype=np.uint8)[greys.argmax(axis=0)]
 
 
 class HelenDataset:
@@ -78,13 +85,10 @@ class HelenDataset:
 
     def __getitem__(self, index: int) -> Sample:
         name = self.names[index]
-        image = _read_rgb(self.root / "images" / f"{name}.jpg")
-        label_dir = self.root / "labels" / name
-        greys = np.stack([_read_grey(label_dir / f"{name}_lbl{i:02d}.png") for i in range(len(HELEN_LABELS))])
-        if greys.shape[1:] != image.shape[:2]:
-            raise ValueError(f"Helen labels of {name} are {greys.shape[1:]}, image is {image.shape[:2]}")
-        # The strongest grey value wins; argmax breaks ties towards the lower label index.
-        label = np.asarray(HELEN_TO_CLASS, dtype=np.uint8)[greys.argmax(axis=0)]
+        image = read_rgb(self.root / "images" / f"{name}.jpg")
+        label = read_helen_labels(self.root / "labels" / name, name)
+        if label.shape != image.shape[:2]:
+            raise ValueError(f"Helen labels of {name} are {label.shape}, image is {image.shape[:2]}")
         return name, image, label
 
     def __iter__(self) -> Iterator[Sample]:
@@ -125,7 +129,7 @@ class CelebAMaskDataset:
 
     def __getitem__(self, index: int) -> Sample:
         name = self.names[index]
-        image = _read_rgb(self.root / CELEBAMASK_IMAGES / f"{name}.jpg")
+        image = read_rgb(self.root / CELEBAMASK_IMAGES / f"{name}.jpg")
         height, width = image.shape[:2]
         label = np.zeros((height, width), dtype=np.uint8)
         masks = self._masks.get(str(int(name)) if name.isdigit() else name, {})

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from batch_parse.labels import HELEN_TO_CLASS
+from batch_parse.labels import HELEN_TO_CLASS, MIRROR_CLASS
 from batch_parse.train import teacher
 from batch_parse.train.datasets import HELEN_SPLIT_FILES, hash_split
 
@@ -87,7 +87,7 @@ CFP_PROBES: dict[str, tuple[int, ...]] = {
 # Caltech: left eye, right eye, nose, mouth centre (which may be on either lip or between them).
 CALTECH_PROBES = ("eyes", "eyes", "nose", "mouth")
 
-_SWAP_SIDES = np.array([0, 2, 1, 4, 3, 5, 6, 7, 8], np.uint8)
+_MIRROR_CLASS = np.asarray(MIRROR_CLASS, np.uint8)
 _HELEN_TO_CLASS = np.asarray(HELEN_TO_CLASS, np.uint8)
 
 
@@ -142,7 +142,7 @@ def to_classes(helen_map: np.ndarray) -> np.ndarray:
 
 def mirror_labels(labels: np.ndarray) -> np.ndarray:
     """The label map of the mirrored image: columns reversed, sides swapped."""
-    return _SWAP_SIDES[labels[:, ::-1]]
+    return _MIRROR_CLASS[labels[:, ::-1]]
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -251,8 +251,9 @@ def process_photo(photo: Photo) -> tuple[list[FaceRecord], int, str | None]:
     records = []
     tensor = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # a writable copy: PIL arrays are read-only
     for k in range(count):
-        alignment = align.fit(found.landmarks[k].astype(np.float64))
-        frame_points = alignment.to_frame(found.landmarks[k].astype(np.float64))
+        points = found.landmarks[k].astype(np.float64)
+        alignment = align.fit(points)
+        frame_points = alignment.to_frame(points)
         yaw = yaw_proxy(frame_points)
         name = _face_name(photo, k)
         probes = [(part, alignment.to_frame(np.array(p)).tolist()) for part, p in matched.get(k, [])]
@@ -378,8 +379,7 @@ def report(dst: str | Path) -> str:
         if not r.probes or not r.written:
             continue
         kind = "clean" if r.clean else "flip-dropped" if r.teacher == "ok" else "no labels"
-        labels = read_teacher(dst, r.name) if r.teacher == "ok" else None
-        hits = probe_hits(labels, r.probes) if labels is not None else [(p, False) for p, _ in r.probes]
+        hits = probe_hits(read_teacher(dst, r.name) if r.teacher == "ok" else None, r.probes)
         for key in ((r.pose, kind), ("all", kind)):
             t = tally.setdefault(key, [0, 0])
             t[0] += sum(h for _, h in hits)

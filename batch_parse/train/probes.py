@@ -18,17 +18,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from batch_parse.labels import F1_GROUPS, HELEN_TO_CLASS, NUM_CLASSES
+from batch_parse.labels import F1_GROUPS, NUM_CLASSES
+from batch_parse.train.datasets import read_helen_labels, read_rgb
 from batch_parse.train.evaluate import confusion, f1_scores
-from batch_parse.train.facepool import POSES, FaceRecord, pose_bucket, read_records
+from batch_parse.train.facepool import POSES, FaceRecord, read_records
 
 ALL = "all"
 
 
-def probe_hits(label_map: np.ndarray, probes: list[tuple[str, list[float]]]) -> list[tuple[str, bool]]:
-    """(part, hit) per probe: the pixel nearest the point is one of the part's classes."""
+def probe_hits(label_map: np.ndarray | None, probes: list[tuple[str, list[float]]]) -> list[tuple[str, bool]]:
+    """(part, hit) per probe: the pixel nearest the point is one of the part's classes.
+
+    No label map (a face the teacher gave no labels) misses every probe: a user gets nothing there."""
+    if label_map is None:
+        return [(part, False) for part, _ in probes]
     height, width = label_map.shape
     out = []
     for part, (u, v) in probes:
@@ -39,23 +43,13 @@ def probe_hits(label_map: np.ndarray, probes: list[tuple[str, list[float]]]) -> 
 
 
 def read_face(root: Path, name: str) -> np.ndarray:
-    with Image.open(root / "images" / f"{name}.jpg") as image:
-        return np.asarray(image.convert("RGB"))
+    return read_rgb(root / "images" / f"{name}.jpg")
 
 
 def read_teacher(root: Path, name: str) -> np.ndarray | None:
     """The teacher's 9-class map of a face, or None where it gave none."""
     label_dir = root / "labels" / name
-    if not label_dir.is_dir():
-        return None
-    out = None
-    for helen, cls in enumerate(HELEN_TO_CLASS):
-        with Image.open(label_dir / f"{name}_lbl{helen:02d}.png") as mask:
-            m = np.asarray(mask.convert("L")) > 127
-        if out is None:
-            out = np.zeros(m.shape, np.uint8)
-        out[m] = cls
-    return out
+    return read_helen_labels(label_dir, name) if label_dir.is_dir() else None
 
 
 class Scores:
@@ -68,14 +62,14 @@ class Scores:
         self.faces: dict[str, int] = defaultdict(int)
 
     def add(self, record: FaceRecord, pred: np.ndarray, teacher: np.ndarray | None) -> None:
-        pose = pose_bucket(record.yaw)
+        pose = record.pose
         self.faces[pose] += 1
         if teacher is not None and record.clean:
             h = confusion(pred, teacher)
             for key in ((record.source, pose), (record.source, ALL), (ALL, pose), (ALL, ALL)):
                 self.hist[key] += h
         for who, labels in (("model", pred), ("teacher", teacher)):
-            for part, hit in (probe_hits(labels, record.probes) if labels is not None else [(p, False) for p, _ in record.probes]):
+            for part, hit in probe_hits(labels, record.probes):
                 for key in ((who, pose, part), (who, pose, ALL), (who, ALL, part), (who, ALL, ALL)):
                     self.probes[key][0] += hit
                     self.probes[key][1] += 1

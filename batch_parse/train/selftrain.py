@@ -23,16 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_parse.labels import CLASS_NAMES
+from batch_parse.labels import CLASS_TO_HELEN
 from batch_parse.train.datasets import HELEN_SPLIT_FILES
-from batch_parse.train.facepool import FLIP_KEEP, agreement, mirror_labels, pose_bucket, read_records
+from batch_parse.train.facepool import FLIP_KEEP, agreement, mirror_labels, read_records
 from batch_parse.train.probes import probe_hits, read_face
 from batch_parse.train.teacher import write_sample
 
 KEEP = FLIP_KEEP
-# Our 9 classes -> Helen label indices (the layout the readers take): brow_1 is Helen's left_brow...
-CLASS_TO_HELEN = np.array([0, 2, 3, 4, 5, 6, 7, 8, 9], np.uint8)
-assert len(CLASS_TO_HELEN) == len(CLASS_NAMES)
+_CLASS_TO_HELEN = np.asarray(CLASS_TO_HELEN, np.uint8)  # our maps written in Helen's layout
 
 
 def self_label(facepool: str | Path, dst: str | Path, model: str = "stn-icnn/v1", keep: float = KEEP,
@@ -56,14 +54,14 @@ def self_label(facepool: str | Path, dst: str | Path, model: str = "stn-icnn/v1"
             labels = np.asarray(a.label_map)
             # An empty map agrees with its mirror perfectly and teaches nothing: not kept.
             ok = bool((labels > 0).any()) and agreement(labels, mirror_labels(np.asarray(b.label_map))) >= keep
-            pose = pose_bucket(r.yaw)
+            pose = r.pose
             counts[pose]["faces"] += 1
             counts[pose]["kept"] += ok
             for _, hit in probe_hits(labels, r.probes):
                 hits["kept" if ok else "dropped"][0] += hit
                 hits["kept" if ok else "dropped"][1] += 1
             if ok:
-                write_sample(dst, r.name, face, CLASS_TO_HELEN[labels])
+                write_sample(dst, r.name, face, _CLASS_TO_HELEN[labels])
                 kept.append(r.name)
         print(f"selftrain: {min(start + batch_size, len(wanted))}/{len(wanted)} faces, {len(kept)} kept", file=sys.stderr, flush=True)
     (dst / HELEN_SPLIT_FILES["train"]).write_text("".join(f"{n}\n" for n in sorted(kept)))
