@@ -1,11 +1,11 @@
 """batch-parse: face parsing (STN-iCNN) of image corpora on Ray.
 
 Python API (facer's shape): `load_detector(name)`, `load_parser(name)`, then
-`parser.parse_faces(images, detector.detect(images))`. Imported lazily: the CLI must start
-without loading torch.
+`parser.parse_faces(images, detector.detect(images))`; `open_output(path)` reads what a job wrote
+(output/dataset.py). Imported lazily: the CLI must start without loading torch.
 """
 
-__all__ = ["load_detector", "load_parser"]
+__all__ = ["load_detector", "load_parser", "open_output"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from batch_parse.model import load_parser
 
         return load_parser
+    if name == "open_output":
+        from batch_parse.output.dataset import open_output
+
+        return open_output
     raise AttributeError(name)

@@ -21,7 +21,6 @@ an output written before indexes is printed too. Slopes are per million committe
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
@@ -138,7 +137,7 @@ import json, resource, sys, time
 import pyarrow.fs as pafs
 from batch_parse.pipeline import commit
 start = time.perf_counter()
-state = commit.recover(pafs.LocalFileSystem(), sys.argv[1])
+state = commit.recover(pafs.LocalFileSystem(), sys.argv[1] + "/data", sys.argv[1] + "/.batch-parse/index")
 print(json.dumps({"wall": time.perf_counter() - start, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "files": len(state.files), "scanned": state.scanned}))
 """
@@ -146,7 +145,7 @@ print(json.dumps({"wall": time.perf_counter() - start, "rss_mb": resource.getrus
 
 def history_benchmark(work: Path, committed: list[int], before_tree: Path) -> dict:
     from batch_parse.model.weights import file_sha256, resolve
-    from batch_parse.pipeline.job import version_folder
+    from batch_parse.pipeline.migrate import version_folder
     from batch_parse.pipeline.options import DEFAULT_MODEL
 
     model_name, weights = resolve(DEFAULT_MODEL)
@@ -157,10 +156,11 @@ def history_benchmark(work: Path, committed: list[int], before_tree: Path) -> di
     for n in committed:
         base = work / f"committed-{n}"
         _synthetic_output(base / version / "data", n, model_name, file_sha256(weights))
-        indexed = work / f"committed-{n}-indexed"
-        if not (indexed / version / "_index").is_dir():
-            _link_copy(base, indexed)
-            adopt = _child(_ADOPT_RUNNER, REPO, str(indexed / version / "data"))
+        # Today's layout (output/layout.py): OUTPUT/data and OUTPUT/.batch-parse/index.
+        indexed = work / f"committed-{n}-indexed-v2"
+        if not (indexed / ".batch-parse" / "index").is_dir():
+            _link_copy(base / version / "data", indexed / "data")
+            adopt = _child(_ADOPT_RUNNER, REPO, str(indexed))
             (indexed / ".adoption.json").write_text(json.dumps(adopt))
         adopt = json.loads((indexed / ".adoption.json").read_text())
         print(f"  {n:>10,} ids: indexing an output written before indexes (once): {adopt['wall']:.1f} s, "

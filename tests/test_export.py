@@ -337,7 +337,7 @@ def test_two_model_versions_are_exported_one_at_a_time(demo_output, tmp_path):
 
     dst = tmp_path / "two-versions"
     shutil.copytree(demo_output, dst)
-    source = next(dst.glob("*/data/*.parquet"))
+    source = next(dst.glob("data/*.parquet"))
     table = pq.read_table(source)
     meta = json.loads(table.schema.metadata[METADATA_KEY])
     meta["weights_sha256"] = "f" * 64
@@ -363,7 +363,7 @@ def test_export_from_s3_copies_originals_from_the_recorded_source(demo_output, t
     client = s3_server.client()
     for key in truth:
         client.put_object(Bucket=bucket, Key=f"photos/{key}", Body=(IMAGES_DIR / key).read_bytes())
-    for i, path in enumerate(sorted(demo_output.glob("*/data/*.parquet"))):
+    for i, path in enumerate(sorted(demo_output.glob("data/*.parquet"))):
         table = pq.read_table(path)
         meta = json.loads(table.schema.metadata[METADATA_KEY])
         meta.update(source=f"s3://{bucket}/photos", endpoint_url=s3_server.endpoint_url)

@@ -23,6 +23,7 @@ from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.schema import read_metadata
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.manifest import object_id
+from datafiles import written
 from batch_parse.storage.s3 import pyarrow_filesystem
 from corpus import EXPECTED, bad_inputs, group_jpegs, shared_dir
 
@@ -117,6 +118,14 @@ def test_s3_job_bad_inputs_incremental_and_versions(s3_server, ray_local, face_j
     again = run_job(_options(src, dst, s3_server.endpoint_url))
     assert again.rows_written == 0 and again.already_done == summary.listed and not again.new_files
 
+    # A data object rewritten with the same bytes (a sync tool, a restore): new LastModified, no row lost.
+    client = s3_server.client()
+    key = files[0].split("/", 1)[1]
+    client.put_object(Bucket="jobout", Key=key, Body=client.get_object(Bucket="jobout", Key=key)["Body"].read())
+    rewritten = run_job(_options(src, dst, s3_server.endpoint_url))
+    assert rewritten.changed_files == 1 and rewritten.rows_written == 0 and rewritten.already_done == summary.listed
+    assert _read_output(summary.output_dir, s3_server.endpoint_url)[1].num_rows == summary.rows_written
+
     # New objects, plus one deleted between listing and fetch is impossible to stage here, so:
     # only the two new ones are processed.
     _put(s3_server, bucket, {"faces/new/a.jpg": face_jpegs(8)[6], "faces/new/b.jpg": face_jpegs(8)[7]})
@@ -126,15 +135,18 @@ def test_s3_job_bad_inputs_incremental_and_versions(s3_server, ray_local, face_j
     assert table.num_rows == summary.rows_written + 2
     assert_exactly_once(table, set(faces) | set(bad) | {"faces/new/a.jpg", "faces/new/b.jpg"})
 
-    # Other weights: their own folder, the default's output untouched.
+    # Other weights: one dataset holds one model's labels, so they are refused in one line and the
+    # output is untouched; in an output of their own they label everything.
     from batch_parse.model.convert import convert_checkpoints
 
     fixture = shared_dir() / "fixtures" / "official" / "checkpoints"
     other = convert_checkpoints([fixture / "AB_like_e0de5954.pth.tar", fixture / "C_like_c1f2ab1a.pth.tar"], tmp_path / "other.safetensors")
-    fourth = run_job(_options(src, dst, s3_server.endpoint_url, model=str(other)))
-    assert fourth.output_dir != summary.output_dir and fourth.listed == summary.listed + 2 and fourth.already_done == 0
+    with pytest.raises(ValueError, match=r"^output s3://jobout/labels holds labels of stn-icnn/default@\w+; refusing other@\w+: use another output"):
+        run_job(_options(src, dst, s3_server.endpoint_url, model=str(other)))
     _, table = _read_output(summary.output_dir, s3_server.endpoint_url)
     assert table.num_rows == summary.rows_written + 2
+    fourth = run_job(_options(src, "s3://jobout/labels-other", s3_server.endpoint_url, model=str(other)))
+    assert fourth.output_dir != summary.output_dir and fourth.listed == summary.listed + 2 and fourth.already_done == 0
 
 
 def _rows_by_key(table) -> dict[str, list[dict]]:
@@ -233,18 +245,14 @@ def test_sigkill_mid_run_then_resume_is_exactly_once(face_jpegs, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
-    def committed() -> bool:
-        return any(p.stat().st_size > 0 for p in dst.glob("*/data/*.parquet"))
-
-    _kill_when(dst, proc, committed)
-    before = [p for p in dst.glob("*/data/*.parquet")]
-    assert before, "the kill happened after a commit"
+    _kill_when(dst, proc, lambda: bool(written(dst)))
+    assert written(dst), "the kill happened after a file was written"
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     done = int(resumed.stdout.split(" already done")[0].rsplit(" ", 1)[-1]) if " already done" in resumed.stdout else None
     assert done is not None and 0 < done < len(names), resumed.stdout
-    files = sorted(dst.glob("*/data/*.parquet"))
+    files = sorted(dst.glob("data/*.parquet"))
     table = pa.concat_tables([pq.read_table(p) for p in files])
     assert_exactly_once(table, set(names))
     assert sum(r["face_count"] for r in table.select(["face_count"]).to_pylist()) >= 45, "the group photos' faces are there"

@@ -19,9 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from batch_parse.cli.main import cli
-from batch_parse.model.weights import file_sha256, resolve
-from batch_parse.pipeline.job import run_job, version_folder
-from batch_parse.pipeline.options import DEFAULT_MODEL, JobOptions
+from batch_parse.pipeline.job import run_job
+from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.stages import fetch_and_decode
 from batch_parse.storage import lease
 from batch_parse.storage.fetch import FetchError, fetch_objects
@@ -31,6 +30,7 @@ from batch_parse.storage.location import parse_location
 from batch_parse.storage.manifest import object_id, read_manifest, write_manifest
 from batch_parse.storage.s3 import pyarrow_filesystem
 from batch_parse.storage.source_identity import claim_source
+from datafiles import data_file, written
 
 MAX_PIXELS = 50_000_000
 REPO = str(Path(__file__).resolve().parents[1])
@@ -188,14 +188,13 @@ def test_a_second_local_source_is_refused_in_one_line(tmp_path, monkeypatch):
     a.mkdir(), b.mkdir()
     (tmp_path / "a-link").symlink_to(a)
     fs, output = pafs.LocalFileSystem(), parse_location(str(out))
-    claim_source(fs, output, "v1", parse_location(str(a)), None)
+    claim_source(fs, output, parse_location(str(a)), None)
     monkeypatch.chdir(tmp_path)
     for same in (f"{a}/", "a", str(tmp_path / "a-link")):  # other spellings of the same folder
-        claim_source(fs, output, "v1", parse_location(same), None)
+        claim_source(fs, output, parse_location(same), None)
     with pytest.raises(ValueError) as info:
-        claim_source(fs, output, "v1", parse_location(str(b)), None)
-    assert str(info.value) == f"output {out}/v1 already holds labels of source {a}; refusing source {b}: use another output"
-    claim_source(fs, output, "v2", parse_location(str(b)), None)  # another model version: its own folder
+        claim_source(fs, output, parse_location(str(b)), None)
+    assert str(info.value) == f"output {out} already holds labels of source {a}; refusing source {b}: use another output"
 
 
 def test_a_second_s3_prefix_or_endpoint_is_refused(s3_server):
@@ -203,12 +202,12 @@ def test_a_second_s3_prefix_or_endpoint_is_refused(s3_server):
     output = parse_location(f"s3://{bucket}/out")
     fs = pyarrow_filesystem(output, s3_server.endpoint_url)
     endpoint = s3_server.endpoint_url.split("://", 1)[1]
-    claim_source(fs, output, "v1", parse_location(f"s3://{bucket}/a/"), s3_server.endpoint_url)
-    claim_source(fs, output, "v1", parse_location(f"s3://{bucket}/a"), s3_server.endpoint_url)
+    claim_source(fs, output, parse_location(f"s3://{bucket}/a/"), s3_server.endpoint_url)
+    claim_source(fs, output, parse_location(f"s3://{bucket}/a"), s3_server.endpoint_url)
     with pytest.raises(ValueError, match=rf"of source s3://{bucket}/a \(endpoint {endpoint}\); refusing source s3://{bucket}/b "):
-        claim_source(fs, output, "v1", parse_location(f"s3://{bucket}/b"), s3_server.endpoint_url)
+        claim_source(fs, output, parse_location(f"s3://{bucket}/b"), s3_server.endpoint_url)
     with pytest.raises(ValueError, match=rf"refusing source s3://{bucket}/a \(endpoint other.example:9000\)"):
-        claim_source(fs, output, "v1", parse_location(f"s3://{bucket}/a"), "http://other.example:9000")
+        claim_source(fs, output, parse_location(f"s3://{bucket}/a"), "http://other.example:9000")
 
 
 def test_run_job_refuses_another_source_before_any_work(tmp_path, face_jpegs):
@@ -216,12 +215,10 @@ def test_run_job_refuses_another_source_before_any_work(tmp_path, face_jpegs):
     for folder in (a, b):
         folder.mkdir()
         (folder / "000.jpg").write_bytes(face_jpegs(1)[0])  # the same key in both: the collision of the issue
-    model_name, weights = resolve(DEFAULT_MODEL)
-    version = version_folder(model_name, file_sha256(weights))
-    claim_source(pafs.LocalFileSystem(), parse_location(str(out)), version, parse_location(str(a)), None)
+    claim_source(pafs.LocalFileSystem(), parse_location(str(out)), parse_location(str(a)), None)
     with pytest.raises(ValueError, match=f"already holds labels of source {a}; refusing source {b}"):
         run_job(JobOptions(source=str(b), output=str(out)))
-    assert not (out / version / "_manifests").exists() and not (out / LEASE_NAME).exists()
+    assert not (out / ".batch-parse" / "manifests").exists() and not (out / LEASE_NAME).exists()
 
 
 # --- one writer per output ---------------------------------------------------------------------
@@ -309,6 +306,34 @@ def test_renewal_extends_and_a_lost_lease_fails_the_run(output):
     assert _record(location, endpoint)["token"] == "theirs"  # ours was not deleted on the way out
 
 
+def test_a_run_that_lost_its_lease_publishes_and_seals_nothing(output):
+    """The outage case: a run whose lease was taken over while it stalled must not land its staged
+    files in data/ nor write the index (fenced on a conditional renewal of the lease)."""
+    from batch_parse.output.layout import OutputLayout
+    from batch_parse.pipeline import commit
+
+    location, endpoint = output
+    layout, fs = OutputLayout(location), pyarrow_filesystem(location, endpoint)
+    staged = layout.staging_dir("run1") + "/part-0.parquet"
+    with pytest.raises(LeaseLost, match="nothing more was committed"):
+        with lease.acquire(location, endpoint) as mine:
+            mine.fence()  # held: passes
+            local = Path(REPO) / "build" / f"staged-{uuid.uuid4().hex}.parquet"
+            data_file(local, [(1, None, 0, "no_face", None)])
+            if location.is_s3:
+                with fs.open_output_stream(staged) as f:
+                    f.write(local.read_bytes())
+            else:
+                Path(staged).parent.mkdir(parents=True)
+                Path(staged).write_bytes(local.read_bytes())
+            local.unlink()
+            _forge(location, endpoint)  # another run took over while we stalled
+            commit.publish_staged(fs, layout.staging_root, layout.data_dir, mine.fence)
+    assert fs.get_file_info(staged).type == pafs.FileType.File  # left for the next holder to publish and check
+    assert commit.data_files(fs, layout.data_dir) == []
+    assert _record(location, endpoint)["token"] == "theirs"
+
+
 def test_lease_of_a_killed_process_on_this_host_is_taken_at_once(tmp_path):
     location = parse_location(str(tmp_path / "out"))
     holder = subprocess.Popen(
@@ -372,7 +397,7 @@ def _output_table(dst: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pa.concat_tables([pq.read_table(p) for p in sorted(dst.glob("*/data/*.parquet"))])
+    return pa.concat_tables([pq.read_table(p) for p in sorted(dst.glob("data/*.parquet"))])
 
 
 def test_fetch_rides_out_a_short_outage(s3_server, face_jpegs):
@@ -409,7 +434,7 @@ def test_outage_mid_run_is_retried_by_the_next_run(s3_server, face_jpegs, tmp_pa
     first = subprocess.Popen([sys.executable, "-m", "batch_parse.cli", "run", src, str(dst), *flags], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        while not any(p.stat().st_size > 0 for p in dst.glob("*/data/*.parquet")):
+        while not written(dst):
             assert first.poll() is None, first.communicate()
             time.sleep(0.1)
         s3_server.stop()
@@ -468,13 +493,11 @@ def test_leftovers_of_killed_runs_are_removed(output, tmp_path, face_jpegs):
     """What a kill mid-listing or mid-write leaves (forged: a kill cannot be timed to land there):
     a half-written manifest, a rewrite's temporary file and, on S3, an unfinished multipart upload."""
     location, endpoint = output
-    model_name, weights = resolve(DEFAULT_MODEL)
-    version = version_folder(model_name, file_sha256(weights))
     fs = pyarrow_filesystem(location, endpoint)
     src = tmp_path / "empty"
     src.mkdir()
-    partial_manifest = location.fs_path(version, "_manifests", "_partial-20300101T000000000000Z.parquet")
-    partial_rewrite = location.fs_path(version, "data", "_rewrite-0000.parquet")
+    partial_manifest = location.fs_path(".batch-parse", "manifests", "_partial-20300101T000000000000Z.parquet")
+    partial_rewrite = location.fs_path("data", "_rewrite-0000.parquet")
     for path in (partial_manifest, partial_rewrite):
         if not location.is_s3:
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -483,7 +506,7 @@ def test_leftovers_of_killed_runs_are_removed(output, tmp_path, face_jpegs):
     client = None
     if location.is_s3:
         client = s3_server_client(endpoint)
-        key = location.fs_path(version, "data", "big.parquet").split("/", 1)[1]
+        key = location.fs_path("data", "big.parquet").split("/", 1)[1]
         upload = client.create_multipart_upload(Bucket=location.bucket, Key=key)
         client.upload_part(Bucket=location.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1000)
 
@@ -548,7 +571,7 @@ def test_killed_driver_takes_its_local_ray_along(tmp_path, face_jpegs):
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": REPO}
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        while not any(p.stat().st_size > 0 for p in dst.glob("*/data/*.parquet")):
+        while not written(dst):
             assert driver.poll() is None, "the run ended before it could be killed"
             time.sleep(0.1)
         assert len(_live_processes_of_session(driver.pid)) > 3  # raylet, GCS, workers, agents
@@ -629,25 +652,6 @@ def test_outage_while_ray_starts_ends_in_one_line(s3_server, face_jpegs, tmp_pat
 # --- cost bounded by the new work: the committed index, range anti-join, fanned-out listing, object lists
 
 
-def _data_file(path: Path, rows: list[tuple]) -> None:
-    """A data file with the real schema: rows of (id, face_index or None, face_count, status, error_code)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from batch_parse.pipeline.schema import output_schema
-
-    schema = output_schema("stn-icnn/default", "0" * 64, "jpeg")
-    n = len(rows)
-    values = {
-        "id": pa.array([r[0] for r in rows], pa.int64()), "key": pa.array([f"k{r[0]}.jpg" for r in rows]),
-        "face_index": pa.array([r[1] for r in rows], pa.int32()), "face_count": pa.array([r[2] for r in rows], pa.int32()),
-        "status": pa.array([r[3] for r in rows]), "error_code": pa.array([r[4] for r in rows], pa.string()),
-        "model_version": pa.array(["m"] * n), "processed_at": pa.array([0] * n, pa.timestamp("ms", tz="UTC")),
-    }  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_arrays([values.get(f.name, pa.nulls(n, f.type)) for f in schema], schema=schema), path)
-
-
 def _all_ids(state) -> list[int]:
     from batch_parse.storage.id_ranges import ID_SPACE
 
@@ -657,27 +661,28 @@ def _all_ids(state) -> list[int]:
 def test_recovery_reads_only_what_no_index_covers(tmp_path):
     from batch_parse.pipeline import commit
 
-    data, fs = tmp_path / "v" / "data", pafs.LocalFileSystem()
-    _data_file(data / "a.parquet", [(1, 0, 2, "ok", None), (1, 1, 2, "ok", None), (2, None, 0, "no_face", None)])
-    _data_file(data / "b.parquet", [(3, None, 0, "error", "truncated"), (4, None, 0, "error", "fetch_failed"), (5, 0, 2, "ok", None)])
+    data, fs = tmp_path / "data", pafs.LocalFileSystem()
+    index = str(tmp_path / ".batch-parse" / "index")
+    data_file(data / "a.parquet", [(1, 0, 2, "ok", None), (1, 1, 2, "ok", None), (2, None, 0, "no_face", None)])
+    data_file(data / "b.parquet", [(3, None, 0, "error", "truncated"), (4, None, 0, "error", "fetch_failed"), (5, 0, 2, "ok", None)])
 
-    first = commit.recover(fs, str(data))  # an output written before indexes: every file read once
+    first = commit.recover(fs, str(data), index)  # an output written before indexes: every file read once
     assert first.scanned == 2 and first.incomplete_images == 1  # id 5 has 1 of its 2 faces
     assert _all_ids(first) == [1, 2, 3, 4] and first.retryable_kept == {"fetch_failed": 1}
-    again = commit.recover(fs, str(data))
+    again = commit.recover(fs, str(data), index)
     assert again.scanned == 0 and _all_ids(again) == [1, 2, 3, 4]  # nothing read: the index covers both files
 
-    _data_file(data / "c.parquet", [(6, None, 0, "no_face", None)])  # a new run's file
-    third = commit.recover(fs, str(data))
+    data_file(data / "c.parquet", [(6, None, 0, "no_face", None)])  # a new run's file
+    third = commit.recover(fs, str(data), index)
     assert third.scanned == 1 and _all_ids(third) == [1, 2, 3, 4, 6]
 
-    retried = commit.recover(fs, str(data), retry_errors=True)  # only b.parquet holds a retryable row
+    retried = commit.recover(fs, str(data), index, retry_errors=True)  # only b.parquet holds a retryable row
     assert retried.scanned == 1 and retried.retry_cleared == {"fetch_failed": 1} and _all_ids(retried) == [1, 2, 3, 6]
-    assert commit.recover(fs, str(data)).scanned == 0  # rewritten and sealed again
+    assert commit.recover(fs, str(data), index).scanned == 0  # rewritten and sealed again
 
-    for index in (tmp_path / "v" / "_index").iterdir():  # deleting the index is always safe
-        index.unlink()
-    rebuilt = commit.recover(fs, str(data))
+    for path in (tmp_path / ".batch-parse" / "index").iterdir():  # deleting the index is always safe
+        path.unlink()
+    rebuilt = commit.recover(fs, str(data), index)
     assert rebuilt.scanned == 3 and _all_ids(rebuilt) == [1, 2, 3, 6]
 
 
@@ -687,18 +692,19 @@ def test_index_files_are_merged_and_keep_every_id(tmp_path, monkeypatch):
 
     monkeypatch.setattr(commit, "MAX_INDEX_FILES", 3)
     monkeypatch.setattr(id_ranges, "RANGE_ROWS", 7)  # several id ranges, with these few ids
-    data, fs = tmp_path / "v" / "data", pafs.LocalFileSystem()
+    data, fs = tmp_path / "data", pafs.LocalFileSystem()
+    index = str(tmp_path / ".batch-parse" / "index")
     rng = np.random.default_rng(0)
     expected: list[int] = []
     for run in range(8):  # eight runs, one index file each, merged as they pile up
         ids = rng.integers(0, 2**63 - 1, 10).tolist()
         expected += ids
-        _data_file(data / f"run{run}.parquet", [(i, None, 0, "no_face", None) for i in ids])
-        state = commit.recover(fs, str(data))
-        assert state.scanned == 1 and len(list((tmp_path / "v" / "_index").iterdir())) <= 4
+        data_file(data / f"run{run}.parquet", [(i, None, 0, "no_face", None) for i in ids])
+        state = commit.recover(fs, str(data), index)
+        assert state.scanned == 1 and len(list((tmp_path / ".batch-parse" / "index").iterdir())) <= 4
         assert _all_ids(state) == sorted(expected)
     (data / "run3.parquet").unlink()  # a pruned data file: its ids are no longer committed
-    assert _all_ids(commit.recover(fs, str(data))) == sorted(expected[:30] + expected[40:])
+    assert _all_ids(commit.recover(fs, str(data), index)) == sorted(expected[:30] + expected[40:])
 
 
 def test_manifest_excludes_done_ids_range_by_range(tmp_path, monkeypatch):

@@ -53,7 +53,7 @@ def export_output(dst: str, out: str | os.PathLike, fmt: str, *, where: str | No
     # Here, not at the top: the CLI imports this package for FORMATS alone.
     from batch_parse.export.faces import Originals, iter_photos
     from batch_parse.export.where import parse_where
-    from batch_parse.report.reader import open_output
+    from batch_parse.output.reader import open_output
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: one of {', '.join(FORMATS)}")

@@ -1,47 +1,47 @@
 """Exactly-once output: the committed data files *are* the checkpoint; a compact index says what they hold.
 
-    OUTPUT/<version>/data/*.parquet     the labels, one row per face (schema.py)
-    OUTPUT/<version>/_index/*.parquet   (id, file) of every complete image, sorted by id; the file's
-                                        metadata names the data files it covers (name, size, mtime)
+    OUTPUT/data/*.parquet                 the labels, one row per face (schema.py)
+    OUTPUT/.batch-parse/index/*.parquet   per complete image and data file: (id, file, rows, faces), sorted
+                                          by id; the file's metadata names the data files it covers (name,
+                                          size, mtime, row count, retryable error rows)
 
 A Parquet file is readable only once its footer is written, so a data file either holds complete,
-committed rows or is an unfinished write (a job killed mid-write). Rows are faces, keyed by
-(image id, face_index), and every row of an image carries the image's face_count; an image is
-committed when all its face rows are (a block boundary may put an image's faces in two files,
-and a kill may land between them).
+committed rows or is an unfinished write. Rows are faces, keyed by (image id, face_index), and
+every row of an image carries the image's face_count; an image is complete when its rows add up
+to its face_count (one row for no_face and error images), wherever they are: a block boundary
+may put an image's faces in two files.
 
-A data file that an index lists with its current size and mtime is *covered*: it was checked
-when that index was written, and its rows are not read again. Before a run, the uncovered data
-files (a killed run's, or all of them in an output written before indexes) are checked, all
-together:
-  1. unreadable files are deleted (their rows were never committed and will be redone),
-  2. duplicate (id, face_index) rows are dropped (a write retried after it had landed),
-  3. the rows of images with only some of their faces committed are removed (redone whole),
-  4. retryable error rows (pipeline/errors.py: fetch_failed, access_denied, throttled,
-     model_failed) are removed unless the run is told not to retry them: those images are
-     redone, and their new rows never meet the old ones;
-then they are *sealed*: a new index file covers them. Covered files that hold retryable rows (the
-index counts them per file) are rewritten without them and sealed again: such a row is its
-image's only row, so nothing else needs checking. An image's faces never span a covered and an
-uncovered file, because a run writes only images the index does not hold. When a run ends, its
-own new files are checked and sealed the same way, so a finished job is verified before it
-reports success. A rewritten file has a new size and mtime: if a kill lands before it is sealed,
-it is simply uncovered, and checked again by the next run.
+A data file that an index lists with its current size and mtime is *covered*: its rows are not
+read again. Everything else is read, together with the covered files that hold any image the
+index cannot vouch for. The index cannot vouch for an image when
+  - an index entry of it points at a file that changed or is gone since it was indexed (`touch`,
+    a copy that dropped timestamps, an S3 object rewritten, a file truncated or deleted by hand),
+  - its entries disagree with each other (rows adding up to more or less than its face_count:
+    a duplicate written by a run that had lost its lease, or an index pruned by hand), or
+  - it is in a data file no index covers (new rows that may repeat committed ones).
+A covered file whose entries do not add up to its row count is read as if it were uncovered.
+For those images only, over all the files read:
+  1. unreadable files are deleted (an unfinished write: their rows were never committed),
+  2. duplicate (id, face_index) rows are dropped, the copy in a covered file kept,
+  3. the rows of images with only some of their faces present are removed (the image is redone),
+  4. retryable error rows (pipeline/errors.py) are removed when the run retries them;
+then what was read or rewritten is *sealed*: a new index file covers it, and index files that
+still mention changed files are merged without them. Every other row of a file read is trusted:
+the index vouched for its image. So a rerun converges to every image complete exactly once,
+whatever was touched, copied, truncated, pruned or deleted; deleting the index is always safe
+(every file is read once). A kill anywhere leaves files uncovered or entries stale, and the next
+run checks them again: every step is idempotent.
 
-The manifest leaves out the ids of covered files, read one id range at a time (storage/
-id_ranges.py, storage/manifest.py): memory holds one range, however long the history. Index
-files are merged once there are more than MAX_INDEX_FILES (all but the largest, unless the others
-together outweigh it), so a run opens a bounded number of them. A run's cost is its listing, a
-columnar read of ~12 bytes per committed image (in parallel), and its own new rows; it used to be
-a read of every committed data file, one after another, with ~80 bytes per id held in the driver.
-Rerunning the same command processes exactly what is missing, whatever killed the last run and
-whenever; a run with nothing new writes nothing. Deleting `_index/` is always safe: the next run
-checks every data file again and writes a new index.
+Every delete, rewrite and index write is fenced on the run's lease (storage/lease.py Lease.fence):
+a run that lost its lease commits and seals nothing more. Valid Parquet files in data/ that are not
+batch-parse output (no batch_parse metadata) are left alone and reported, never deleted.
+
+The index is read one id range at a time (storage/id_ranges.py), so memory holds one range however
+long the history; index files are merged once there are more than MAX_INDEX_FILES.
 
 Why not Ray Data's checkpointing: it is beta, keeps every id in driver memory, and its default
 `delete_checkpoint_on_success=True` re-processes everything on scheduled reruns. Here the only
 state is the output itself, which users can copy, prune or inspect without breaking resumes.
-One writer per output folder at a time is enforced by storage/lease.py (a lease the run holds).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -61,17 +61,29 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batch_parse.pipeline.errors import RETRYABLE
-from batch_parse.pipeline.schema import STATUS_ERROR
+from batch_parse.pipeline.schema import METADATA_KEY, STATUS_ERROR
 from batch_parse.storage import id_ranges
 
-INDEX_DIR = "_index"
 MAX_INDEX_FILES = 16
 SCAN_THREADS = 8  # data files read at once (S3 GETs overlap, Parquet decodes without the GIL)
-INDEX_SCHEMA = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("file", pa.int32(), nullable=False)])
+INDEX_FORMAT = 2  # 2: entries carry rows and faces, covers carry row counts; older index files are dropped
+INDEX_SCHEMA = pa.schema([
+    pa.field("id", pa.int64(), nullable=False),
+    pa.field("file", pa.int32(), nullable=False),  # position in the covers list of the file's metadata
+    pa.field("rows", pa.int32(), nullable=False),  # rows of this image in that file
+    pa.field("faces", pa.int32(), nullable=False),  # the image's face_count (0: its one no_face/error row)
+])  # fmt: skip
 _INDEX_META = b"batch_parse_index"
 _REWRITE_PREFIX = "_rewrite-"
 # Rows of no_face / error images have a null face_index and face_count 0: they are the image's one row.
 _NO_FACE = -1
+_KEY_COLUMNS = ["id", "face_index", "face_count", "status", "error_code"]
+
+Fence = Callable[[], None]
+
+
+def _unfenced() -> None:
+    """Tests and tools that work on an output no run holds."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +93,9 @@ class DataFile:
     size: int
     mtime_ns: int | None
 
-    def cover(self, retryable: Counter | None = None) -> dict:
-        return {"name": self.name, "size": self.size, "mtime_ns": self.mtime_ns, "retryable": dict(retryable or {})}
+    def cover(self, rows: int, retryable: Counter | None = None) -> dict:
+        return {"name": self.name, "size": self.size, "mtime_ns": self.mtime_ns, "rows": int(rows),
+                "retryable": dict(retryable or {})}
 
 
 @dataclass(eq=False)
@@ -90,7 +103,8 @@ class _IndexFile:
     path: str
     rows: int
     covers: list[dict]
-    valid: np.ndarray  # per covers position: that data file is there, unchanged
+    valid: np.ndarray  # per covers position: the entries vouch for their images
+    stale: np.ndarray  # per covers position: the file changed or is gone, and no newer index covers it
 
 
 @dataclass
@@ -106,7 +120,7 @@ class CommittedIndex:
 
     def ids_in_range(self, lo: int, hi: int) -> np.ndarray:
         """Sorted ids of complete images with lo <= id < hi (an id may repeat: an image in two files)."""
-        tables = id_ranges.read_ranges(self.fs, [f.path for f in self.files], lo, hi, INDEX_SCHEMA.names)
+        tables = id_ranges.read_ranges(self.fs, [f.path for f in self.files], lo, hi, ["id", "file"])
         ids = [t["id"].to_numpy()[f.valid[t["file"].to_numpy()]] for f, t in zip(self.files, tables) if t.num_rows]
         if len(ids) == 1:
             return ids[0]  # an index file is sorted by id
@@ -118,12 +132,25 @@ class CommittedIndex:
 class CommitState:
     index: CommittedIndex  # what is committed (complete images), for the manifest to leave out
     files: list[str] = field(default_factory=list)  # data files, all of them
-    scanned: int = 0  # data files whose rows were read (uncovered, or holding retryable rows)
-    removed_incomplete: list[str] = field(default_factory=list)
+    scanned: int = 0  # data files whose rows were read
+    removed_incomplete: list[str] = field(default_factory=list)  # unfinished data files deleted
     duplicates_removed: int = 0  # rows
-    incomplete_images: int = 0  # images with only some faces committed, whose rows were removed
+    incomplete_images: int = 0  # images with only some faces present, whose rows were removed
+    changed_files: int = 0  # indexed data files found changed or gone (touched, copied, truncated, deleted)
+    unvouched_images: int = 0  # images whose index entries disagreed (duplicates or missing rows)
+    foreign: list[str] = field(default_factory=list)  # valid Parquet files in data/ that are not ours (left alone)
     retry_cleared: Counter = field(default_factory=Counter)  # error_code -> retryable error rows removed to redo them
     retryable_kept: Counter = field(default_factory=Counter)  # error_code -> retryable error rows left (not retrying)
+
+
+@dataclass
+class _Keys:
+    """The key columns of one data file's rows."""
+
+    ids: np.ndarray
+    faces: np.ndarray  # face_index, _NO_FACE for an image's one no_face/error row
+    counts: np.ndarray  # face_count
+    codes: np.ndarray  # retryable error code, or None
 
 
 def data_files(fs: pafs.FileSystem, data_dir: str) -> list[str]:
@@ -135,7 +162,7 @@ def _data_files(fs: pafs.FileSystem, data_dir: str) -> dict[str, DataFile]:
     return {
         d.name: d
         for d in (DataFile(i.path, i.path[len(data_dir) + 1 :], i.size, i.mtime_ns) for i in infos)
-        if d.path.endswith(".parquet") and not d.path.rsplit("/", 1)[-1].startswith((".", "_"))
+        if d.path.endswith(".parquet") and not any(part.startswith((".", "_")) for part in d.name.split("/"))
     }
 
 
@@ -147,113 +174,225 @@ def _listing(fs: pafs.FileSystem, folder: str, recursive: bool = False) -> list[
     return [i for i in infos if i.type == pafs.FileType.File]
 
 
-def remove_partial_rewrites(fs: pafs.FileSystem, data_dir: str) -> int:
+def remove_partial_rewrites(fs: pafs.FileSystem, data_dir: str, fence: Fence = _unfenced) -> int:
     """Delete the temporary files of rewrites a kill interrupted (the data file itself is intact)."""
     partial = [i.path for i in _listing(fs, data_dir) if i.base_name.startswith(_REWRITE_PREFIX)]
+    if partial:
+        fence()
     for path in partial:
         fs.delete_file(path)
     return len(partial)
 
 
-def recover(fs: pafs.FileSystem, data_dir: str, retry_errors: bool = False) -> CommitState:
-    """Bring an output folder to a consistent state, seal what was checked, and return what it holds.
+def recover(fs: pafs.FileSystem, data_dir: str, index_dir: str, retry_errors: bool = False,
+            fence: Fence = _unfenced) -> CommitState:
+    """Bring an output to a consistent state, seal what was checked, and return what it holds.
 
     retry_errors: also remove retryable error rows (their images are then not done, and redone).
+    fence: called before every change to the output; raises if the run no longer holds its lease.
     """
-    index_dir = f"{data_dir.rsplit('/', 1)[0]}/{INDEX_DIR}"
     data = _data_files(fs, data_dir)
-    indexes = _read_indexes(fs, index_dir, data)
     state = CommitState(index=CommittedIndex(fs))
-    covered: dict[str, dict] = {}
-    for index in indexes:
-        covered.update((c["name"], c) for c, ok in zip(index.covers, index.valid) if ok)
-    uncovered = [d for name, d in sorted(data.items()) if name not in covered]
-    with_retryable = [data[name] for name, c in sorted(covered.items()) if c.get("retryable")]
-    if not retry_errors:
-        for d in with_retryable:
-            state.retryable_kept.update(covered[d.name]["retryable"])
-        with_retryable = []
+    indexes = _read_indexes(fs, index_dir, data, fence)
+    state.changed_files = sum(int(f.stale.sum()) for f in indexes)
 
-    sealed: dict[str, tuple[np.ndarray, Counter]] = {}  # data file name -> (its complete ids, retryable rows kept)
-    if uncovered:
-        sealed.update(_check(fs, uncovered, retry_errors, state))
-    for d in with_retryable:
-        sealed.update(_without_retryable(fs, d, state))
-    state.scanned = len(uncovered) + len(with_retryable)
-    if state.scanned:
-        # Files were deleted or rewritten: what the older indexes say of them no longer holds.
+    covered = {c["name"] for f in indexes for c, ok in zip(f.covers, f.valid) if ok}
+    keys = _read_all_keys(fs, [d for name, d in sorted(data.items()) if name not in covered], fence, state)
+    uncovered_ids = np.unique(np.concatenate([k.ids for k in keys.values()])) if keys else np.empty(0, np.int64)
+
+    # Which covered files hold images the index cannot vouch for; covered files whose entries do not
+    # add up to their row count are not covered after all (read in full, their images suspect).
+    while True:
+        audit = _audit(fs, indexes, uncovered_ids)
+        miscounted = [(f, i) for f, counts in zip(indexes, audit.file_rows) for i in np.flatnonzero(f.valid)
+                      if counts[i] != f.covers[i].get("rows", -1)]
+        if not miscounted:
+            break
+        for f, i in miscounted:
+            f.valid[i], f.stale[i] = False, True
+        more = [data[f.covers[i]["name"]] for f, i in miscounted if f.covers[i]["name"] in data]
+        keys.update(_read_all_keys(fs, more, fence, state))
+        uncovered_ids = np.unique(np.concatenate([uncovered_ids, *(keys[d.name].ids for d in more if d.name in keys)]))
+        state.changed_files += len(miscounted)
+    state.unvouched_images = audit.unvouched
+
+    covered_covers = {c["name"]: c for f in indexes for c, ok in zip(f.covers, f.valid) if ok}
+    pulled = set(audit.pulled)
+    if retry_errors:
+        pulled.update(name for name, c in covered_covers.items() if c.get("retryable"))
+    else:
+        for c in covered_covers.values():
+            state.retryable_kept.update(c.get("retryable") or {})
+    pulled -= set(keys)
+    pulled_keys = _read_all_keys(fs, [data[name] for name in sorted(pulled) if name in data], fence, state)
+    state.scanned = len(keys) + len(pulled_keys)
+
+    suspects = np.unique(np.concatenate([uncovered_ids, audit.suspects]))
+    # Covered files first: of two copies of a row, the one the index already counts is kept.
+    judged_files = [(data[n], k, True) for n, k in sorted(pulled_keys.items())] + [(data[n], k, False) for n, k in sorted(keys.items())]
+    sealed = _judge(fs, judged_files, suspects, retry_errors, covered_covers, fence, state)
+
+    if state.scanned or state.changed_files:
         data = _data_files(fs, data_dir)
-        indexes = _still_valid(fs, indexes, data)
-        files = [(data[name], ids, kept) for name, (ids, kept) in sorted(sealed.items()) if name in data]
+        files = [(data[name], entries, kept) for name, (entries, kept) in sorted(sealed.items()) if name in data]
         if files:
-            ids = np.concatenate([ids for _, ids, _ in files])
-            positions = np.concatenate([np.full(len(ids), i, np.int32) for i, (_, ids, _) in enumerate(files)])
-            indexes.append(_write_index(fs, index_dir, [d.cover(kept) for d, _, kept in files], [(ids, positions)]))
-    state.index = CommittedIndex(fs, _compact(fs, index_dir, indexes))
+            fence()
+            indexes.append(_write_index(fs, index_dir, [d.cover(_len_rows(e), kept) for d, e, kept in files],
+                                        [_stack_entries([e for _, e, _ in files])]))
+        indexes = _mark(fs, indexes, data)
+        indexes = _compact(fs, index_dir, indexes, fence, force=any((~f.valid).any() for f in indexes))
+    state.index = CommittedIndex(fs, _compact(fs, index_dir, indexes, fence))
     state.files = sorted(d.path for d in data.values())
     return state
 
 
-def _check(fs: pafs.FileSystem, files: list[DataFile], retry_errors: bool, state: CommitState) -> dict[str, tuple[np.ndarray, Counter]]:
-    """Steps 1-4 over `files` together; per surviving file, its complete ids and the retryable rows it keeps."""
+def _len_rows(entries: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int:
+    return int(entries[1].sum())
+
+
+@dataclass
+class _Audit:
+    suspects: np.ndarray  # ids the index cannot vouch for
+    pulled: set[str]  # covered data files holding a suspect or an uncovered id
+    file_rows: list[np.ndarray]  # per index file, per cover: rows its valid entries add up to
+    unvouched: int  # images whose valid entries disagree
+
+
+def _audit(fs: pafs.FileSystem, indexes: list[_IndexFile], uncovered_ids: np.ndarray) -> _Audit:
+    """One pass over the index, one id range at a time: what it cannot vouch for, and where those images are."""
+    suspects, pulled, unvouched = [], set(), 0
+    file_rows = [np.zeros(len(f.covers), dtype=np.int64) for f in indexes]
+    names = [np.array([c["name"] for c in f.covers], dtype=object) for f in indexes]
+    total = sum(f.rows for f in indexes)
+    for lo, hi in id_ranges.ranges(id_ranges.range_count(total)) if indexes else []:
+        tables = id_ranges.read_ranges(fs, [f.path for f in indexes], lo, hi, INDEX_SCHEMA.names)
+        ids, rows, faces, where, bad = [], [], [], [], []
+        for k, (f, t) in enumerate(zip(indexes, tables)):
+            if not t.num_rows:
+                continue
+            pos = t["file"].to_numpy()
+            valid, stale = f.valid[pos], f.stale[pos]
+            bad.append(t["id"].to_numpy()[stale])
+            file_rows[k] += np.bincount(pos[valid], weights=t["rows"].to_numpy()[valid], minlength=len(f.covers)).astype(np.int64)
+            ids.append(t["id"].to_numpy()[valid])
+            rows.append(t["rows"].to_numpy()[valid])
+            faces.append(t["faces"].to_numpy()[valid])
+            where.append(names[k][pos[valid]])
+        if not ids:
+            continue
+        ids, rows, faces, where = (np.concatenate(a) for a in (ids, rows, faces, where))
+        order = np.argsort(ids, kind="stable")
+        ids, rows, faces, where = ids[order], rows[order], faces[order], where[order]
+        disagree = np.empty(0, np.int64)
+        if len(ids):
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            total_rows = np.add.reduceat(rows, starts)
+            high, low = np.maximum.reduceat(faces, starts), np.minimum.reduceat(faces, starts)
+            disagree = ids[starts][(high != low) | (total_rows != np.maximum(high, 1))]
+        unvouched += len(disagree)
+        range_suspects = np.unique(np.concatenate([*bad, disagree])) if bad else disagree
+        suspects.append(range_suspects)
+        wanted = np.isin(ids, range_suspects) | _member(ids, uncovered_ids)
+        pulled.update(where[wanted].tolist())
+    found = np.unique(np.concatenate(suspects)) if suspects else np.empty(0, np.int64)
+    return _Audit(found.astype(np.int64), pulled, file_rows, unvouched)
+
+
+def _member(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    if not len(sorted_ids) or not len(ids):
+        return np.zeros(len(ids), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return sorted_ids[pos] == ids
+
+
+def _read_all_keys(fs: pafs.FileSystem, files: list[DataFile], fence: Fence, state: CommitState) -> dict[str, _Keys]:
+    """Key columns of `files`; unfinished files are deleted (fenced), foreign ones noted and left alone."""
     with ThreadPoolExecutor(max_workers=SCAN_THREADS) as pool:
-        keys = list(pool.map(lambda d: _read_keys(fs, d.path), files))
-    per_file = []
-    for d, k in zip(files, keys):
-        if k is None:
+        found = list(pool.map(lambda d: _read_keys(fs, d.path), files))
+    out = {}
+    for d, keys in zip(files, found):
+        if keys is None:
+            fence()
             fs.delete_file(d.path)
             state.removed_incomplete.append(d.path)
-        elif len(k[0]):
-            per_file.append((d, k))
-    if not per_file:
-        return {}
-    ids = np.concatenate([k[0] for _, k in per_file])
-    faces = np.concatenate([k[1] for _, k in per_file])
-    counts = np.concatenate([k[2] for _, k in per_file])
-    codes = np.concatenate([k[3] for _, k in per_file])
-    drop, state.duplicates_removed, incomplete_ids = rows_to_drop(ids, faces, counts)
-    state.incomplete_images = len(incomplete_ids)
-    retryable = np.not_equal(codes, None) & ~drop
-    (state.retry_cleared if retry_errors else state.retryable_kept).update(codes[retryable].tolist())
-    if retry_errors:
-        drop |= retryable
-    out, start = {}, 0
-    for d, k in per_file:
-        n = len(k[0])
-        file_drop, file_ids, file_codes = drop[start : start + n], ids[start : start + n], codes[start : start + n]
-        start += n
-        if file_drop.any():
-            _rewrite_without(fs, d.path, ~file_drop)
-        kept = ~file_drop
-        if kept.any():
-            out[d.name] = (np.unique(file_ids[kept]), Counter(c for c in file_codes[kept] if c is not None))
+        elif keys == "foreign":
+            state.foreign.append(d.path)
+        else:
+            out[d.name] = keys
     return out
 
 
-def _without_retryable(fs: pafs.FileSystem, d: DataFile, state: CommitState) -> dict[str, tuple[np.ndarray, Counter]]:
-    """A covered file rewritten without its retryable error rows; its remaining (complete) ids."""
-    with fs.open_input_file(d.path) as f:
-        table = pq.read_table(f)
-    retryable = _retryable_mask(table).to_numpy(zero_copy_only=False)
-    state.retry_cleared.update(table["error_code"].filter(pa.array(retryable)).to_pylist())
-    _rewrite_without(fs, d.path, ~retryable, table)
-    kept = table["id"].to_numpy()[~retryable]
-    return {d.name: (np.unique(kept), Counter())} if len(kept) else {}
-
-
-def _read_keys(fs: pafs.FileSystem, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """(id, face_index, face_count, retryable error code or None) of a committed file's rows, or
-    None if the file is incomplete (no valid footer)."""
+def _read_keys(fs: pafs.FileSystem, path: str) -> _Keys | str | None:
+    """The key columns of a data file; None if it is an unfinished write (no valid footer), "foreign"
+    if it is a complete Parquet file that batch-parse did not write."""
     try:
         with fs.open_input_file(path) as f:
-            table = pq.read_table(f, columns=["id", "face_index", "face_count", "status", "error_code"])
+            parquet = pq.ParquetFile(f)
+            metadata = parquet.schema_arrow.metadata or {}
+            if METADATA_KEY not in metadata or any(c not in parquet.schema_arrow.names for c in _KEY_COLUMNS):
+                return "foreign"
+            table = parquet.read(columns=_KEY_COLUMNS)
     except (pa.ArrowInvalid, OSError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowInvalid) and "Parquet" not in str(exc):
             raise  # a storage error is not evidence of an unfinished write: never delete on it
         return None
     faces = table["face_index"].fill_null(_NO_FACE).to_numpy().astype(np.int64)
     codes = pc.if_else(_retryable_mask(table), table["error_code"], None).to_numpy(zero_copy_only=False)
-    return table["id"].to_numpy(), faces, table["face_count"].to_numpy().astype(np.int64), codes
+    return _Keys(table["id"].to_numpy(), faces, table["face_count"].to_numpy().astype(np.int64), codes)
+
+
+def _judge(fs: pafs.FileSystem, files: list[tuple[DataFile, _Keys, bool]], suspects: np.ndarray, retry_errors: bool,
+           covers: dict[str, dict], fence: Fence, state: CommitState) -> dict[str, tuple[tuple, Counter]]:
+    """Steps 2-4 for the rows of suspect images in `files` (all rows of uncovered files are suspect).
+
+    Returns, per file to seal (uncovered or rewritten), its index entries and the retryable rows it keeps.
+    """
+    if not files:
+        return {}
+    ids = np.concatenate([k.ids for _, k, _ in files])
+    faces = np.concatenate([k.faces for _, k, _ in files])
+    counts = np.concatenate([k.counts for _, k, _ in files])
+    codes = np.concatenate([k.codes for _, k, _ in files])
+    judged = _member(ids, suspects)
+    drop = np.zeros(len(ids), dtype=bool)
+    sub = np.flatnonzero(judged)
+    sub_drop, state.duplicates_removed, incomplete_ids = rows_to_drop(ids[sub], faces[sub], counts[sub])
+    drop[sub[sub_drop]] = True
+    state.incomplete_images = len(incomplete_ids)
+    retryable = np.not_equal(codes, None) & ~drop
+    uncovered_rows = np.concatenate([np.full(len(k.ids), not was_covered) for _, k, was_covered in files])
+    # Retryable rows of covered files were counted from their covers already (recover).
+    (state.retry_cleared if retry_errors else state.retryable_kept).update(codes[retryable & (uncovered_rows | retry_errors)].tolist())
+    if retry_errors:
+        drop |= retryable
+    out, start = {}, 0
+    for d, k, was_covered in files:
+        n = len(k.ids)
+        file_drop, file_codes = drop[start : start + n], codes[start : start + n]
+        start += n
+        if was_covered and not file_drop.any():
+            continue  # nothing changed: its cover still vouches for it
+        if file_drop.any():
+            fence()
+            _rewrite_without(fs, d.path, ~file_drop)
+        kept = ~file_drop
+        if kept.any():
+            out[d.name] = (_entries(k.ids[kept], k.counts[kept]), Counter(c for c in file_codes[kept] if c is not None))
+    return out
+
+
+def _entries(ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, rows, faces) per image of one file's rows, sorted by id."""
+    order = np.argsort(ids, kind="stable")
+    ids, counts = ids[order], counts[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return ids[starts], np.diff(np.r_[starts, len(ids)]), counts[starts]
+
+
+def _stack_entries(per_file: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    ids = np.concatenate([e[0] for e in per_file])
+    files = np.concatenate([np.full(len(e[0]), i, np.int32) for i, e in enumerate(per_file)])
+    return ids, files, np.concatenate([e[1] for e in per_file]), np.concatenate([e[2] for e in per_file])
 
 
 def _retryable_mask(table: pa.Table) -> pa.ChunkedArray:
@@ -265,6 +404,8 @@ def rows_to_drop(ids: np.ndarray, faces: np.ndarray, counts: np.ndarray) -> tupl
     """Rows (in file order) to delete: repeats of an (id, face) seen earlier, and every row of an
     image whose rows do not add up to its face_count. Returns (mask, duplicates, incomplete ids)."""
     n = len(ids)
+    if n == 0:
+        return np.zeros(0, dtype=bool), 0, np.empty(0, np.int64)
     order = np.lexsort((np.arange(n), faces, ids))  # by id, then face, then first-written first
     sid, sface = ids[order], faces[order]
     repeat = np.zeros(n, dtype=bool)
@@ -286,10 +427,9 @@ def rows_to_drop(ids: np.ndarray, faces: np.ndarray, counts: np.ndarray) -> tupl
     return drop, duplicates, incomplete_ids
 
 
-def _rewrite_without(fs: pafs.FileSystem, path: str, keep: np.ndarray, table: pa.Table | None = None) -> None:
-    if table is None:
-        with fs.open_input_file(path) as f:
-            table = pq.read_table(f)
+def _rewrite_without(fs: pafs.FileSystem, path: str, keep: np.ndarray) -> None:
+    with fs.open_input_file(path) as f:
+        table = pq.read_table(f)
     kept = table.filter(pa.array(keep))
     if kept.num_rows == 0:
         fs.delete_file(path)
@@ -303,36 +443,53 @@ def _rewrite_without(fs: pafs.FileSystem, path: str, keep: np.ndarray, table: pa
 # --- index files ---------------------------------------------------------------------------------
 
 
-def _read_indexes(fs: pafs.FileSystem, index_dir: str, data: dict[str, DataFile]) -> list[_IndexFile]:
-    """The index files that still cover a data file; unreadable (half-written) or stale ones are deleted."""
+def _read_indexes(fs: pafs.FileSystem, index_dir: str, data: dict[str, DataFile], fence: Fence) -> list[_IndexFile]:
+    """The index files, each cover marked valid, stale or superseded; unreadable (half-written) or
+    older-format index files are deleted: the files they covered are then simply read again."""
     paths = sorted(i.path for i in _listing(fs, index_dir) if i.path.endswith(".parquet"))
 
     def footer(path: str) -> tuple[str, int, list[dict]] | None:
         try:
             with fs.open_input_file(path) as f:
                 meta = pq.read_metadata(f)
-            return path, meta.num_rows, json.loads(meta.metadata[_INDEX_META])["covers"]
-        except (pa.ArrowInvalid, KeyError, TypeError, ValueError):
-            return None  # killed while it was written: its files are uncovered, and checked again
+            record = json.loads(meta.metadata[_INDEX_META])
+            if record.get("format") != INDEX_FORMAT or meta.schema.to_arrow_schema().names != INDEX_SCHEMA.names:
+                return None
+            return path, meta.num_rows, record["covers"]
+        except (pa.ArrowInvalid, KeyError, TypeError, ValueError, AttributeError):
+            return None  # killed while it was written, or written by an older batch-parse
 
     with ThreadPoolExecutor(max_workers=SCAN_THREADS) as pool:
         footers = list(pool.map(footer, paths))
-    for path, found in zip(paths, footers):
-        if found is None:
-            fs.delete_file(path)
-    indexes = [_IndexFile(path, rows, covers, np.ones(len(covers), dtype=bool)) for path, rows, covers in filter(None, footers)]
-    return _still_valid(fs, indexes, data)
+    unusable = [path for path, found in zip(paths, footers) if found is None]
+    if unusable:
+        fence()
+    for path in unusable:
+        fs.delete_file(path)
+    indexes = [_IndexFile(path, rows, covers, np.ones(len(covers), bool), np.zeros(len(covers), bool))
+               for path, rows, covers in filter(None, footers)]
+    return _mark(fs, indexes, data, delete=False)
 
 
-def _still_valid(fs: pafs.FileSystem, indexes: list[_IndexFile], data: dict[str, DataFile]) -> list[_IndexFile]:
-    """Mark which covered files are there unchanged; delete index files that cover none any more."""
+def _mark(fs: pafs.FileSystem, indexes: list[_IndexFile], data: dict[str, DataFile], delete: bool = True) -> list[_IndexFile]:
+    """Mark each cover valid (its file is there unchanged, and no newer index covers it), superseded
+    (a newer index covers the file) or stale (the file changed or is gone since)."""
+    newest: dict[str, tuple[int, int]] = {}  # data file name -> (index position, cover position) of its newest valid cover
+    for k, index in enumerate(indexes):  # in path order = time order (names start with a UTC stamp)
+        for i, cover in enumerate(index.covers):
+            if _unchanged(cover, data.get(cover["name"])):
+                newest[cover["name"]] = (k, i)
+    for k, index in enumerate(indexes):
+        index.valid = np.array([newest.get(c["name"]) == (k, i) for i, c in enumerate(index.covers)], dtype=bool)
+        index.stale = np.array([c["name"] not in newest for c in index.covers], dtype=bool)
+    if not delete:
+        return indexes
     kept = []
     for index in indexes:
-        index.valid = np.array([_unchanged(c, data.get(c["name"])) for c in index.covers], dtype=bool)
-        if index.valid.any():
+        if index.valid.any() or index.stale.any():
             kept.append(index)
         else:
-            fs.delete_file(index.path)
+            fs.delete_file(index.path)  # every file it covers has a newer cover
     return kept
 
 
@@ -340,31 +497,39 @@ def _unchanged(cover: dict, d: DataFile | None) -> bool:
     return d is not None and d.size == cover["size"] and d.mtime_ns == cover["mtime_ns"]
 
 
-def _write_index(fs: pafs.FileSystem, index_dir: str, covers: list[dict], chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> _IndexFile:
-    """An index file covering `covers`, of the (ids, files) pairs in `chunks`: each chunk is sorted
-    here, and chunks come in increasing id ranges, so the file is sorted by id."""
+def _write_index(fs: pafs.FileSystem, index_dir: str, covers: list[dict], chunks: Iterable[tuple[np.ndarray, ...]]) -> _IndexFile:
+    """An index file covering `covers`, of the (ids, files, rows, faces) arrays in `chunks`: each chunk
+    is sorted here, and chunks come in increasing id ranges, so the file is sorted by id."""
     if isinstance(fs, pafs.LocalFileSystem):
         fs.create_dir(index_dir, recursive=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     path = f"{index_dir}/{stamp}-{uuid.uuid4().hex[:8]}.parquet"
-    schema = INDEX_SCHEMA.with_metadata({_INDEX_META: json.dumps({"covers": covers}).encode()})
+    schema = INDEX_SCHEMA.with_metadata({_INDEX_META: json.dumps({"format": INDEX_FORMAT, "covers": covers}).encode()})
     rows = 0
     with pq.ParquetWriter(path, schema, filesystem=fs) as writer:
-        for ids, files in chunks:
+        for ids, files, counts, faces in chunks:
             order = np.lexsort((files, ids))
-            table = pa.table({"id": pa.array(ids[order], pa.int64()), "file": pa.array(files[order], pa.int32())}, schema=schema)
+            table = pa.table([pa.array(a[order], f.type) for a, f in zip((ids, files, counts, faces), INDEX_SCHEMA)], schema=schema)
             writer.write_table(table, row_group_size=id_ranges.ROW_GROUP_ROWS)
             rows += len(ids)
-    return _IndexFile(path, rows, covers, np.ones(len(covers), dtype=bool))
+    n = len(covers)
+    return _IndexFile(path, rows, covers, np.ones(n, bool), np.zeros(n, bool))
 
 
-def _compact(fs: pafs.FileSystem, index_dir: str, indexes: list[_IndexFile]) -> list[_IndexFile]:
-    """Merge index files once there are more than MAX_INDEX_FILES, one id range at a time."""
-    if len(indexes) <= MAX_INDEX_FILES:
+def _compact(fs: pafs.FileSystem, index_dir: str, indexes: list[_IndexFile], fence: Fence, force: bool = False) -> list[_IndexFile]:
+    """Merge index files, one id range at a time, keeping only valid covers: once there are more than
+    MAX_INDEX_FILES (all but the largest, unless the others together outweigh it), or, with `force`,
+    every index file that mentions a cover no longer valid."""
+    if force:
+        merge = [f for f in indexes if (~f.valid).any()]
+        if not merge:
+            return indexes
+    elif len(indexes) <= MAX_INDEX_FILES:
         return indexes
-    ordered = sorted(indexes, key=lambda f: f.rows)
-    largest, rest = ordered[-1], ordered[:-1]
-    merge = ordered if sum(f.rows for f in rest) >= largest.rows else rest
+    else:
+        ordered = sorted(indexes, key=lambda f: f.rows)
+        largest, rest = ordered[-1], ordered[:-1]
+        merge = ordered if sum(f.rows for f in rest) >= largest.rows else rest
     covers: list[dict] = []
     position: dict[str, int] = {}
     remaps = []
@@ -381,18 +546,109 @@ def _compact(fs: pafs.FileSystem, index_dir: str, indexes: list[_IndexFile]) -> 
     def chunks():
         for lo, hi in id_ranges.ranges(id_ranges.range_count(sum(f.rows for f in merge))):
             tables = id_ranges.read_ranges(fs, [f.path for f in merge], lo, hi, INDEX_SCHEMA.names)
-            ids, files = [], []
+            parts = []
             for table, remap in zip(tables, remaps):
                 mapped = remap[table["file"].to_numpy()]
-                ids.append(table["id"].to_numpy()[mapped >= 0])
-                files.append(mapped[mapped >= 0])
-            ids, files = np.concatenate(ids), np.concatenate(files)
-            order = np.lexsort((files, ids))
-            ids, files = ids[order], files[order]
-            first = np.r_[True, (ids[1:] != ids[:-1]) | (files[1:] != files[:-1])]  # a file covered twice: once
-            yield ids[first], files[first]
+                keep = mapped >= 0
+                parts.append((table["id"].to_numpy()[keep], mapped[keep], table["rows"].to_numpy()[keep], table["faces"].to_numpy()[keep]))
+            yield tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
 
-    merged = _write_index(fs, index_dir, covers, chunks())
+    fence()
+    merged = [_write_index(fs, index_dir, covers, chunks())] if covers else []
     for index in merge:
         fs.delete_file(index.path)
-    return [f for f in indexes if all(f is not m for m in merge)] + [merged]
+    return [f for f in indexes if all(f is not m for m in merge)] + merged
+
+
+# --- staged writes -------------------------------------------------------------------------------
+
+
+def publish_staged(fs: pafs.FileSystem, staging: str, data_dir: str, fence: Fence = _unfenced,
+                   writing: bool = False) -> tuple[int, int]:
+    """Move the complete data files under `staging` into `data_dir`, each move fenced on the lease;
+    delete the unfinished ones (no footer: their rows were never committed), unless the run is still
+    `writing` them (a publish while the run labels). Returns (moved, deleted).
+
+    A run's Ray workers write into its own staging folder, so nothing it writes is in the dataset
+    until the run, still holding its lease, publishes it; leftover staging of a killed (or fenced
+    off) run is published by the next run and then checked like any file no index covers.
+    """
+    moved = deleted = 0
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(data_dir, recursive=True)
+    taken = set(_data_files(fs, data_dir))
+    for info in sorted(_listing(fs, staging, recursive=True), key=lambda i: i.path):
+        if not info.path.endswith(".parquet"):
+            continue
+        try:
+            with fs.open_input_file(info.path) as f:
+                pq.read_metadata(f)
+            complete = True
+        except pa.ArrowInvalid:
+            complete = False
+        except FileNotFoundError:
+            continue  # published meanwhile by the run it belongs to
+        if not complete and writing:
+            continue  # a worker is writing it now
+        fence()
+        if not complete:
+            fs.delete_file(info.path)
+            deleted += 1
+            continue
+        name = info.base_name
+        if name in taken:  # Ray names files by a write uuid: never seen, but never overwrite a committed file
+            name = f"{uuid.uuid4().hex[:8]}-{name}"
+        try:
+            fs.move(info.path, f"{data_dir}/{name}")
+        except FileNotFoundError:
+            continue
+        taken.add(name)
+        moved += 1
+    if not writing:
+        _remove_empty_dirs(fs, staging)
+    return moved, deleted
+
+
+class Publisher:
+    """Publishes a run's staged files into data/ every `every_s` seconds while it labels, so a long
+    run's rows show up as it goes (and a kill loses nothing: the next run publishes the rest).
+    Use as a context manager around the labelling; a lost lease stops it (the run's final, fenced
+    publish then raises)."""
+
+    def __init__(self, fs: pafs.FileSystem, staging: str, data_dir: str, fence: Fence, every_s: float = 10.0):
+        import threading
+
+        self.fs, self.staging, self.data_dir, self.fence, self.every_s = fs, staging, data_dir, fence, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="batch-parse-publish", daemon=True)
+        self.error: BaseException | None = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                publish_staged(self.fs, self.staging, self.data_dir, self.fence, writing=True)
+            except Exception as exc:  # noqa: BLE001 - a blip or a lost lease: the final publish decides
+                self.error = exc
+                if type(exc).__name__ == "LeaseLost":
+                    return
+
+    def __enter__(self) -> Publisher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _remove_empty_dirs(fs: pafs.FileSystem, folder: str) -> None:
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+    except FileNotFoundError:
+        return
+    if any(i.type == pafs.FileType.File for i in infos):
+        return
+    try:
+        fs.delete_dir(folder)
+    except OSError:
+        pass

@@ -1,14 +1,13 @@
 """The labeling job: list the source, skip what is committed, then one Ray Data chain to Parquet.
 
-    OUTPUT/<model-version>/data/*.parquet        the labels (schema.py), one row per face
-    OUTPUT/<model-version>/_manifests/*.parquet  what each run set out to do (id, key, size, etag)
-    OUTPUT/<model-version>/_index/*.parquet      which images the data files hold complete (commit.py)
-    OUTPUT/<model-version>/_source.json          the one source these labels are of (source_identity.py)
-    OUTPUT/_lease.json                           the run writing to OUTPUT now (lease.py)
+    OUTPUT/data/*.parquet           the labels (schema.py), one row per face: the dataset
+    OUTPUT/.batch-parse/            control state (output/layout.py): lease, source and model
+                                    records, index, manifests, staging
 
-Each model version (name + weights hash) has its own folder, so a rerun with other weights never
-mixes with earlier output. Resume and incremental runs come from commit.py: the rows already
-in the data folder are the checkpoint.
+Under the run's lease: move a legacy layout (migrate.py), publish and check what killed runs left
+(commit.py), list the source leaving out what is committed, label into the run's staging folder,
+then publish the new files into data/ and check and seal them, every commit fenced on the lease.
+Resume and incremental runs come from commit.py: the rows already in data/ are the checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch_parse.model.weights import file_sha256, resolve
-from batch_parse.pipeline import commit, ray_reaper, stages
+from batch_parse.output.layout import OutputLayout
+from batch_parse.pipeline import commit, migrate, ray_reaper, stages
 from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.progress import ProgressCounter, ProgressPrinter
 from batch_parse.pipeline.schema import output_schema
@@ -36,10 +36,8 @@ from batch_parse.storage.listing import iter_objects
 from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.manifest import remove_partial_manifests, write_manifest
 from batch_parse.storage.s3 import StorageError, abort_unfinished_uploads, check_access, describe_error, pyarrow_filesystem
+from batch_parse.storage.model_identity import claim_model
 from batch_parse.storage.source_identity import claim_source
-
-def version_folder(model_name: str, sha256: str) -> str:
-    return f"{model_name.replace('/', '-')}-{sha256[:8]}"
 
 
 def connect_ray() -> None:
@@ -90,33 +88,40 @@ def run_job(options: JobOptions) -> JobSummary:
     model_name, weights_path = resolve(options.model)
     sha = file_sha256(weights_path)
     model_version = f"{model_name}@{sha[:8]}"
-    version = version_folder(model_name, sha)
     fs = pyarrow_filesystem(output, options.endpoint_url)
-    with lease.acquire(output, options.endpoint_url):
-        claim_source(fs, output, version, source, options.endpoint_url)
-        return _run_on_output(options, fs, source, output, version, model_version, sha)
+    layout = OutputLayout(output)
+    with lease.acquire(output, options.endpoint_url) as held:
+        summary = JobSummary(output_dir=layout.data_uri, model_version=model_version)
+        summary.migrated = migrate.migrate(fs, layout, sha, held.fence)
+        claim_source(fs, output, source, options.endpoint_url)
+        claim_model(fs, output, model_version, sha)
+        return _run_on_output(options, fs, source, output, layout, model_version, sha, held.fence, summary)
 
 
-def _run_on_output(options: JobOptions, fs, source: Location, output: Location, version: str, model_version: str,
-                   sha: str) -> JobSummary:
-    """Recover, list, label, verify: everything done to the output, under run_job's lease."""
-    data_dir = output.fs_path(version, "data")
-    summary = JobSummary(output_dir=output.join(version, "data"), model_version=model_version)
-
+def _run_on_output(options: JobOptions, fs, source: Location, output: Location, layout: OutputLayout, model_version: str,
+                   sha: str, fence: commit.Fence, summary: JobSummary) -> JobSummary:
+    """Recover, list, label, publish, verify: everything done to the output, under run_job's lease."""
+    data_dir, index_dir = layout.data_dir, layout.index_dir
     t0 = time.time()
-    manifests_dir = output.fs_path(version, "_manifests")
-    # What a killed run left half written: partial manifests and rewrites, unfinished S3 uploads.
-    summary.leftovers_removed = remove_partial_manifests(fs, manifests_dir) + commit.remove_partial_rewrites(fs, data_dir)
+    manifests_dir = layout.manifests_dir
+    # What a killed run left half written: partial manifests and rewrites, unfinished S3 uploads;
+    # what it had labelled but not published is published now, and checked below.
+    summary.leftovers_removed = remove_partial_manifests(fs, manifests_dir) + commit.remove_partial_rewrites(fs, data_dir, fence)
     if output.is_s3:
         summary.leftovers_removed += abort_unfinished_uploads(output, options.endpoint_url)
+    adopted, unfinished = commit.publish_staged(fs, layout.staging_root, data_dir, fence)
+    summary.adopted_files, summary.leftovers_removed = adopted, summary.leftovers_removed + unfinished
     with summary.timed("recovery"):
-        before = commit.recover(fs, data_dir, retry_errors=options.retry_errors)
+        before = commit.recover(fs, data_dir, index_dir, retry_errors=options.retry_errors, fence=fence)
     summary.recovered_incomplete = len(before.removed_incomplete)
     summary.duplicates_removed = before.duplicates_removed
     summary.incomplete_images_redone = before.incomplete_images
+    summary.changed_files, summary.unvouched_images = before.changed_files, before.unvouched_images
+    summary.foreign_files = [layout.location.join("data", p[len(data_dir) + 1 :]) for p in before.foreign]
     summary.retried, summary.not_retried = before.retry_cleared, before.retryable_kept
     summary.data_files, summary.data_files_read = len(before.files), before.scanned
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    run_id = f"{stamp}-{os.getpid()}"
     manifest_path = f"{manifests_dir}/{stamp}.parquet"
     listing = iter_objects(source, options.endpoint_url, fan_out=True, object_list=options.object_list)
     manifest = write_manifest(listing, manifest_path, fs, committed=before.index)
@@ -128,11 +133,13 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
         summary.seconds = time.time() - t0
         return summary
 
-    with summary.timed("labelling"):
-        _label(options, fs, manifest_path, data_dir, model_version, sha, manifest.written, [output, source])
+    staging = layout.staging_dir(run_id)
+    with summary.timed("labelling"), commit.Publisher(fs, staging, data_dir, fence):
+        _label(options, fs, manifest_path, staging, model_version, sha, manifest.written, [output, source])
 
     with summary.timed("check"):
-        after = commit.recover(fs, data_dir)  # checks and seals this run's new files
+        commit.publish_staged(fs, staging, data_dir, fence)
+        after = commit.recover(fs, data_dir, index_dir, fence=fence)  # checks and seals this run's new files
     summary.duplicates_removed += after.duplicates_removed
     summary.new_files = sorted(set(after.files) - set(before.files))
     _count_rows(summary, fs, summary.new_files)
@@ -147,7 +154,6 @@ def _label(options: JobOptions, fs, manifest_path: str, data_dir: str, model_ver
     Storage failures that stop it (S3 down while Ray started, or while writing) end as one
     StorageError line naming the store, not as a Ray traceback.
     """
-    import ray
 
     connect_ray()
     for location in locations:  # S3 may have gone while Ray started (seconds): say so before Ray Data does

@@ -94,7 +94,7 @@ COLUMN_DOCS: dict[str, str] = {
     "<part>_window": "The part's window as 4 corners [x, y] in original pixels (top-left, top-right, bottom-right, bottom-left of the upright crop): a rotated rectangle when the face was tilted.",
     "<part>_confidence": "Mean stage-2 max class probability over the window pixels labelled as the part, 0..1 (0 = part not found in its window).",
     "pixels_<class>": "Number of pixels of this face's label map with that class (background counts only the face's region). Classes: " + ", ".join(CLASS_NAMES) + ".",
-    "model_version": "Model name and weights hash, e.g. `stn-icnn/default@1a2b3c4d`; output of each version lives in its own folder.",
+    "model_version": "Model name and weights hash, e.g. `stn-icnn/default@1a2b3c4d`; one output holds one model's labels (`.batch-parse/model.json`).",
     "processed_at": "UTC time the row was produced.",
 }
 

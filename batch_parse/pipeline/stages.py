@@ -29,6 +29,7 @@ import pyarrow as pa
 from PIL import Image
 
 from batch_parse.labels import CLASS_NAMES, PART_NAMES
+from batch_parse.output.codec import encode_png
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_FETCH_ATTEMPTS, DEFAULT_MAX_BYTES, JobOptions
 from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
@@ -220,18 +221,11 @@ def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
     return out
 
 
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    # Level 1: label maps are mostly one value and compress well anyway; speed matters more.
-    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def _crop_bytes(crop: np.ndarray, fmt: str, quality: int) -> bytes | None:
     if crop.size == 0:
         return None
     if fmt == "png":
-        return _png(crop)
+        return encode_png(crop)
     buf = io.BytesIO()
     Image.fromarray(crop).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -266,7 +260,7 @@ def encode_rows(batch: dict[str, np.ndarray], schema: pa.Schema, model_version: 
         "transform": per_face(batch["transform"].tolist()),
         "aligned_width": per_face(batch["aligned_size"][:, 0].tolist()),
         "aligned_height": per_face(batch["aligned_size"][:, 1].tolist()),
-        "label_map": [_png(m) if good and m.size else None for good, m in zip(ok, batch["label_map"])],
+        "label_map": [encode_png(m) if good and m.size else None for good, m in zip(ok, batch["label_map"])],
         "label_map_x": per_face(batch["label_offset"][:, 0].tolist()),
         "label_map_y": per_face(batch["label_offset"][:, 1].tolist()),
     }

@@ -35,6 +35,31 @@ class JobSummary:
     leftovers_removed: int = 0  # partial manifests, partial rewrites and unfinished S3 uploads of killed runs
     retried: Counter = field(default_factory=Counter)  # error_code -> images of earlier runs' retryable errors, redone now
     not_retried: Counter = field(default_factory=Counter)  # error_code -> earlier retryable errors left (--no-retry-errors)
+    migrated: int = 0  # files moved from a batch-parse <= 0.4 layout (pipeline/migrate.py)
+    adopted_files: int = 0  # complete data files a killed or fenced-off run had labelled but not published
+    changed_files: int = 0  # indexed data files found changed or gone since (touched, copied, truncated, deleted)
+    unvouched_images: int = 0  # images whose index entries disagreed (duplicates or missing rows): re-checked
+    foreign_files: list[str] = field(default_factory=list)  # Parquet files in data/ not written by batch-parse
+
+    def integrity_lines(self) -> list[str]:
+        """What the run found changed in the output since it was last sealed, and did about it."""
+        out = []
+        if self.migrated:
+            out.append(f"migrated: moved {self.migrated} file(s) of an older batch-parse layout into data/ and .batch-parse/")
+        if self.adopted_files:
+            out.append(f"recovered: published {self.adopted_files} complete data file(s) an interrupted run had not published")
+        if self.changed_files:
+            out.append(f"checked:  {self.changed_files} indexed data file(s) changed or gone since indexed (touched, copied, "
+                       "truncated or deleted): their images re-checked")
+        if self.unvouched_images:
+            out.append(f"checked:  {self.unvouched_images} image(s) whose index entries disagreed (duplicates or missing rows): re-checked")
+        if self.duplicates_removed:
+            out.append(f"recovered: removed {self.duplicates_removed} duplicate (id, face_index) row(s)")
+        if self.foreign_files:
+            examples = ", ".join(self.foreign_files[:3])
+            out.append(f"ignored:  {len(self.foreign_files)} Parquet file(s) in data/ not written by batch-parse (left as they are), "
+                       f"e.g. {examples}")
+        return out
 
     @contextmanager
     def timed(self, phase: str):
@@ -81,6 +106,7 @@ class JobSummary:
         if self.not_retried:
             out.append(f"not retried: {sum(self.not_retried.values())} image(s) of earlier runs with errors that can pass "
                        f"({_codes(self.not_retried)}): --no-retry-errors")
+        out.extend(self.integrity_lines())
         out.append(self.timing_line())
         if self.rows_written == 0:
             out.append("nothing new to label: no files written")

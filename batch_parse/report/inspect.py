@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, PART_NAMES
 from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
-from batch_parse.report.reader import Output, open_output
+from batch_parse.output.reader import Output, open_output
 
 CONFIDENCE_COLUMNS = tuple(f"{p}_confidence" for p in PART_NAMES)
 PIXEL_COLUMNS = tuple(f"pixels_{c}" for c in CLASS_NAMES)

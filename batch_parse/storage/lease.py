@@ -1,6 +1,6 @@
 """One writer per output: a lease file in the output folder, created atomically and renewed while its run lives.
 
-    OUTPUT/_lease.json    {"holder": "host h, pid 12, started ...", "expires_unix": ..., "token": ...}
+    OUTPUT/.batch-parse/lease.json    {"holder": "host h, pid 12, started ...", "expires_unix": ..., "token": ...}
 
 Creating it is atomic: on S3 a PUT with `If-None-Match: *` (only one creator gets 200, the others
 412), locally a hard link of a fully written temporary file (link fails if the name exists;
@@ -32,10 +32,11 @@ from datetime import datetime, timezone
 
 import botocore.exceptions as boto_errors
 
+from batch_parse.output.layout import STATE_DIR
 from batch_parse.storage.location import Location
 from batch_parse.storage.s3 import StorageError, describe_error, s3_client
 
-LEASE_NAME = "_lease.json"
+LEASE_NAME = f"{STATE_DIR}/lease.json"  # relative to the output (output/layout.py)
 # A crashed run on another host blocks the output this long; renewals come every third of it, so
 # a driver would have to stall for two renewals (80 s) before its lease could be taken.
 DEFAULT_TTL_S = 120.0
@@ -138,6 +139,26 @@ class Lease:
                     return False
             self.version = version
             return True
+
+    def fence(self) -> None:
+        """Prove that this run holds the lease now, or raise LeaseLost: called before every write that
+        commits or seals (publishing data files, rewriting them, writing the index).
+
+        The proof is a conditional renewal, the store's own compare-and-swap: it succeeds only if the
+        lease is still the version we wrote last, and it extends the lease, so no other run can take
+        it over for ttl_s after it. A writer that lost its lease (an outage longer than the lease)
+        therefore stops before committing anything. What no object store can fence is a writer that
+        stalls for over ttl_s between this check and its write; the next run's cross-check of the
+        data against the index (commit.py) removes any duplicate such a stall could leave.
+        """
+        try:
+            held = self.renew()
+        except (StorageError, OSError) as exc:
+            raise LeaseLost(f"cannot confirm the lease on {self.output.uri} before committing ({exc}); nothing more "
+                            "was committed: rerun the same command to finish") from exc
+        if not held:
+            raise LeaseLost(f"lost the lease on {self.output.uri} to {self.lost_to} (this run stalled past the lease's "
+                            "expiry); nothing more was committed: rerun the same command to check and finish the output")
 
     def release(self) -> None:
         self._stop.set()
@@ -300,9 +321,9 @@ class _LocalStore:
     """
 
     def __init__(self, output: Location):
-        self.folder = output.path
-        self.where = os.path.join(self.folder, LEASE_NAME)
-        self.lock_path = os.path.join(self.folder, "_lease.lock")
+        self.folder = os.path.join(output.path, STATE_DIR)
+        self.where = os.path.join(output.path, LEASE_NAME)
+        self.lock_path = os.path.join(self.folder, "lease.lock")
 
     def read(self) -> tuple[bytes, str] | None:
         try:

@@ -1,6 +1,6 @@
 """One source per output: the output records the source it labels and refuses any other.
 
-    OUTPUT/<model-version>/_source.json   {"source": "s3://bucket/prefix", "endpoint": "host:port"}
+    OUTPUT/.batch-parse/source.json   {"source": "s3://bucket/prefix", "endpoint": "host:port"}
 
 Ids are a hash of the key relative to the source, so two sources share keys (`000.jpg`) and ids;
 labelling folder B into folder A's output would skip B's `000.jpg` as done and keep A's labels
@@ -15,9 +15,8 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from batch_parse.output.layout import STATE_DIR, OutputLayout
 from batch_parse.storage.location import Location
-
-SOURCE_FILE = "_source.json"
 
 
 def canonical_source(source: Location, endpoint_url: str | None) -> dict:
@@ -29,18 +28,18 @@ def canonical_source(source: Location, endpoint_url: str | None) -> dict:
     return {"source": os.path.realpath(source.path), "endpoint": None}
 
 
-def claim_source(fs: pafs.FileSystem, output: Location, version: str, source: Location, endpoint_url: str | None) -> None:
+def claim_source(fs: pafs.FileSystem, output: Location, source: Location, endpoint_url: str | None) -> None:
     """Record `source` as the output's source on first use; ValueError (one line) if another is recorded.
 
     Outputs written before sources were recorded adopt the first source that runs on them.
     """
-    path = output.fs_path(version, SOURCE_FILE)
+    path = OutputLayout(output).source_file
     mine = canonical_source(source, endpoint_url)
     try:
         with fs.open_input_stream(path) as f:
             recorded = json.loads(f.read())
     except ValueError:
-        raise ValueError(f"{output.join(version, SOURCE_FILE)} is not a source record: remove it to record this run's source") from None
+        raise ValueError(f"{output.join(STATE_DIR, 'source.json')} is not a source record: remove it to record this run's source") from None
     except FileNotFoundError:
         if isinstance(fs, pafs.LocalFileSystem):
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -50,7 +49,7 @@ def claim_source(fs: pafs.FileSystem, output: Location, version: str, source: Lo
     theirs = {"source": recorded.get("source"), "endpoint": recorded.get("endpoint")}
     if theirs != mine:
         raise ValueError(
-            f"output {output.join(version)} already holds labels of source {_describe(theirs)}; "
+            f"output {output.uri} already holds labels of source {_describe(theirs)}; "
             f"refusing source {_describe(mine)}: use another output"
         )
 

@@ -1,8 +1,9 @@
 """Finds and reads a job's output Parquet files (local folder or S3), only the columns asked for.
 
-The output is `DST/<model version folder>/data/*.parquet`, but nothing here relies on folder
-names: every `*.parquet` under DST counts (names starting with '_' or '.' are skipped: Ray's
-checkpoints, temporary and hidden files), and rows say their own model_version.
+The output is `DST/data/*.parquet` (output/layout.py; `DST/<model version folder>/data` before
+0.5), but nothing here relies on folder names: every `*.parquet` under DST counts (names starting
+with '_' or '.' are skipped: control state, Ray's temporary and hidden files), files without
+batch-parse metadata are set aside as foreign, and rows say their own model_version.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class OutputFile:
     path: str  # as the filesystem spells it ('bucket/key' on S3)
     metadata: dict  # schema.read_metadata of the file
     num_rows: int
+    schema: pa.Schema | None = None
 
 
 @dataclass
@@ -99,7 +101,7 @@ def open_output(dst: str, endpoint_url: str | None = None) -> Output:
         except pa.ArrowInvalid:
             return path  # not Parquet despite the name
         try:
-            return OutputFile(path, read_metadata(schema), num_rows)
+            return OutputFile(path, read_metadata(schema), num_rows, schema)
         except ValueError:
             return path
 
