@@ -49,12 +49,14 @@ import torch
 import torch.nn.functional as F
 
 from batch_parse.faces import mtcnn
+from batch_parse.faces.policy import DETECTOR_DEFAULTS, DETECTORS
 
-DETECTORS = ("mtcnn",)
+# The detectors known and their defaults live in policy.py (torch-free, so a job spec is checked
+# without loading torch); MTCNN's are the ones measured above.
 # min_face is the side of the smallest P-Net window searched, in photo pixels; a window holds a
 # face with some margin, so detected boxes come out down to about 0.4 x min_face.
-DEFAULT_MIN_FACE = 20
-DEFAULT_THRESHOLD = 0.9  # O-Net score; see "Why MTCNN" above
+DEFAULT_MIN_FACE = DETECTOR_DEFAULTS["mtcnn"].min_face
+DEFAULT_THRESHOLD = DETECTOR_DEFAULTS["mtcnn"].threshold  # O-Net score; see "Why MTCNN" above
 PYRAMID_FACTOR = 0.709  # each level's side over the last: about 1/sqrt(2), two levels per octave
 PNET_THRESHOLD = 0.6
 RNET_THRESHOLD = 0.7
