@@ -189,13 +189,18 @@ def inspect(dst: str, endpoint_url: str | None) -> None:
 @click.argument("dst")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("batch-parse-render"),
               show_default=True, help="Folder for the overlays and index.html.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Images to render (the least confident first).")
-@click.option("--endpoint-url", help="S3-compatible endpoint.  [default: AWS]")
-def render(dst: str, out_dir: Path, limit: int, endpoint_url: str | None) -> None:
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Faces to draw, least confident (lowest parse score) first; a group photo is drawn once more whole. "
+                   "Up to as many images without a face and error rows are listed.")
+@click.option("--where", help="Show only rows matching COLUMN OP VALUE clauses joined by 'and', as `export --where`, "
+                              "e.g. \"face_score >= 0.99 and mouth_confidence < 0.8\".")
+@click.option("--min-face", type=click.FloatRange(min=0), help="Skip faces whose box is smaller than PX pixels on its shorter side.")
+@click.option("--endpoint-url", show_default="AWS", help="S3-compatible endpoint.")
+def render(dst: str, out_dir: Path, limit: int, where: str | None, min_face: float | None, endpoint_url: str | None) -> None:
     """Draw label overlays of an output as an HTML page."""
     from batch_parse.report.render import render_output
 
-    index = render_output(dst, out_dir, limit, endpoint_url)
+    index = render_output(dst, out_dir, limit, endpoint_url, where=where, min_face=min_face)
     echo(f"wrote {index}")
 
 
