@@ -286,3 +286,17 @@ def test_spec_checks_load_neither_torch_nor_ray(tmp_path: Path):
             f"print(validate_job_spec({str(path)!r})); print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout.splitlines()
     assert out == ["[\"detector: unknown face detector 'retinaface'; known: mtcnn\"]", "[]"]
+
+
+def test_the_actor_refuses_a_bad_policy_before_loading_anything():
+    from batch_parse.faces.policy import InferencePolicy
+    from batch_parse.pipeline.stages import FaceParseActor
+
+    with pytest.raises(ValueError, match=r"^detector: unknown face detector 'retinaface'; known: mtcnn; detector_threshold: must be in \(0, 1\), got 1.5$"):
+        FaceParseActor("no-such-model", "cpu", 1, policy=InferencePolicy(detector="retinaface", detector_threshold=1.5))
+
+
+def test_policy_metadata_nulls_the_detector_for_whole_images():
+    options = JobOptions(source="/a", output="/b", faces="whole-image", min_face=40)
+    assert options.policy.metadata() == {"faces": "whole-image", "detector": None, "min_face": None, "detector_threshold": None}
+    assert JobOptions(source="/a", output="/b", min_face=40).policy.detect_kwargs() == {"min_face": 40, "threshold": 0.9}
