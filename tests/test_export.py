@@ -291,6 +291,21 @@ def test_labelstudio_tasks_decode_with_label_studio_converter(demo_output, truth
     assert len(list(layers.iterdir())) == sum(len(t.instances) for t in truth.values())
 
 
+def test_labelstudio_tasks_pass_label_studio_sdk_validation(demo_output, tmp_path):
+    """label-studio-sdk's LabelInterface checks the config, each task's data and each prediction (scores, labels, values)."""
+    interface = pytest.importorskip("label_studio_sdk.label_interface")
+    out = tmp_path / "ls-sdk"
+    export_output(str(demo_output), out, "labelstudio")
+    config = interface.LabelInterface((out / "labeling_config.xml").read_text())
+    config.validate()
+    tasks = json.loads((out / "tasks.json").read_text())
+    for task in tasks:
+        assert config.validate_task({"data": task["data"]}), task["data"]["key"]
+        (prediction,) = task["predictions"]
+        assert config.validate_prediction(prediction, return_errors=True) == [], task["data"]["key"]
+        assert 0 < prediction["score"] <= 1 and all(0 <= r["score"] <= 1 for r in prediction["result"])
+
+
 def test_hf_parquet_loads_with_datasets(demo_output, truth, tmp_path):
     import datasets
 
