@@ -568,3 +568,42 @@ def test_the_run_records_its_inference_policy(demo_output):
     mtcnn = DETECTOR_DEFAULTS["mtcnn"]
     assert {k: meta[k] for k in ("faces", "detector", "min_face", "detector_threshold")} == {
         "faces": "all", "detector": "mtcnn", "min_face": mtcnn.min_face, "detector_threshold": mtcnn.threshold}  # fmt: skip
+
+
+def test_whole_image_faces_export_without_landmarks_or_detector_score(tmp_path):
+    """`--faces whole-image` rows (no landmarks, no detector score, the box is the image) export in every format."""
+    from pycocotools.coco import COCO
+
+    from batch_parse.export import ExportResult, coco, fiftyone, hf, labelstudio
+
+    label_map = np.zeros((6, 8), np.uint8)
+    label_map[1:3, 1:4] = 3  # eye_1
+    label_map[4, 2:6] = 6  # upper_lip
+    confidences = (0.0, 0.0, 0.8, 0.0, 0.0, 0.5)  # four parts not found
+    face = Face(0, None, np.array([-0.5, -0.5, 7.5, 5.5]), None, label_map, 0, 0,
+                columns={"label_map": None, **{f"{p}_{c}": None for p in PART_NAMES for c in ("crop", "box", "confidence")}},
+                confidences=confidences)  # fmt: skip
+    photo = Photo(7, "crop.jpg", 8, 6, "ok", "m@1", None, None, [face], size=123)
+    assert face.parse_score == pytest.approx(1.3 / 6) and face.parts_found == 2 and face.size == 6
+
+    out = tmp_path / "coco"
+    out.mkdir()
+    coco.export([photo], out, None, ExportResult("coco", out))
+    loaded = COCO(str(out / "annotations.json"))
+    (ann,) = loaded.loadAnns(loaded.getAnnIds(catIds=loaded.getCatIds(catNms=["face"])))
+    assert ann["num_keypoints"] == 0 and ann["keypoints"] == [0.0] * 15 and ann["bbox"] == [0.0, 0.0, 8.0, 6.0]
+    assert ann["score"] == pytest.approx(1.3 / 6) and loaded.annToMask(ann).sum() == 10
+    scores = {a["category_id"]: a["score"] for a in loaded.loadAnns(loaded.getAnnIds(catIds=[3, 6]))}
+    assert scores == pytest.approx({3: 0.8, 6: 0.5})
+
+    task, parts = labelstudio._task(photo, None)
+    assert parts == 2 and task["data"]["parts_missing"] == 4 and task["data"]["face_score_min"] is None
+    assert task["predictions"][0]["score"] == pytest.approx(1.3 / 6)
+
+    sample = fiftyone._sample(photo, "/x/crop.jpg", "fields/segmentation/x.png", 123)
+    (detection,) = sample["faces"]["detections"]
+    assert detection["bounding_box"] == [0.0, 0.0, 1.0, 1.0] and sample["landmarks"]["keypoints"] == []
+    assert sample["metadata"]["size_bytes"] == 123 and sample["metadata"]["mime_type"] == "image/jpeg"
+
+    row = hf._row(photo, None)
+    assert row["parse_score"] == pytest.approx(1.3 / 6) and row["faces"][0]["landmarks"] is None

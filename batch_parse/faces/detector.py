@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from batch_parse.faces import mtcnn
-from batch_parse.faces.policy import DETECTOR_DEFAULTS, DETECTORS
+from batch_parse.faces.policy import DEFAULT_DETECTOR, DETECTOR_DEFAULTS, DETECTORS
 
 # The detectors known and their defaults live in policy.py (torch-free, so a job spec is checked
 # without loading torch); MTCNN's are the ones measured above.
@@ -350,7 +350,7 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.nda
     return np.array(keep, dtype=np.int64)
 
 
-def load_detector(name: str = "mtcnn", device: str | None = None) -> FaceDetector:
+def load_detector(name: str = DEFAULT_DETECTOR, device: str | None = None) -> FaceDetector:
     """A face detector by name on `device` (None or "auto": CUDA when available, else CPU)."""
     if name not in DETECTORS:
         raise DetectorError(f"unknown face detector {name!r}; known: {', '.join(DETECTORS)}")
