@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from batch_parse.faces.policy import SPEC_TYPES as _POLICY_KEYS
+from batch_parse.model.registry import weights_problem
 from batch_parse.pipeline.options import JobOptions
 from batch_parse.storage.location import parse_location
 
@@ -37,10 +39,7 @@ _OPTION_KEYS = {
     "object_list": (str, type(None)),
     "rows_per_file": (int,),
     "device": (str, type(None)),
-    "faces": (str,),
-    "detector": (str,),
-    "min_face": (int,),
-    "detector_threshold": (float, type(None)),
+    **_POLICY_KEYS,  # faces, detector, min_face, detector_threshold
 }
 _TOP_KEYS = {
     "name": (str,),
@@ -71,8 +70,7 @@ class JobSpec:
 def load_job_spec(path: str | os.PathLike) -> JobSpec:
     """Read and validate a spec; ValueError (one line, first problem) when it is not valid."""
     raw, problems = _read(Path(path))
-    if not problems:
-        problems = _check(raw)
+    problems = problems + ([] if raw is None else _check(raw))
     if problems:
         more = f" (and {len(problems) - 1} more: run `batch-parse validate {path}`)" if len(problems) > 1 else ""
         raise ValueError(f"{path}: {problems[0]}{more}")
@@ -82,7 +80,7 @@ def load_job_spec(path: str | os.PathLike) -> JobSpec:
 def validate_job_spec(path: str | os.PathLike) -> list[str]:
     """Every problem in the spec file, one line each; an empty list means it is valid."""
     raw, problems = _read(Path(path))
-    return problems or _check(raw)
+    return problems + ([] if raw is None else _check(raw))
 
 
 def spec_mapping(spec: JobSpec) -> dict:
@@ -97,24 +95,55 @@ def spec_mapping(spec: JobSpec) -> dict:
     return data
 
 
-def _read(path: Path) -> tuple[dict, list[str]]:
+def _read(path: Path) -> tuple[dict | None, list[str]]:
+    """(the spec's mapping, problems found reading it); None when there is no mapping to check."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return {}, ["no such file"]
+        return None, ["no such file"]
     except IsADirectoryError:
-        return {}, ["is a folder, not a spec file"]
+        return None, ["is a folder, not a spec file"]
     except (PermissionError, UnicodeDecodeError) as e:
-        return {}, [f"cannot read it: {e.__class__.__name__}"]
+        return None, [f"cannot read it: {e.__class__.__name__}"]
+    loader = _StrictLoader(text)
     try:
-        raw = yaml.safe_load(text)
+        raw = loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        return {}, [f"not valid YAML: {where}{getattr(e, 'problem', None) or e}"]
+        return None, [f"not valid YAML: {where}{getattr(e, 'problem', None) or e}"]
+    finally:
+        loader.dispose()
     if not isinstance(raw, dict):
-        return {}, ["a job spec must be a YAML mapping of keys (name, source, output, ...)"]
-    return raw, []
+        return None, ["a job spec must be a YAML mapping of keys (name, source, output, ...)"]
+    # A key given twice is a mistake YAML itself lets through (the last one silently wins).
+    return raw, loader.duplicates
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that notes every key given twice in one mapping (line numbers of both)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: construct_mapping names it
+                    continue
+                if first is None:
+                    seen[key] = line
+                else:
+                    lines = f"line {line}" if first == line else f"lines {first} and {line}"
+                    self.duplicates.append(f"{key}: given twice ({lines}); keep one")
+        return super().construct_mapping(node, deep=deep)
 
 
 def _check(raw: dict) -> list[str]:
@@ -165,10 +194,16 @@ def option_problems(options: JobOptions) -> list[str]:
     """Every problem with a job's options (locations, endpoint, device, ranges), one line each."""
     problems = []
     for key in ("source", "output"):
+        if "\0" in getattr(options, key):
+            continue  # options.validate names it
         try:
             parse_location(getattr(options, key))
         except ValueError as e:
             problems.append(f"{key}: {e}")
+    if "\0" not in options.model:
+        problem = weights_problem(options.model)
+        if problem:
+            problems.append(f"model: {problem}")
     if options.endpoint_url is not None:
         problems += _check_endpoint(options.endpoint_url)
     if options.device is not None and options.device not in _DEVICES:

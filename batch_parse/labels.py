@@ -124,3 +124,14 @@ F1_GROUPS: dict[str, tuple[int, ...]] = {
     "mouth": (6, 7, 8),
     "overall": (1, 2, 3, 4, 5, 6, 7, 8),
 }
+
+# Part of each class (index into PARTS; background has none): the part whose confidence a
+# class's pixels carry (upper_lip, inner_mouth and lower_lip all belong to `mouth`).
+CLASS_PART: tuple[int | None, ...] = tuple(
+    next((i for i, p in enumerate(PARTS) if c in p.classes), None) for c in range(NUM_CLASSES)
+)
+
+# The detector's five landmarks, in the order of the `landmarks` column ("left"/"right" = the image's).
+LANDMARK_NAMES: tuple[str, ...] = ("eye_image_left", "eye_image_right", "nose_tip", "mouth_image_left", "mouth_image_right")
+# Lines between landmarks for drawing them as a skeleton (COCO keypoints, FiftyOne), 0-based.
+LANDMARK_EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (2, 3), (2, 4), (3, 4))

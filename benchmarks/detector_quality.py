@@ -47,6 +47,7 @@ import torch
 from PIL import Image
 
 from batch_parse.faces import load_detector
+from batch_parse.faces.policy import DEFAULT_POLICY
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FACEPOOL = REPO.parent / "shared" / "data" / "facepool"
@@ -271,7 +272,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="first N Caltech photos (default all 2,026)")
     p.add_argument("--caltech-only", action="store_true", help="skip the scenes and dlib photos")
     p.add_argument("--no-mediapipe", action="store_true", help="skip the BlazeFace comparison")
-    p.add_argument("--min-faces", default="20,10", help="MTCNN min_face values to run (default 20,10)")
+    p.add_argument("--min-faces", default=f"{DEFAULT_POLICY.min_face},10",
+                   help=f"MTCNN min_face values to run (default {DEFAULT_POLICY.min_face},10: the run's default, and 10)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--thresholds", default=",".join(map(str, MTCNN_THRESHOLDS)),
                    help="MTCNN score thresholds to report; the detector runs at the lowest (default %(default)s)")

@@ -46,6 +46,7 @@ import torch
 from botocore.config import Config
 from PIL import Image
 
+from batch_parse.faces.policy import FACE_MODES, WHOLE_IMAGE
 from batch_parse.model.weights import file_sha256, resolve
 from batch_parse.pipeline import job as job_module
 from batch_parse.pipeline import stages
@@ -233,7 +234,7 @@ def time_stages(options: JobOptions, device: str, threads: int, model_version: s
     timing.errors.update(c for c in images["error_code"] if c)
 
     # load_detector + load_parser + torch.set_num_threads, as in the job
-    actor = stages.FaceParseActor(options.model, device, threads, faces=options.faces)
+    actor = stages.FaceParseActor(options.model, device, threads, policy=options.policy)
     parser = actor.parser
     faces_of = actor._faces_of
     ok_images = [im for im, code in zip(images["image"], images["error_code"]) if not code]
@@ -327,7 +328,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch threads for (b) and (c) (default: what the job's actor uses)")
     p.add_argument("--source-dir", type=Path, default=DEFAULT_SOURCE, help="folder of face images (default shared/data/utkface)")
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_IMAGES} images unless --images is given")
-    p.add_argument("--faces", choices=("whole-image", "largest", "all"), default="whole-image",
+    p.add_argument("--faces", choices=FACE_MODES, default=WHOLE_IMAGE,
                    help="the job's face mode; whole-image (default) suits the tight UTKFace crops, and then (b) is "
                         "the parser alone; with a detector (b) is detect + align + parse")
     args = p.parse_args(argv)

@@ -311,3 +311,48 @@ def test_eval_scores_reframed_photos_whole_and_face_first(runner: CliRunner, tmp
     assert scores[0]["images"] == 2
     # The canvases are 575x431 with the 230 px photo in them; every pixel is counted once.
     assert sum(map(sum, scores[0]["confusion"])) == 2 * 575 * 431
+
+
+# --- one place per option (issue 18 item 3) ----------------------------------------------------
+
+
+def _help_defaults(text: str) -> dict[str, str]:
+    """--flag -> the default click shows for it in --help (wrapped lines joined)."""
+    import re
+
+    flat = " ".join(text.split())
+    starts = [(m.start(), m.group(1)) for m in re.finditer(r"(?:^| )(--[a-z-]+)(?: / --[a-z-]+)?(?: [A-Z]+| \[[a-z|-]+\])? ", flat)]
+    shown = {}
+    for (start, flag), (end, _) in zip(starts, starts[1:] + [(len(flat), None)]):
+        found = re.search(r"\[default: ([^\]]*?)(?:; [^\]]*)?\]", flat[start:end])
+        if found:
+            shown[flag] = found.group(1)
+    return shown
+
+
+def test_run_and_eval_show_the_policy_defaults_click_computes(runner: CliRunner):
+    from batch_parse.faces.policy import DETECTOR_DEFAULTS
+    from batch_parse.pipeline.options import JobOptions
+
+    defaults = JobOptions(source="", output="")
+    mtcnn = DETECTOR_DEFAULTS["mtcnn"]
+    shown = _help_defaults(runner.invoke(cli, ["run", "--help"]).output)
+    assert shown["--faces"] == "all" and shown["--detector"] == "mtcnn"
+    assert shown["--min-face"] == str(mtcnn.min_face) == str(defaults.min_face)
+    assert shown["--detector-threshold"] == str(mtcnn.threshold) == str(defaults.detector_threshold)
+    assert shown["--batch-size"] == str(defaults.batch_size) and shown["--rows-per-file"] == str(defaults.rows_per_file)
+    evaluated = _help_defaults(runner.invoke(cli, ["eval", "--help"]).output)
+    assert evaluated["--faces"] == "whole-image"  # eval's own default: tight crops parsed whole
+    assert (evaluated["--min-face"], evaluated["--detector-threshold"]) == (shown["--min-face"], shown["--detector-threshold"])
+
+
+def test_a_spec_becomes_the_defaults_of_run(runner: CliRunner, tmp_path: Path):
+    """`run --spec` fills click's default_map: --help shows the spec's values, flags given still win."""
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: j\nsource: /tmp/in\noutput: /tmp/out\nbatch_size: 7\nmin_face: 33\ndetector_threshold: 0.75\n")
+    shown = _help_defaults(runner.invoke(cli, ["run", "--spec", str(spec), "--help"]).output)
+    assert (shown["--batch-size"], shown["--min-face"], shown["--detector-threshold"]) == ("7", "33", "0.75")
+    # Bad values from either place are the same one-line usage error, before Ray or torch.
+    line = _one_error_line(runner.invoke(cli, ["run", "--spec", str(spec), "--min-face", "0", "--batch-size", "100000"]))
+    assert "batch_size: must be <= 65,536" in line and "min_face: must be a whole number of pixels" in line
+    assert "Invalid value for '--detector'" in _one_error_line(runner.invoke(cli, ["run", "a", "b", "--detector", "retinaface"]))

@@ -26,7 +26,7 @@ from batch_parse.demo import IMAGES_DIR, demo_images
 from batch_parse.export import export_output
 from batch_parse.export.faces import Face, Photo
 from batch_parse.export.where import parse_where
-from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, PART_NAMES
+from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, LANDMARK_NAMES, PART_NAMES, PARTS
 
 GROUP = "group_canvas.jpg"
 EXIF_ROTATED = "astronaut_exif_rotated.jpg"
@@ -41,6 +41,14 @@ class TruthFace:
     region: bytes  # the row's label map PNG, placed at (x, y)
     x: int
     y: int
+    confidences: list[float] = field(default_factory=list)  # PART_NAMES order
+    box: list[float] | None = None
+    landmarks: list[float] | None = None
+
+    @property
+    def parse_score(self) -> float:
+        """The README's definition, computed here on its own: the mean of the six part confidences (0 = not found)."""
+        return float(np.mean(self.confidences))
 
 
 @dataclass
@@ -65,8 +73,9 @@ def _truth(rows: list[dict]) -> Truth:
         placed = np.zeros_like(truth.union)
         x, y = row["label_map_x"], row["label_map_y"]
         placed[y : y + region.shape[0], x : x + region.shape[1]] = region
-        crops = {p: row[f"{p}_crop"] for p in PART_NAMES}
-        truth.faces.append(TruthFace(row["face_index"], row["face_score"], placed, crops, row["label_map"], x, y))
+        crops = {p: row.get(f"{p}_crop") for p in PART_NAMES}
+        truth.faces.append(TruthFace(row["face_index"], row["face_score"], placed, crops, row["label_map"], x, y,
+                                     [row.get(f"{p}_confidence") for p in PART_NAMES], row.get("face_box"), row.get("landmarks")))
         new = (truth.union == 0) & (placed != 0)  # a later face fills only what earlier ones left as background
         truth.union[new] = placed[new]
         for cls in np.unique(placed[new]):
@@ -95,7 +104,7 @@ def demo_output(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def truth(demo_output) -> dict[str, Truth]:
     columns = ["id", "key", "width", "height", "status", "face_index", "face_score", "label_map", "label_map_x", "label_map_y",
-               *(f"{p}_crop" for p in PART_NAMES)]  # fmt: skip
+               "face_box", "landmarks", *(f"{p}_crop" for p in PART_NAMES), *(f"{p}_confidence" for p in PART_NAMES)]  # fmt: skip
     rows = pads.dataset(demo_output, format="parquet").to_table(columns=columns).to_pylist()
     assert {r["status"] for r in rows} == {"ok"}
     by_key: dict[str, list[dict]] = {}
@@ -133,16 +142,21 @@ def test_coco_masks_decode_with_pycocotools(demo_output, truth, tmp_path):
     out = tmp_path / "coco"
     result = export_output(str(demo_output), out, "coco", copy_images=True)
     coco = COCO(str(out / "annotations.json"))
-    assert [(c["id"], c["name"]) for c in coco.loadCats(coco.getCatIds())] == list(enumerate(CLASS_NAMES))[1:]
+    (face_cat,) = coco.getCatIds(catNms=["face"])
+    parts = [c for c in coco.getCatIds() if c != face_cat]
+    assert [(c["id"], c["name"]) for c in coco.loadCats(parts)] == list(enumerate(CLASS_NAMES))[1:]
+    assert coco.loadCats(face_cat)[0]["keypoints"] == list(LANDMARK_NAMES)
+    faces_total = sum(len(t.faces) for t in truth.values())
     assert len(coco.imgs) == result.images == len(truth)
-    assert len(coco.anns) == result.parts == sum(len(t.instances) for t in truth.values())
-    assert result.faces == sum(len(t.faces) for t in truth.values()) == 14
+    assert len(coco.getAnnIds(catIds=parts)) == result.parts == sum(len(t.instances) for t in truth.values())
+    assert len(coco.getAnnIds(catIds=[face_cat])) == result.faces == faces_total == 14
     for image in coco.imgs.values():
         t = truth[image["key"]]
         assert (int(image["batch_parse_id"]), image["width"], image["height"]) == (t.id, t.width, t.height)
         assert image["coco_url"] == str(IMAGES_DIR / t.key)
+        assert image["parse_score"] == pytest.approx(min(f.parse_score for f in t.faces))
         instances = {}
-        for ann in coco.loadAnns(coco.getAnnIds(imgIds=image["id"])):
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=image["id"], catIds=parts)):
             mask = coco.annToMask(ann).astype(bool)
             face = ann["attributes"]["face_index"]
             instances[(face, ann["category_id"])] = mask
@@ -150,7 +164,23 @@ def test_coco_masks_decode_with_pycocotools(demo_output, truth, tmp_path):
             assert ann["area"] == mask.sum()
             assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
             assert ann["attributes"]["face_score"] == pytest.approx(t.faces[face].score)
+            # The region's score is the confidence of its part (the lips and inner mouth: mouth's).
+            part = next(i for i, p in enumerate(PARTS) if ann["category_id"] in p.classes)
+            assert ann["score"] == pytest.approx(t.faces[face].confidences[part])
+            assert ann["attributes"]["parse_score"] == pytest.approx(t.faces[face].parse_score)
         _check_union_and_instances(t, instances, f"coco {t.key}")
+        # One face annotation per face: box, the five landmarks as keypoints, its parts' union, parse score.
+        face_anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"], catIds=[face_cat]))
+        assert [a["attributes"]["face_index"] for a in face_anns] == [f.index for f in t.faces]
+        for ann, want in zip(face_anns, t.faces):
+            assert ann["score"] == pytest.approx(want.parse_score) and ann["num_keypoints"] == 5
+            assert np.allclose(np.reshape(ann["keypoints"], (5, 3)), np.c_[np.reshape(want.landmarks, (5, 2)), np.full(5, 2)], atol=1e-3)
+            x0, y0, x1, y1 = np.clip(np.add(want.box, 0.5), 0, [t.width, t.height, t.width, t.height])
+            assert ann["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], abs=1e-3)
+            own = np.zeros_like(t.union, dtype=bool)
+            for (face, _), mask in t.instances.items():
+                own |= mask if face == want.index else False
+            _equal(coco.annToMask(ann).astype(bool), own, f"coco face {want.index} of {t.key}")
         # --copy-images: the originals, byte for byte, except an EXIF-rotated one, written upright.
         copied = out / "images" / image["file_name"]
         assert _upright_size(copied) == (t.width, t.height)
@@ -159,6 +189,17 @@ def test_coco_masks_decode_with_pycocotools(demo_output, truth, tmp_path):
                 assert picture.size == (t.width, t.height) and picture.getexif().get(0x0112, 1) == 1
         else:
             assert copied.read_bytes() == (IMAGES_DIR / t.key).read_bytes()
+    # pycocotools' own keypoint evaluation reads the face annotations as ground truth and as results.
+    from pycocotools.cocoeval import COCOeval
+
+    results = coco.loadRes([{k: a[k] for k in ("image_id", "category_id", "keypoints", "score", "bbox")}
+                            for a in coco.loadAnns(coco.getAnnIds(catIds=[face_cat]))])  # fmt: skip
+    evaluation = COCOeval(coco, results, "keypoints")
+    evaluation.params.kpt_oks_sigmas = np.full(len(LANDMARK_NAMES), 0.025)
+    evaluation.params.catIds = [face_cat]
+    evaluation.evaluate()
+    evaluation.accumulate()
+    assert evaluation.eval["precision"][0, :, 0, 0, -1].min() == pytest.approx(1.0)  # AP at OKS 0.5: every face found
 
 
 def test_cvat_archive_pngs_hold_the_label_maps(demo_output, truth, tmp_path):
@@ -221,7 +262,17 @@ def test_labelstudio_tasks_decode_with_label_studio_converter(demo_output, truth
         assert task["data"]["image"] == f"/data/local-files/?d={t.key}"
         results = task["predictions"][0]["result"]
         boxes = [r for r in results if r["type"] == "rectanglelabels"]
-        assert [r["score"] for r in boxes] == pytest.approx([f.score for f in t.faces])
+        # Scores a reviewer sorts by: each face box its parse score, the prediction the image's lowest.
+        assert [r["score"] for r in boxes] == pytest.approx([f.parse_score for f in t.faces])
+        assert task["predictions"][0]["score"] == pytest.approx(min(f.parse_score for f in t.faces))
+        data = task["data"]
+        assert data["parse_score"] == pytest.approx(min(f.parse_score for f in t.faces))
+        assert data["parse_score_mean"] == pytest.approx(np.mean([f.parse_score for f in t.faces]))
+        assert data["face_score_min"] == pytest.approx(min(f.score for f in t.faces))
+        assert data["smallest_face_px"] == pytest.approx(min(min(f.box[2] - f.box[0], f.box[3] - f.box[1]) for f in t.faces), abs=1e-3)
+        assert data["parts_missing"] == sum(c == 0 for f in t.faces for c in f.confidences)
+        for p, part in enumerate(PART_NAMES):
+            assert data[f"{part}_confidence"] == pytest.approx(min(f.confidences[p] for f in t.faces))
         # Layers are named by label and counted per label in result order; the result id names the face.
         counters: dict[str, int] = {}
         instances = {}
@@ -233,8 +284,26 @@ def test_labelstudio_tasks_decode_with_label_studio_converter(demo_output, truth
             layer = np.load(layers / f"task-{i}-annotation-{i}-by--parts-{label}-{n}.npy")
             face = int(r["id"].split("-")[0].removeprefix("face"))
             instances[(face, CLASS_NAMES.index(label))] = layer == 255
+            part = next(i for i, p in enumerate(PARTS) if CLASS_NAMES.index(label) in p.classes)
+            want = next(f for f in t.faces if f.index == face)
+            assert r["score"] == pytest.approx(want.confidences[part]), f"{t.key} face {face} {label}"
         _check_union_and_instances(t, instances, f"labelstudio {t.key}")
     assert len(list(layers.iterdir())) == sum(len(t.instances) for t in truth.values())
+
+
+def test_labelstudio_tasks_pass_label_studio_sdk_validation(demo_output, tmp_path):
+    """label-studio-sdk's LabelInterface checks the config, each task's data and each prediction (scores, labels, values)."""
+    interface = pytest.importorskip("label_studio_sdk.label_interface")
+    out = tmp_path / "ls-sdk"
+    export_output(str(demo_output), out, "labelstudio")
+    config = interface.LabelInterface((out / "labeling_config.xml").read_text())
+    config.validate()
+    tasks = json.loads((out / "tasks.json").read_text())
+    for task in tasks:
+        assert config.validate_task({"data": task["data"]}), task["data"]["key"]
+        (prediction,) = task["predictions"]
+        assert config.validate_prediction(prediction, return_errors=True) == [], task["data"]["key"]
+        assert 0 < prediction["score"] <= 1 and all(0 <= r["score"] <= 1 for r in prediction["result"])
 
 
 def test_hf_parquet_loads_with_datasets(demo_output, truth, tmp_path):
@@ -264,6 +333,24 @@ def test_hf_parquet_loads_with_datasets(demo_output, truth, tmp_path):
                     assert got[f"{part}_crop"] is None
                 else:
                     _equal(np.asarray(got[f"{part}_crop"]), np.asarray(Image.open(io.BytesIO(crop))), f"hf {part}_crop")
+        assert row["parse_score"] == pytest.approx(min(f.parse_score for f in t.faces))
+        assert [f["parse_score"] for f in row["faces"]] == pytest.approx([f.parse_score for f in t.faces])
+        assert [f["parts_found"] for f in row["faces"]] == [sum(c > 0 for c in f.confidences) for f in t.faces]
+    ordered = ds.sort("parse_score")["parse_score"]
+    assert ordered == sorted(ordered) and ordered[0] == pytest.approx(min(f.parse_score for t in truth.values() for f in t.faces))
+    # The card: a YAML header the Hub's own parser reads, and from which `datasets` opens the folder itself.
+    from huggingface_hub import DatasetCard
+
+    from batch_parse.export.hf import features
+
+    card = DatasetCard.load(out / "README.md")
+    assert card.data.task_categories == ["image-segmentation"] and card.data.license == "other"
+    assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}]
+    assert card.data.dataset_info["splits"] == [{"name": "train", "num_examples": len(truth)}]
+    assert datasets.Features._from_yaml_list(card.data.dataset_info["features"]) == features()
+    assert "parse_score" in card.text and "mean of the six part confidences" in card.text
+    whole = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache-root"))
+    assert len(whole) == len(truth) and whole.features == features()
     # Without --copy-images the image is a path the feature opens.
     plain = tmp_path / "hf-plain"
     export_output(str(demo_output), plain, "hf", limit=1)
@@ -289,15 +376,42 @@ def test_fiftyone_loads_the_folder(demo_output, truth, tmp_path, monkeypatch):
         assert dataset.mask_targets["segmentation"] == dict(enumerate(CLASS_NAMES))
         colours = dataset.app_config.color_scheme.fields[0]["maskTargetsColors"]
         assert {c["intTarget"]: c["color"] for c in colours} == {i: "#" + bytes(c).hex() for i, c in enumerate(CLASS_COLORS) if i}
+        assert dataset.app_config.color_scheme.color_by == "value"  # each class its own colour, not the field's
+        assert dataset.skeletons["landmarks"].labels == list(LANDMARK_NAMES)
         for sample in dataset:
             t = truth[sample["key"]]
             assert sample.filepath == str(IMAGES_DIR / t.key) and int(sample["batch_parse_id"]) == t.id
             _equal(sample.segmentation.get_mask(), t.union, f"fiftyone segmentation {t.key}")
+            meta = sample.metadata
+            assert (meta.width, meta.height, meta.mime_type) == (t.width, t.height, "image/jpeg")
+            assert meta.size_bytes == (IMAGES_DIR / t.key).stat().st_size
+            assert sample["parse_score"] == pytest.approx(min(f.parse_score for f in t.faces))
             detections = sample.faces.detections
             assert [d.index for d in detections] == [f.index for f in t.faces]
-            assert [d.confidence for d in detections] == pytest.approx([f.score for f in t.faces])
+            # confidence is the parse score (the App's slider); the detector's score is an attribute.
+            assert [d.confidence for d in detections] == pytest.approx([f.parse_score for f in t.faces])
+            assert [d["face_score"] for d in detections] == pytest.approx([f.score for f in t.faces])
             assert all(d.label == "face" and len(d.bounding_box) == 4 for d in detections)
+            for d, want in zip(detections, t.faces):
+                for p, part in enumerate(PART_NAMES):
+                    assert d[f"{part}_confidence"] == pytest.approx(want.confidences[p])
+                # The instance mask, placed by its box, is exactly the face's parts in the photo.
+                x, y, w, h = d.bounding_box
+                x0, y0 = round(x * t.width), round(y * t.height)
+                placed = np.zeros_like(t.union, dtype=bool)
+                placed[y0 : y0 + d.mask.shape[0], x0 : x0 + d.mask.shape[1]] = d.mask
+                assert d.mask.shape == (round(h * t.height), round(w * t.width))
+                own = np.zeros_like(placed)
+                for (face, _), mask in t.instances.items():
+                    own |= mask if face == want.index else False
+                _equal(placed, own, f"fiftyone face mask {want.index} of {t.key}")
             assert [len(k.points) for k in sample.landmarks.keypoints] == [5] * len(t.faces)
+        # Filter by parse quality with FiftyOne's own expressions.
+        from fiftyone import ViewField as F
+
+        cut = float(np.median([f.parse_score for t in truth.values() for f in t.faces]))
+        doubtful = dataset.filter_labels("faces", F("confidence") < cut)
+        assert doubtful.count("faces.detections") == sum(f.parse_score < cut for t in truth.values() for f in t.faces)
     finally:
         dataset.delete()
 
@@ -441,3 +555,55 @@ def test_cli_exports_and_user_mistakes_are_one_line(demo_output, tmp_path):
         assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
         assert message in lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "b").exists() and not (tmp_path / "a").exists()
+
+
+def test_the_run_records_its_inference_policy(demo_output):
+    """job.py's metadata comes from the one policy object: the detector's own defaults, threshold included."""
+    import pyarrow.parquet as pq
+
+    from batch_parse.faces.policy import DETECTOR_DEFAULTS
+    from batch_parse.pipeline.schema import read_metadata
+
+    meta = read_metadata(pq.read_schema(next(demo_output.glob("*/data/*.parquet"))))
+    mtcnn = DETECTOR_DEFAULTS["mtcnn"]
+    assert {k: meta[k] for k in ("faces", "detector", "min_face", "detector_threshold")} == {
+        "faces": "all", "detector": "mtcnn", "min_face": mtcnn.min_face, "detector_threshold": mtcnn.threshold}  # fmt: skip
+
+
+def test_whole_image_faces_export_without_landmarks_or_detector_score(tmp_path):
+    """`--faces whole-image` rows (no landmarks, no detector score, the box is the image) export in every format."""
+    from pycocotools.coco import COCO
+
+    from batch_parse.export import ExportResult, coco, fiftyone, hf, labelstudio
+
+    label_map = np.zeros((6, 8), np.uint8)
+    label_map[1:3, 1:4] = 3  # eye_1
+    label_map[4, 2:6] = 6  # upper_lip
+    confidences = (0.0, 0.0, 0.8, 0.0, 0.0, 0.5)  # four parts not found
+    face = Face(0, None, np.array([-0.5, -0.5, 7.5, 5.5]), None, label_map, 0, 0,
+                columns={"label_map": None, **{f"{p}_{c}": None for p in PART_NAMES for c in ("crop", "box", "confidence")}},
+                confidences=confidences)  # fmt: skip
+    photo = Photo(7, "crop.jpg", 8, 6, "ok", "m@1", None, None, [face], size=123)
+    assert face.parse_score == pytest.approx(1.3 / 6) and face.parts_found == 2 and face.size == 6
+
+    out = tmp_path / "coco"
+    out.mkdir()
+    coco.export([photo], out, None, ExportResult("coco", out))
+    loaded = COCO(str(out / "annotations.json"))
+    (ann,) = loaded.loadAnns(loaded.getAnnIds(catIds=loaded.getCatIds(catNms=["face"])))
+    assert ann["num_keypoints"] == 0 and ann["keypoints"] == [0.0] * 15 and ann["bbox"] == [0.0, 0.0, 8.0, 6.0]
+    assert ann["score"] == pytest.approx(1.3 / 6) and loaded.annToMask(ann).sum() == 10
+    scores = {a["category_id"]: a["score"] for a in loaded.loadAnns(loaded.getAnnIds(catIds=[3, 6]))}
+    assert scores == pytest.approx({3: 0.8, 6: 0.5})
+
+    task, parts = labelstudio._task(photo, None)
+    assert parts == 2 and task["data"]["parts_missing"] == 4 and task["data"]["face_score_min"] is None
+    assert task["predictions"][0]["score"] == pytest.approx(1.3 / 6)
+
+    sample = fiftyone._sample(photo, "/x/crop.jpg", "fields/segmentation/x.png", 123)
+    (detection,) = sample["faces"]["detections"]
+    assert detection["bounding_box"] == [0.0, 0.0, 1.0, 1.0] and sample["landmarks"]["keypoints"] == []
+    assert sample["metadata"]["size_bytes"] == 123 and sample["metadata"]["mime_type"] == "image/jpeg"
+
+    row = hf._row(photo, None)
+    assert row["parse_score"] == pytest.approx(1.3 / 6) and row["faces"][0]["landmarks"] is None

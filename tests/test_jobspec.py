@@ -6,6 +6,7 @@ import textwrap
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -212,3 +213,90 @@ def test_invalid_cron(expr: str, problem: str):
 
 def test_every_bad_cron_field_is_reported():
     assert len(cron_problems("61 25 0 13 9")) == 5
+
+
+# --- validate: what YAML and plain types let through (issue 17 item 7) ------------------------
+
+
+def test_duplicate_keys_are_named_with_their_lines(tmp_path: Path):
+    path = _spec(tmp_path, MINIMAL + "batch_size: 8\nbatch_size: 16\nresources: {min_actors: 1, min_actors: 2}\n")
+    problems = validate_job_spec(path)
+    assert problems == ["batch_size: given twice (lines 4 and 5); keep one", "min_actors: given twice (line 6); keep one"]
+    with pytest.raises(ValueError, match="batch_size: given twice"):
+        load_job_spec(path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("batch_size", "100000000000000000000", "batch_size: must be <= 65,536, got 100,000,000,000,000,000,000"),
+    ("rows_per_file", "99999999999", "rows_per_file: must be <= 10,000,000"),
+    ("max_pixels", "-1", "max_pixels: must be >= 1, got -1"),
+    ("fetch_attempts", "1000000", "fetch_attempts: must be <= 100"),
+    ("resources", "{cpus_per_actor: .inf}", "resources.cpus_per_actor: must be > 0 and <= 1024, got inf"),
+    ("resources", "{max_actors: 100000000000000000000}", "resources.max_actors: must be <= 10,000"),
+])  # fmt: skip
+def test_out_of_range_numbers_are_one_line_each(tmp_path: Path, key, value, message):
+    problems = validate_job_spec(_spec(tmp_path, MINIMAL + f"{key}: {value}\n"))
+    assert problems == [message] or (len(problems) == 1 and problems[0].startswith(message)), problems
+
+
+def test_model_must_be_a_weights_file_or_a_registry_name(tmp_path: Path):
+    from PIL import Image
+    from safetensors.numpy import save_file
+
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (32, 32), (200, 120, 90)).save(photo, "JPEG")
+    foreign = tmp_path / "other.safetensors"
+    save_file({"w": np.zeros((2, 2), np.float32)}, str(foreign), metadata={"format": "someone-else"})
+    ours = tmp_path / "ours.safetensors"
+    ours.write_bytes((REPO / "batch_parse" / "model" / "weights" / "stn-icnn-v1.safetensors").read_bytes())
+    cases = {
+        str(photo): f"model: {photo} is not a safetensors weights file (SafetensorError)",
+        str(foreign): f"model: {foreign} is safetensors but not batch-parse STN-iCNN weights (format='someone-else')",
+        "stn-icnn/v9": "model: no weights named 'stn-icnn/v9' and no such file (known names: stn-icnn/default, stn-icnn/v2, stn-icnn/v1)",
+        str(tmp_path): f"model: no weights named '{tmp_path}' and no such file",
+    }
+    for model, message in cases.items():
+        problems = validate_job_spec(_spec(tmp_path, MINIMAL + f"model: '{model}'\n"))
+        assert len(problems) == 1 and problems[0].startswith(message), (model, problems)
+    for model in ("stn-icnn/default", "stn-icnn/v1", str(ours)):
+        assert validate_job_spec(_spec(tmp_path, MINIMAL + f"model: '{model}'\n")) == [], model
+
+
+def test_a_nul_in_any_path_is_named(tmp_path: Path):
+    for key in ("source", "output", "object_list", "model"):
+        body = MINIMAL if key not in ("source", "output") else MINIMAL.replace(f"{key}: ", f"{key}_old: ")
+        body = "\n".join(line for line in body.splitlines() if not line.startswith(f"{key}_old")) + "\n"
+        problems = validate_job_spec(_spec(tmp_path, body + f'{key}: "/tmp/a\\0b"\n'))
+        assert problems == [f"{key}: must not contain a NUL character"], (key, problems)
+
+
+def test_detector_name_is_checked_by_validate(tmp_path: Path):
+    """`detector: retinaface` used to pass validate and fail only when a Ray actor started."""
+    problems = validate_job_spec(_spec(tmp_path, MINIMAL + "detector: retinaface\nmin_face: 0\n"))
+    assert problems == ["detector: unknown face detector 'retinaface'; known: mtcnn",
+                        "min_face: must be a whole number of pixels in 1..10,000, got 0"]  # fmt: skip
+
+
+def test_spec_checks_load_neither_torch_nor_ray(tmp_path: Path):
+    import subprocess
+    import sys
+
+    path = _spec(tmp_path, MINIMAL + "detector: retinaface\nmodel: stn-icnn/v1\n")
+    code = ("import sys; from batch_parse.jobspec import validate_job_spec; "
+            f"print(validate_job_spec({str(path)!r})); print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout.splitlines()
+    assert out == ["[\"detector: unknown face detector 'retinaface'; known: mtcnn\"]", "[]"]
+
+
+def test_the_actor_refuses_a_bad_policy_before_loading_anything():
+    from batch_parse.faces.policy import InferencePolicy
+    from batch_parse.pipeline.stages import FaceParseActor
+
+    with pytest.raises(ValueError, match=r"^detector: unknown face detector 'retinaface'; known: mtcnn; detector_threshold: must be in \(0, 1\), got 1.5$"):
+        FaceParseActor("no-such-model", "cpu", 1, policy=InferencePolicy(detector="retinaface", detector_threshold=1.5))
+
+
+def test_policy_metadata_nulls_the_detector_for_whole_images():
+    options = JobOptions(source="/a", output="/b", faces="whole-image", min_face=40)
+    assert options.policy.metadata() == {"faces": "whole-image", "detector": None, "min_face": None, "detector_threshold": None}
+    assert JobOptions(source="/a", output="/b", min_face=40).policy.detect_kwargs() == {"min_face": 40, "threshold": 0.9}

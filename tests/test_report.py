@@ -237,7 +237,7 @@ def test_render_writes_panels_and_contact_sheet(job_output, tmp_path):
     assert len(list((index.parent / "panels").rglob("*.png"))) == 3
 
     page = index.read_text(encoding="utf-8")
-    assert "ordered by ascending mean part confidence" in page
+    assert "ordered by ascending parse score" in page
     order = [page.index(f"<strong>faces/face{i}.jpg</strong>") for i in (1, 2, 0)]
     assert order == sorted(order), "rows must come by ascending mean confidence"
     assert ERROR_KEY in page and ERROR_CODE in page
@@ -401,3 +401,52 @@ def test_photo_panel_numbers_every_face():
     assert picture.width > 2 * 200 and picture.height > 100
     with_note = ov.photo_panel(None, lm, faces, "title", note="source gone")
     assert with_note.height > picture.height
+
+
+def test_render_where_and_min_face_narrow_the_faces(job_output, tmp_path):
+    """`render --where` takes export's clause language; `--min-face` drops faces under PX on the box's shorter side."""
+    dst, _, rows = job_output
+    rows = [dict(r) for r in rows]
+    small = next(r for r in rows if r["key"] == "faces/face1.jpg")
+    small["face_box"] = [10.0, 10.0, 40.0, 50.0]  # 30 x 40 px: the one face under 35 px
+    narrowed = tmp_path / "narrowed"
+    _write(narrowed / VERSION_DIR / "data" / "part-0.parquet", rows,
+           BASE_SCHEMA.with_metadata(file_metadata(MODEL, WEIGHTS, "jpeg", source=str(job_output[1]))))  # fmt: skip
+    ids = {r["key"]: r["id"] for r in rows}
+
+    def shown(**kw) -> tuple[list[str], str]:
+        index = render_output(str(narrowed), tmp_path / f"review-{len(list(tmp_path.iterdir()))}", limit=10, **kw)
+        names = [Path(s).name for s in _panel_sources(index)]
+        return [k for k, i in ids.items() if f"{i:016x}-0.png" in names], index.read_text(encoding="utf-8")
+
+    faces, page = shown(where="mouth_confidence >= 0.6")  # mouth 0.90, 0.50, 0.65: face1 goes
+    assert faces == ["faces/face0.jpg", "faces/face2.jpg"]
+    assert page.index("<strong>faces/face2.jpg</strong>") < page.index("<strong>faces/face0.jpg</strong>")  # lowest parse score first
+    assert ERROR_KEY not in page and NO_FACE_KEY not in page  # their mouth_confidence is null: no match
+    assert "--where mouth_confidence &gt;= 0.6" in page and "2 of 2 faces shown" in page
+    faces, page = shown(min_face=35)
+    assert faces == ["faces/face0.jpg", "faces/face2.jpg"] and "1 smaller face(s) left out" in page
+    assert ERROR_KEY in page and NO_FACE_KEY in page  # --min-face is about faces only
+    faces, _ = shown(where="status == 'ok'", min_face=25)
+    assert faces == ["faces/face0.jpg", "faces/face1.jpg", "faces/face2.jpg"]
+    with pytest.raises(ValueError, match="unknown or non-scalar column 'face_scor'"):
+        render_output(str(narrowed), tmp_path / "never", where="face_scor > 1")
+    assert not (tmp_path / "never").exists()
+
+
+def test_render_cli_takes_where_and_min_face_and_says_what_limit_counts(job_output, tmp_path):
+    from click.testing import CliRunner
+
+    from batch_parse.cli.main import cli
+
+    dst, _, _ = job_output
+    runner = CliRunner()
+    help_text = " ".join(runner.invoke(cli, ["render", "--help"]).output.split())
+    assert "Faces to draw, least confident (lowest parse score) first" in help_text and "--where" in help_text
+    result = runner.invoke(cli, ["render", str(dst), "--out", str(tmp_path / "r"), "--where", "face_index == 0",
+                                 "--min-face", "10", "--limit", "2"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(_panel_sources(tmp_path / "r" / "index.html")) == 2
+    bad = runner.invoke(cli, ["render", str(dst), "--out", str(tmp_path / "bad"), "--where", "face_score >> 1"])
+    lines = [line for line in bad.output.splitlines() if line.strip()]
+    assert bad.exit_code != 0 and len(lines) == 1 and lines[0].startswith("Error: ") and "--where" in lines[0]

@@ -9,7 +9,8 @@ import click
 
 from batch_parse.cli import demo, export, jobs, model
 from batch_parse.cli.redact import echo, redact
-from batch_parse.pipeline.options import CROP_FORMATS, FACE_MODES, JobOptions
+from batch_parse.cli.policy import policy_options
+from batch_parse.pipeline.options import CROP_FORMATS, JobOptions
 
 _DEFAULTS = JobOptions(source="", output="")
 _MESSAGE_LIMIT = 500
@@ -83,36 +84,52 @@ def cli(debug: bool) -> None:
     """Face parsing (STN-iCNN) of image corpora on Ray: S3 or a folder in, Parquet out."""
 
 
+def _spec_as_defaults(ctx: click.Context, _param, spec_path: Path | None) -> Path | None:
+    """--spec (eager): the spec's options become the defaults of every other flag (click's default_map)."""
+    if spec_path is not None:
+        from dataclasses import asdict
+
+        from batch_parse.jobspec import load_job_spec
+
+        options = asdict(load_job_spec(spec_path).options)
+        ctx.meta["spec_location"] = (options.pop("source"), options.pop("output"))
+        options.pop("extra")
+        ctx.default_map = {**(ctx.default_map or {}), **options}
+    return spec_path
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+
+
 @cli.command()
 @click.argument("src", required=False)
 @click.argument("dst", required=False)
-@click.option("--spec", "spec_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Job spec YAML to run.")
-@click.option("--model", help=f"Registry name or .safetensors path.  [default: {_DEFAULTS.model}]")
-@click.option("--batch-size", type=int, help=f"Images per model call.  [default: {_DEFAULTS.batch_size}]")
-@click.option("--min-actors", type=int, help=f"Model actors to start with.  [default: {_DEFAULTS.min_actors}]")
-@click.option("--max-actors", type=int, help="Model actors to scale up to.  [default: the spec's, else --min-actors]")
-@click.option("--gpus-per-actor", type=float, help="GPUs per model actor.  [default: 1 if the cluster has GPUs, else 0]")
-@click.option("--cpus-per-actor", type=float, help=f"CPUs per model actor.  [default: {_DEFAULTS.cpus_per_actor:g}]")
-@click.option("--crop-format", type=click.Choice(CROP_FORMATS), help=f"Encoding of part crops.  [default: {_DEFAULTS.crop_format}]")
-@click.option("--jpeg-quality", type=int, help=f"Quality of JPEG crops, 1-100.  [default: {_DEFAULTS.jpeg_quality}]")
-@click.option("--endpoint-url", help="S3-compatible endpoint (MinIO, SeaweedFS, R2...).  [default: AWS]")
-@click.option("--max-pixels", type=int, help=f"Largest image to decode, in pixels.  [default: {_DEFAULTS.max_pixels}]")
-@click.option("--max-bytes", type=int, help=f"Largest source object to fetch, in bytes; larger ones are error rows.  [default: {_DEFAULTS.max_bytes}]")
-@click.option("--fetch-attempts", type=int,
-              help=f"Tries per S3 object when the store fails in a way that can pass (backoff between).  [default: {_DEFAULTS.fetch_attempts}]")
-@click.option("--retry-errors/--no-retry-errors", default=None,
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False, path_type=Path), is_eager=True, callback=_spec_as_defaults,
+              help="Job spec YAML to run; its values become the defaults of the flags below.")
+@click.option("--model", default=_DEFAULTS.model, show_default=True, help="Registry name or .safetensors path.")
+@click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True, help="Images per model call.")
+@click.option("--min-actors", type=int, default=_DEFAULTS.min_actors, show_default=True, help="Model actors to start with.")
+@click.option("--max-actors", type=int, show_default="the spec's, else --min-actors", help="Model actors to scale up to.")
+@click.option("--gpus-per-actor", type=float, show_default="1 if the cluster has GPUs, else 0", help="GPUs per model actor.")
+@click.option("--cpus-per-actor", type=float, default=_DEFAULTS.cpus_per_actor, show_default=True, help="CPUs per model actor.")
+@click.option("--crop-format", type=click.Choice(CROP_FORMATS), default=_DEFAULTS.crop_format, show_default=True,
+              help="Encoding of part crops.")
+@click.option("--jpeg-quality", type=int, default=_DEFAULTS.jpeg_quality, show_default=True, help="Quality of JPEG crops, 1-100.")
+@click.option("--endpoint-url", show_default="AWS", help="S3-compatible endpoint (MinIO, SeaweedFS, R2...).")
+@click.option("--max-pixels", type=int, default=_DEFAULTS.max_pixels, show_default=True, help="Largest image to decode, in pixels.")
+@click.option("--max-bytes", type=int, default=_DEFAULTS.max_bytes, show_default=True,
+              help="Largest source object to fetch, in bytes; larger ones are error rows.")
+@click.option("--fetch-attempts", type=int, default=_DEFAULTS.fetch_attempts, show_default=True,
+              help="Tries per S3 object when the store fails in a way that can pass (backoff between).")
+@click.option("--retry-errors/--no-retry-errors", default=_DEFAULTS.retry_errors, show_default=True,
               help="Redo images whose rows are retryable errors (fetch_failed, access_denied, throttled, model_failed) "
-                   "from earlier runs.  [default: --retry-errors]")
+                   "from earlier runs.")
 @click.option("--object-list", help="Read SRC's keys from this object list instead of listing SRC: an S3 Inventory "
                                     "manifest.json, or Parquet with a `key` column (local or s3://).")
-@click.option("--rows-per-file", type=int, help=f"Rows per output Parquet file.  [default: {_DEFAULTS.rows_per_file}]")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Model device.  [default: cuda when the actor has a GPU]")
-@click.option("--faces", type=click.Choice(FACE_MODES),
-              help=f"all: a row per detected face; largest: the largest face only; whole-image: no detector, "
-                   f"each image is one face (aligned crops).  [default: {_DEFAULTS.faces}]")
-@click.option("--min-face", type=int, help=f"Smallest face to detect, in pixels.  [default: {_DEFAULTS.min_face}]")
-@click.option("--detector-threshold", type=float, help="Detector score a face needs, 0-1.  [default: the detector's, 0.9 for mtcnn]")
+@click.option("--rows-per-file", type=int, default=_DEFAULTS.rows_per_file, show_default=True, help="Rows per output Parquet file.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), show_default="cuda when the actor has a GPU", help="Model device.")
+@policy_options(_DEFAULTS.policy)
 @click.pass_context
 def run(ctx: click.Context, src: str | None, dst: str | None, spec_path: Path | None, **flags) -> None:
     """Label the images in SRC and write Parquet to DST.
@@ -122,22 +139,13 @@ def run(ctx: click.Context, src: str | None, dst: str | None, spec_path: Path | 
     Connects to the Ray cluster at RAY_ADDRESS when set, else starts a local one. Exits with 3
     when images failed with errors that can pass (the next run retries them), 1 on a job error.
     """
-    from batch_parse.jobspec import load_job_spec, option_problems
+    from batch_parse.jobspec import option_problems
 
-    if spec_path is not None:
-        options = load_job_spec(spec_path).options
-    elif src is None or dst is None:
+    spec_source, spec_output = ctx.meta.get("spec_location", (None, None))
+    if spec_path is None and (src is None or dst is None):
         raise click.UsageError("give SRC and DST, or --spec JOB.yaml")
-    else:
-        options = JobOptions(source=src, output=dst)
-    if src is not None:
-        options.source = src
-    if dst is not None:
-        options.output = dst
-    for key, value in flags.items():
-        if value is not None:
-            setattr(options, key, value)
-    if flags["max_actors"] is None and options.max_actors < options.min_actors:
+    options = JobOptions(source=src or spec_source, output=dst or spec_output, **flags)
+    if options.max_actors is None or (not _given(ctx, "max_actors") and options.max_actors < options.min_actors):
         options.max_actors = options.min_actors  # `--min-actors 4` alone means a fixed pool of 4
     problems = option_problems(options)
     if problems:
@@ -181,13 +189,18 @@ def inspect(dst: str, endpoint_url: str | None) -> None:
 @click.argument("dst")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("batch-parse-render"),
               show_default=True, help="Folder for the overlays and index.html.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Images to render (the least confident first).")
-@click.option("--endpoint-url", help="S3-compatible endpoint.  [default: AWS]")
-def render(dst: str, out_dir: Path, limit: int, endpoint_url: str | None) -> None:
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Faces to draw, least confident (lowest parse score) first; a group photo is drawn once more whole. "
+                   "Up to as many images without a face and error rows are listed.")
+@click.option("--where", help="Show only rows matching COLUMN OP VALUE clauses joined by 'and', as `export --where`, "
+                              "e.g. \"face_score >= 0.99 and mouth_confidence < 0.8\".")
+@click.option("--min-face", type=click.FloatRange(min=0), help="Skip faces whose box is smaller than PX pixels on its shorter side.")
+@click.option("--endpoint-url", show_default="AWS", help="S3-compatible endpoint.")
+def render(dst: str, out_dir: Path, limit: int, where: str | None, min_face: float | None, endpoint_url: str | None) -> None:
     """Draw label overlays of an output as an HTML page."""
     from batch_parse.report.render import render_output
 
-    index = render_output(dst, out_dir, limit, endpoint_url)
+    index = render_output(dst, out_dir, limit, endpoint_url, where=where, min_face=min_face)
     echo(f"wrote {index}")
 
 

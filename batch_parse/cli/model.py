@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
+from batch_parse.cli.policy import policy_from, policy_options
 from batch_parse.cli.redact import echo
+from batch_parse.faces.policy import WHOLE_IMAGE, InferencePolicy
+from batch_parse.pipeline.options import DEFAULT_MODEL
 
 DEFAULT_STEPS = {"a": 900, "b": 400, "c": 450, "e2e": 160}  # what stn-icnn/v1 was trained with from scratch on 2 CPU cores
 
@@ -50,24 +53,26 @@ def train(data, run_dir, stage, steps, batch_size, val_every, val_images, thread
 
 @click.command(name="eval")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--model", default="stn-icnn/default", show_default=True, help="Registry name or .safetensors path.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Registry name or .safetensors path.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N images of the split.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda when available]")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), show_default="cuda when available", help="Model device.")
 @click.option("--face-fraction", type=click.FloatRange(0.05, 1.0), default=1.0, show_default=True,
               help="Place each image to span this fraction of a cluttered canvas (scores wide shots).")
-@click.option("--faces", type=click.Choice(["whole-image", "largest", "all"]), default="whole-image", show_default=True,
-              help="whole-image: parse each image whole (tight crops); largest/all: detect, align and parse faces first, "
-                   "as `run` does, scoring the union of the faces' label maps.")
+# eval scores tight crops by default: each image parsed whole, as its labels were drawn.
+@policy_options(InferencePolicy(faces=WHOLE_IMAGE))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the scores and histogram as JSON.")
-def evaluate(data, model, split, limit, batch_size, device, face_fraction, faces, json_path) -> None:
+def evaluate(data, model, split, limit, batch_size, device, face_fraction, json_path, **policy_flags) -> None:
     """Score a model (F1 per part) on a labelled dataset.
 
     Helen convention: one confusion histogram over the split at original resolution. On a
     face-pool folder (python -m batch_parse.train.facepool) it scores the aligned faces per source
     and pose, against the teacher and against the human points (probe hits, model vs teacher).
+    With --faces largest or all, faces are detected, aligned and parsed first, as `run` does
+    (same flags, same defaults), and the union of the faces' label maps is scored.
     """
+    policy = policy_from(policy_flags)
     if (Path(data) / "faces.jsonl").is_file():
         return _evaluate_facepool(data, model, split, limit, batch_size, device, json_path)
     from batch_parse.faces import load_detector
@@ -78,18 +83,19 @@ def evaluate(data, model, split, limit, batch_size, device, face_fraction, faces
     from batch_parse.train.framing import reframe
 
     parser = load_parser(model, device=device)
-    detector = None if faces == "whole-image" else load_detector(device=device)
+    detector = load_detector(policy.detector, device=device) if policy.detects else None
     ds = open_dataset(data, split)
     n = len(ds) if limit is None else min(limit, len(ds))
     samples = reframe((ds[i] for i in range(n)), face_fraction)
-    hist, scores = run_eval(lambda ims: photo_label_maps(parser, detector, ims, largest=faces == "largest"), samples, batch_size)
+    hist, scores = run_eval(lambda ims: photo_label_maps(parser, detector, ims, policy), samples, batch_size)
     framing = "" if face_fraction == 1 else f", framed at {face_fraction:g} of a cluttered canvas"
+    faces = policy.faces
     echo(f"model {parser.model_version} on {data} [{split}], {n} images{framing}, faces: {faces}, F1 (%):")
     for group, value in scores.items():
         echo(f"  {group:<12} {100 * value:6.2f}")
     if json_path:
         Path(json_path).write_text(json.dumps({"model": parser.model_version, "data": str(data), "split": split, "images": n,
-                                               "face_fraction": face_fraction, "faces": faces,
+                                               "face_fraction": face_fraction, "faces": faces, "policy": policy.metadata(),
                                                "f1": scores, "confusion": hist.tolist()}, indent=1))
 
 

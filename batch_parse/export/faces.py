@@ -27,13 +27,14 @@ from batch_parse.labels import BACKGROUND, NUM_CLASSES
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
 from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from batch_parse.output.quality import CONFIDENCE_COLUMNS, face_size, parse_score, parts_found
 from batch_parse.output.reader import Output, OutputFile
 from batch_parse.storage.fetch import FetchError, fetch_objects
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.s3 import StorageError, describe_error
 
-PHOTO_COLUMNS = ("id", "key", "status", "width", "height", "face_index", "face_count", "model_version")
-FACE_COLUMNS = ("face_box", "landmarks", "face_score", "label_map", "label_map_x", "label_map_y")
+PHOTO_COLUMNS = ("id", "key", "size", "status", "width", "height", "face_index", "face_count", "model_version")
+FACE_COLUMNS = ("face_box", "landmarks", "face_score", "label_map", "label_map_x", "label_map_y", *CONFIDENCE_COLUMNS)
 # Rows per read: label maps and crops are a few kB each, so a batch stays a few MB.
 BATCH_ROWS = 256
 EXIF_ORIENTATION = 0x0112
@@ -50,7 +51,25 @@ class Face:
     label_map: np.ndarray  # (h, w) uint8 class indices, placed at (x, y) in the photo
     x: int
     y: int
-    columns: dict = field(default_factory=dict)  # the other columns an exporter asked for (crops, confidences)
+    columns: dict = field(default_factory=dict)  # the other columns an exporter asked for (crops, boxes)
+    confidences: tuple[float | None, ...] = ()  # <part>_confidence in PART_NAMES order
+
+    @property
+    def parse_score(self) -> float | None:
+        """The face's parse score (output/quality.py: mean part confidence, a part not found counting 0)."""
+        return parse_score(self.confidences) if self.confidences else None
+
+    @property
+    def parts_found(self) -> int:
+        return parts_found(self.confidences)
+
+    @property
+    def size(self) -> float | None:
+        """The shorter side of the face box, in pixels."""
+        return face_size(self.box)
+
+    def part_confidence(self, part: int) -> float | None:
+        return self.confidences[part] if self.confidences else None
 
 
 @dataclass
@@ -66,6 +85,7 @@ class Photo:
     source: str | None  # where the job read the image (file metadata), None if not recorded
     endpoint_url: str | None
     faces: list[Face] = field(default_factory=list)
+    size: int | None = None  # bytes of the source object at listing time
     _maps: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def label_maps(self) -> tuple[np.ndarray, np.ndarray]:
@@ -98,6 +118,15 @@ class Photo:
             present = np.bincount(label_map[mine], minlength=NUM_CLASSES)
             for cls in np.flatnonzero(present[1:]) + 1:
                 yield position, int(cls), mine & (label_map == cls)
+
+    def face_mask(self, position: int) -> np.ndarray:
+        """(height, width) bool: the pixels of the union that belong to faces[position] (all its parts)."""
+        label_map, owner = self.label_maps()
+        return (owner == position) & (label_map != BACKGROUND)
+
+    def parse_scores(self) -> list[float]:
+        """The parse scores of the faces that have one."""
+        return [f.parse_score for f in self.faces if f.parse_score is not None]
 
     def uri(self) -> str:
         """The original image: an s3:// URI or an absolute local path (the key alone if the source is unknown)."""
@@ -171,7 +200,7 @@ def _keep(batch: pa.RecordBatch, where: Where | None) -> np.ndarray:
 def _photo(record: dict, file: OutputFile) -> Photo:
     return Photo(id=record["id"], key=record["key"], width=record["width"], height=record["height"],
                  status=STATUS_OK, model_version=record["model_version"], source=file.metadata.get("source"),
-                 endpoint_url=file.metadata.get("endpoint_url"))  # fmt: skip
+                 endpoint_url=file.metadata.get("endpoint_url"), size=record["size"])  # fmt: skip
 
 
 def _exportable(photo: Photo) -> bool:
@@ -194,6 +223,7 @@ def _face(record: dict, columns: Sequence[str], file_name: str) -> Face:
         x=record["label_map_x"],
         y=record["label_map_y"],
         columns={c: record[c] for c in columns},
+        confidences=tuple(record[c] for c in CONFIDENCE_COLUMNS),
     )
 
 

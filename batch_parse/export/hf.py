@@ -6,7 +6,13 @@ present) is a list of `ClassLabel(names=CLASS_NAMES)`, which carries the class n
 features (`ds.features["classes"].feature.names`). The features travel in the Parquet schema
 metadata (key `huggingface`), written by the installed `datasets` itself so its version reads them.
 `image` holds the original's path (local path or s3:// URI, which needs s3fs) or, with
---copy-images, its bytes.
+--copy-images, its bytes. Parse quality (output/quality.py) is a column at both levels:
+`parse_score` of each face and, per image, the lowest of its faces', so `ds.sort("parse_score")`
+puts the most doubtful images first.
+
+README.md is a dataset card whose YAML header (written by huggingface_hub's DatasetCardData) names
+the data files (`configs`), the features and split sizes (`dataset_info`), the task and licence,
+so `load_dataset(OUT)` and the Hub read the folder as one dataset with these features.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from PIL import Image
 
 from batch_parse.export.faces import Originals, Photo, safe_relative
 from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, PART_NAMES
+from batch_parse.output.quality import PARSE_SCORE, PARSE_SCORE_DOC
 
 COLUMNS: tuple[str, ...] = ("label_map", *(f"{p}_{c}" for p in PART_NAMES for c in ("crop", "box", "confidence")))
 DATA = "data/train-00000-of-00001.parquet"
@@ -46,6 +53,8 @@ def features():
     face = {
         "face_index": Value("int32"),
         "face_score": Value("float32"),
+        PARSE_SCORE: Value("float32"),
+        "parts_found": Value("int32"),
         "face_box": List(Value("float32"), length=4),
         "landmarks": List(Value("float32"), length=10),
         "label_map": ImageFeature(),  # the face's region, placed at (label_map_x, label_map_y)
@@ -63,6 +72,7 @@ def features():
         "width": Value("int32"),
         "height": Value("int32"),
         "model_version": Value("string"),
+        PARSE_SCORE: Value("float32"),  # the lowest of the faces'; null without a face
         "label_map": ImageFeature(),
         "classes": List(ClassLabel(names=list(CLASS_NAMES))),
         "faces": List(face),
@@ -85,7 +95,7 @@ def _row(photo: Photo, originals: Originals | None) -> dict:
     faces = []
     for face in photo.faces:
         row = {
-            "face_index": face.index, "face_score": face.score,
+            "face_index": face.index, "face_score": face.score, PARSE_SCORE: face.parse_score, "parts_found": face.parts_found,
             "face_box": None if face.box is None else face.box.tolist(),
             "landmarks": None if face.landmarks is None else face.landmarks.reshape(-1).tolist(),
             "label_map": _image(face.columns["label_map"]), "label_map_x": face.x, "label_map_y": face.y,
@@ -96,26 +106,57 @@ def _row(photo: Photo, originals: Originals | None) -> dict:
             row[f"{part}_confidence"] = face.columns[f"{part}_confidence"]
         faces.append(row)
     present = np.flatnonzero(np.bincount(label_map.ravel(), minlength=len(CLASS_NAMES)))
+    scores = photo.parse_scores()
     return {
         "image": image, "id": photo.id, "key": photo.key, "width": photo.width, "height": photo.height,
-        "model_version": photo.model_version, "label_map": _image(_png(label_map)),
+        "model_version": photo.model_version, PARSE_SCORE: min(scores) if scores else None, "label_map": _image(_png(label_map)),
         "classes": present.tolist(), "faces": faces,
     }  # fmt: skip
 
 
-def card() -> str:
+def card(images: int, faces: int, versions: list[str], sources: list[str]) -> str:
+    """README.md: the dataset card, a YAML header the Hub and `datasets` read, then what the columns mean."""
+    from huggingface_hub import DatasetCardData
+
+    header = DatasetCardData(
+        pretty_name="batch-parse face parsing labels",
+        license="other",  # the labels inherit the weights' terms: see the body
+        annotations_creators=["machine-generated"],
+        task_categories=["image-segmentation"],
+        task_ids=["semantic-segmentation"],
+        size_categories=[_size_category(images)],
+        tags=["face-parsing", "batch-parse", "stn-icnn"],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
+        dataset_info={"features": features()._to_yaml_list(), "splits": [{"name": "train", "num_examples": images}]},
+    )
     rows = "\n".join(f"| {i} | `{name}` | rgb{tuple(color)} |" for i, (name, color) in enumerate(zip(CLASS_NAMES, CLASS_COLORS)))
     return (
+        f"---\n{header.to_yaml()}\n---\n\n"
         "# batch-parse face parsing labels\n\n"
-        "Exported by `batch-parse export --to hf`. One row per image: `image`, `label_map` (8-bit, pixel = class index,\n"
-        "the union of the image's faces), `classes` present, and `faces` (detector box, landmarks, score, the face's\n"
-        "own label map and six part crops with boxes and confidences).\n\n"
+        f"Exported by `batch-parse export --to hf`: {images} image(s), {faces} face(s), labelled by "
+        f"{', '.join(f'`{v}`' for v in versions) or 'batch-parse'} from {', '.join(f'`{s}`' for s in sources) or 'an unrecorded source'}.\n\n"
+        "One row per image: `image`, `label_map` (8-bit, pixel = class index, the union of the image's faces), `classes`\n"
+        "present, `parse_score` (the lowest of its faces') and `faces` (detector box, landmarks and score, `parse_score`,\n"
+        "`parts_found`, the face's own label map and six part crops with boxes and confidences).\n\n"
+        f"`parse_score`: {PARSE_SCORE_DOC}. `<part>_confidence`: the mean stage-2 probability over the pixels labelled as\n"
+        "the part, 0 when the part was not found in its window.\n\n"
         "```python\nimport datasets\n"
-        'ds = datasets.load_dataset("parquet", data_dir="data", split="train")\n'
+        'ds = datasets.load_dataset("parquet", data_dir="data", split="train")  # or load_dataset(THIS_FOLDER)\n'
         'ds[0]["label_map"]  # PIL image\n'
-        'ds.features["classes"].feature.names\n```\n\n'
-        f"| index | class | colour |\n|---|---|---|\n{rows}\n"
+        'ds.features["classes"].feature.names\n'
+        'doubtful = ds.sort("parse_score").select(range(20))  # the least confident images first\n```\n\n'
+        f"| index | class | colour |\n|---|---|---|\n{rows}\n\n"
+        "## Licence\n\nThe labels are the output of batch-parse's STN-iCNN weights, trained on data sets for non-commercial\n"
+        "research only (see the model card in batch_parse/model/weights/MODEL_CARD.md); the images keep their own terms.\n"
     )
+
+
+def _size_category(n: int) -> str:
+    for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                        (10_000_000, "1M<n<10M")):  # fmt: skip
+        if n < bound:
+            return name
+    return "10M<n<100M"
 
 
 def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result) -> None:
@@ -123,8 +164,11 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
     path = out / DATA
     path.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    versions, sources = set(), set()
     with pq.ParquetWriter(path, schema) as writer:
         for photo in photos:
+            versions.add(photo.model_version)
+            sources.add(photo.source or "")
             rows.append(_row(photo, originals))
             result.copied += originals is not None
             result.images += 1
@@ -134,5 +178,5 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
                 rows = []
         if rows or result.images == 0:
             writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-    (out / CARD).write_text(card(), encoding="utf-8")
+    (out / CARD).write_text(card(result.images, result.faces, sorted(versions), sorted(filter(None, sources))), encoding="utf-8")
     result.files += [DATA, CARD]

@@ -2,9 +2,16 @@
 
 Each part class of each face is one `brushlabels` result in Label Studio's own RLE (the
 rle-pack bit stream its brush tool decodes: an RGBA image of the photo's size, flattened), and
-each face one `rectanglelabels` box with its detector score. labeling_config.xml has one
-<BrushLabels> label per class with our colours. Import: create a project, paste the config
-(Settings > Labeling Interface > Code), then Import tasks.json.
+each face one `rectanglelabels` box. labeling_config.xml has one <BrushLabels> label per class
+with our colours. Import: create a project, paste the config (Settings > Labeling Interface >
+Code), then Import tasks.json.
+
+Parse quality, where Label Studio sorts and filters by it: each brush region's `score` is its
+part's confidence and each face box's `score` the face's parse score (output/quality.py); the
+prediction's `score` (the Data Manager's "Prediction score" column) is the image's lowest parse
+score, and the task `data` holds columns to sort and filter by: `parse_score` (lowest over the
+faces), `parse_score_mean`, `face_score_min` (detector), `smallest_face_px`, `parts_missing`
+(parts not found, all faces) and `<part>_confidence` (lowest over the faces).
 
 Images: `data.image` is `s3://bucket/key` for S3 sources (connect the bucket as source storage),
 otherwise `/data/local-files/?d=<path>` with the path relative to the image root: the job's
@@ -23,7 +30,8 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from batch_parse.export.faces import Originals, Photo
-from batch_parse.labels import CLASS_COLORS, CLASS_NAMES
+from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, CLASS_PART, PART_NAMES
+from batch_parse.output.quality import PARSE_SCORE
 from batch_parse.storage.location import parse_location
 
 COLUMNS: tuple[str, ...] = ()
@@ -101,7 +109,7 @@ def _task(photo: Photo, copied: str | None) -> tuple[dict, int]:
         x0, y0, x1, y1 = np.clip(face.box, 0, [w, h, w, h]).tolist()
         results.append({
             "id": f"face{face.index}", "from_name": FACE_TAG, "to_name": IMAGE_TAG, "type": "rectanglelabels",
-            "original_width": w, "original_height": h, "image_rotation": 0, "score": face.score,
+            "original_width": w, "original_height": h, "image_rotation": 0, "score": face.parse_score,
             "value": {"x": 100 * x0 / w, "y": 100 * y0 / h, "width": 100 * (x1 - x0) / w, "height": 100 * (y1 - y0) / h,
                       "rotation": 0, "rectanglelabels": [FACE_LABEL]},
         })  # fmt: skip
@@ -110,17 +118,35 @@ def _task(photo: Photo, copied: str | None) -> tuple[dict, int]:
         face = photo.faces[position]
         results.append({
             "id": f"face{face.index}-{CLASS_NAMES[cls]}", "from_name": BRUSH_TAG, "to_name": IMAGE_TAG, "type": "brushlabels",
-            "original_width": w, "original_height": h, "image_rotation": 0, "score": face.score,
+            "original_width": w, "original_height": h, "image_rotation": 0, "score": face.part_confidence(CLASS_PART[cls]),
             "value": {"format": "rle", "rle": brush_rle(mask), "brushlabels": [CLASS_NAMES[cls]]},
         })  # fmt: skip
         parts += 1
-    scores = [f.score for f in photo.faces if f.score is not None]
+    data = {"image": _image_url(photo, copied), "key": photo.key, "batch_parse_id": str(photo.id), "face_count": len(photo.faces),
+            **quality_fields(photo)}  # fmt: skip
     task = {
-        "data": {"image": _image_url(photo, copied), "key": photo.key, "batch_parse_id": str(photo.id),
-                 "face_count": len(photo.faces)},
-        "predictions": [{"model_version": photo.model_version, "score": min(scores) if scores else None, "result": results}],
-    }  # fmt: skip
+        "data": data,
+        "predictions": [{"model_version": photo.model_version, "score": data[PARSE_SCORE], "result": results}],
+    }
     return task, parts
+
+
+def _lowest(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return min(values) if values else None
+
+
+def quality_fields(photo: Photo) -> dict:
+    """The task `data` columns of parse quality (None for an image without faces)."""
+    scores = photo.parse_scores()
+    return {
+        PARSE_SCORE: min(scores) if scores else None,
+        f"{PARSE_SCORE}_mean": sum(scores) / len(scores) if scores else None,
+        "face_score_min": _lowest(f.score for f in photo.faces),
+        "smallest_face_px": _lowest(f.size for f in photo.faces),
+        "parts_missing": sum(len(PART_NAMES) - f.parts_found for f in photo.faces),
+        **{f"{part}_confidence": _lowest(f.part_confidence(p) for f in photo.faces) for p, part in enumerate(PART_NAMES)},
+    }
 
 
 def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result) -> None:

@@ -49,12 +49,14 @@ import torch
 import torch.nn.functional as F
 
 from batch_parse.faces import mtcnn
+from batch_parse.faces.policy import DEFAULT_DETECTOR, DETECTOR_DEFAULTS, DETECTORS
 
-DETECTORS = ("mtcnn",)
+# The detectors known and their defaults live in policy.py (torch-free, so a job spec is checked
+# without loading torch); MTCNN's are the ones measured above.
 # min_face is the side of the smallest P-Net window searched, in photo pixels; a window holds a
 # face with some margin, so detected boxes come out down to about 0.4 x min_face.
-DEFAULT_MIN_FACE = 20
-DEFAULT_THRESHOLD = 0.9  # O-Net score; see "Why MTCNN" above
+DEFAULT_MIN_FACE = DETECTOR_DEFAULTS["mtcnn"].min_face
+DEFAULT_THRESHOLD = DETECTOR_DEFAULTS["mtcnn"].threshold  # O-Net score; see "Why MTCNN" above
 PYRAMID_FACTOR = 0.709  # each level's side over the last: about 1/sqrt(2), two levels per octave
 PNET_THRESHOLD = 0.6
 RNET_THRESHOLD = 0.7
@@ -348,7 +350,7 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.nda
     return np.array(keep, dtype=np.int64)
 
 
-def load_detector(name: str = "mtcnn", device: str | None = None) -> FaceDetector:
+def load_detector(name: str = DEFAULT_DETECTOR, device: str | None = None) -> FaceDetector:
     """A face detector by name on `device` (None or "auto": CUDA when available, else CPU)."""
     if name not in DETECTORS:
         raise DetectorError(f"unknown face detector {name!r}; known: {', '.join(DETECTORS)}")

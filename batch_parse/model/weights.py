@@ -18,16 +18,7 @@ from safetensors.torch import save_file
 from batch_parse.model.config import ModelConfig
 from batch_parse.model.stn_icnn import STNiCNN
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-FORMAT = "batch-parse/stn-icnn/1"
-
-# Named weights that ship inside the package (MODEL_CARD.md describes each). v1 stays loadable by
-# name so that earlier outputs can be reproduced; "default" is what a run uses unless told.
-REGISTRY: dict[str, Path] = {
-    "stn-icnn/default": WEIGHTS_DIR / "stn-icnn-v2.safetensors",
-    "stn-icnn/v2": WEIGHTS_DIR / "stn-icnn-v2.safetensors",
-    "stn-icnn/v1": WEIGHTS_DIR / "stn-icnn-v1.safetensors",
-}
+from batch_parse.model.registry import FORMAT, REGISTRY, WEIGHTS_DIR  # noqa: F401 (re-exported)
 
 
 class WeightsError(ValueError):

@@ -216,8 +216,7 @@ def _run_chain(options: JobOptions, fs, manifest_path: str, data_dir: str, model
             .map_batches(
                 stages.FaceParseActor,
                 fn_constructor_kwargs={"model": options.model, "device": device, "threads": stages.actor_threads(options, gpus > 0),
-                                       "faces": options.faces, "detector": options.detector, "min_face": options.min_face,
-                                       "detector_threshold": options.detector_threshold, "progress": counter},
+                                       "policy": options.policy, "progress": counter},
                 batch_size=options.batch_size,
                 compute=ray.data.ActorPoolStrategy(min_size=options.min_actors, max_size=options.max_actors),
                 num_gpus=gpus,
@@ -242,15 +241,7 @@ def _run_chain(options: JobOptions, fs, manifest_path: str, data_dir: str, model
 
 def inference_policy(options: JobOptions) -> dict:
     """The run's inference choices, recorded in every output file's metadata (not in the weights)."""
-    from batch_parse.faces.detector import DEFAULT_THRESHOLD
-
-    detected = options.faces != "whole-image"
-    return {
-        "faces": options.faces,
-        "detector": options.detector if detected else None,
-        "min_face": options.min_face if detected else None,
-        "detector_threshold": (options.detector_threshold or DEFAULT_THRESHOLD) if detected else None,
-    }
+    return options.policy.metadata()
 
 
 def _count_rows(summary: JobSummary, fs, files: list[str]) -> None:

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from batch_parse.faces.policy import DEFAULT_POLICY, FACE_MODES, InferencePolicy  # noqa: F401 (FACE_MODES: re-exported)
+
 CROP_FORMATS = ("jpeg", "png")
-# all: every face the detector finds is a row; largest: only the largest face of each photo;
-# whole-image: no detector, each image is one face (corpora of aligned crops, v1 behaviour).
-FACE_MODES = ("all", "largest", "whole-image")
-DEFAULT_DETECTOR = "mtcnn"
-# Smallest face the detector looks for (box side in pixels): below ~20 px the parser's parts
-# are a few pixels wide, and the detector's pyramid (hence its cost) grows as 1/min_face^2.
-DEFAULT_MIN_FACE = 20
 DEFAULT_MODEL = "stn-icnn/default"
 # Pillow refuses more than 2x its own limit (~179 MP); we cap lower: a 50 MP photo is
 # ~150 MB as RGB, which is already more than a worker should hold per image.
@@ -43,49 +38,58 @@ class JobOptions:
     retry_errors: bool = True  # redo images whose rows are retryable errors (pipeline/errors.py) from earlier runs
     rows_per_file: int = 1000  # bounds output Parquet file size (crops make rows ~50-200 KB)
     device: str | None = None  # None: cuda when the actor has a GPU, else cpu
-    faces: str = "all"  # FACE_MODES
-    detector: str = DEFAULT_DETECTOR  # face detector name (batch_parse.faces)
-    min_face: int = DEFAULT_MIN_FACE  # smallest face to detect, pixels
-    detector_threshold: float | None = None  # final detector score to keep a face; None: the detector's default
+    # The inference policy (faces/policy.py owns their defaults, help and checks): `policy` below.
+    faces: str = DEFAULT_POLICY.faces  # FACE_MODES
+    detector: str = DEFAULT_POLICY.detector  # face detector name (batch_parse.faces)
+    min_face: int = DEFAULT_POLICY.min_face  # smallest face to detect, pixels
+    detector_threshold: float = DEFAULT_POLICY.detector_threshold  # final detector score to keep a face
     extra: dict = field(default_factory=dict)  # reserved for forward-compatible spec keys
+
+    @property
+    def policy(self) -> InferencePolicy:
+        """The run's inference policy (faces, detector, min_face, detector_threshold)."""
+        return InferencePolicy.of(self)
 
     def validate(self) -> list[str]:
         """Every problem with these options, one line each (empty list = valid)."""
-        problems = []
+        problems = [f"{name}: must not contain a NUL character" for name in _PATH_OPTIONS if "\0" in (getattr(self, name) or "")]
+        for name, (low, high) in _INT_BOUNDS.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < low:
+                problems.append(f"{name}: must be >= {low}, got {value}")
+            elif isinstance(value, int) and not isinstance(value, bool) and value > high:
+                problems.append(f"{name}: must be <= {high:,}, got {value:,}")
         if not self.source:
             problems.append("source: must be an s3:// URI or a local folder")
         if not self.output:
             problems.append("output: must be an s3:// URI or a local folder")
-        if self.batch_size < 1:
-            problems.append(f"batch_size: must be >= 1, got {self.batch_size}")
-        if self.min_actors < 1:
-            problems.append(f"min_actors: must be >= 1, got {self.min_actors}")
-        if self.max_actors < self.min_actors:
+        if 1 <= self.max_actors < self.min_actors <= _INT_BOUNDS["min_actors"][1]:
             problems.append(f"max_actors: must be >= min_actors ({self.min_actors}), got {self.max_actors}")
-        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
-            problems.append(f"gpus_per_actor: must be >= 0, got {self.gpus_per_actor}")
-        if self.cpus_per_actor <= 0:
-            problems.append(f"cpus_per_actor: must be > 0, got {self.cpus_per_actor}")
+        if self.gpus_per_actor is not None and not 0 <= self.gpus_per_actor <= _MAX_RESOURCE:
+            problems.append(f"gpus_per_actor: must be in 0..{_MAX_RESOURCE}, got {self.gpus_per_actor}")
+        if not 0 < self.cpus_per_actor <= _MAX_RESOURCE:
+            problems.append(f"cpus_per_actor: must be > 0 and <= {_MAX_RESOURCE}, got {self.cpus_per_actor}")
         if self.crop_format not in CROP_FORMATS:
             problems.append(f"crop_format: must be one of {', '.join(CROP_FORMATS)}, got {self.crop_format!r}")
-        if not 1 <= self.jpeg_quality <= 100:
-            problems.append(f"jpeg_quality: must be in 1..100, got {self.jpeg_quality}")
-        if self.max_pixels < 1:
-            problems.append(f"max_pixels: must be >= 1, got {self.max_pixels}")
-        if self.faces not in FACE_MODES:
-            problems.append(f"faces: must be one of {', '.join(FACE_MODES)}, got {self.faces!r}")
-        if self.min_face < 1:
-            problems.append(f"min_face: must be >= 1 pixel, got {self.min_face}")
-        if self.detector_threshold is not None and not 0 < self.detector_threshold < 1:
-            problems.append(f"detector_threshold: must be in (0, 1), got {self.detector_threshold}")
-        if self.rows_per_file < 1:
-            problems.append(f"rows_per_file: must be >= 1, got {self.rows_per_file}")
-        if self.max_bytes < 1:
-            problems.append(f"max_bytes: must be >= 1, got {self.max_bytes}")
-        if self.fetch_attempts < 1:
-            problems.append(f"fetch_attempts: must be >= 1, got {self.fetch_attempts}")
-        return problems
+        return problems + self.policy.problems()
 
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls) if f.name != "extra"]
+
+
+_MAX_RESOURCE = 1024  # GPUs or CPUs per actor: a node has far fewer; also refuses .inf and NaN
+# Options that name a path or URL: a NUL in one cannot name anything (and would be cut short by C APIs).
+_PATH_OPTIONS = ("source", "output", "model", "endpoint_url", "object_list")
+# Every integer option's range: wide enough for any real job, narrow enough that a typo such as
+# `batch_size: 100000000000000000000` is named by `validate` instead of failing inside Ray or Arrow.
+_INT_BOUNDS = {
+    "batch_size": (1, 65_536),  # images per model call; a GPU batch is tens to hundreds
+    "min_actors": (1, 10_000),
+    "max_actors": (1, 10_000),
+    "jpeg_quality": (1, 100),
+    "max_pixels": (1, 2_000_000_000),  # Pillow refuses more than ~179 MP anyway; this bounds the int
+    "max_bytes": (1, 1 << 40),  # 1 TiB
+    "fetch_attempts": (1, 100),
+    "rows_per_file": (1, 10_000_000),
+}

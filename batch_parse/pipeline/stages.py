@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from batch_parse.faces.policy import DEFAULT_POLICY, InferencePolicy
 from batch_parse.labels import CLASS_NAMES, PART_NAMES
 from batch_parse.output.codec import encode_png
 from batch_parse.pipeline.decode import DecodeError, decode_image
@@ -90,8 +91,8 @@ def _size(value) -> int | None:
 class FaceParseActor:
     """Holds the detector and the parser (loaded once per actor) and turns image rows into face rows."""
 
-    def __init__(self, model: str, device: str | None, threads: int, faces: str = "all", detector: str = "mtcnn",
-                 min_face: int = 20, detector_threshold: float | None = None, progress=None):
+    def __init__(self, model: str, device: str | None, threads: int, policy: InferencePolicy = DEFAULT_POLICY, progress=None):
+        policy.check()  # one line naming every bad option, before any weights load
         import torch
 
         from batch_parse.faces import load_detector
@@ -101,11 +102,9 @@ class FaceParseActor:
         # the job planned for this actor, on GPU actors a few for the glue code.
         torch.set_num_threads(max(1, threads))
         self.parser = load_parser(model, device=device)
-        self.detector = None if faces == "whole-image" else load_detector(detector, device=device)
-        self.faces = faces
-        self.detect_kwargs = {"min_face": min_face}
-        if detector_threshold is not None:
-            self.detect_kwargs["threshold"] = detector_threshold
+        self.detector = load_detector(policy.detector, device=device) if policy.detects else None
+        self.faces = policy.faces
+        self.detect_kwargs = policy.detect_kwargs()
         self.progress = progress  # progress.ProgressCounter handle, or None
 
     def _faces_of(self, images: list[np.ndarray]) -> list[list]:

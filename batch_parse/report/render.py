@@ -1,7 +1,10 @@
 """`render`: review panels (PNG) of the least confident faces of an output, and an index.html contact sheet.
 
-Two passes over the output: the small columns pick the `limit` face rows with the lowest mean part
-confidence (and the first error and no-face rows); then label maps and crops are read for those rows only.
+Two passes over the output: the small columns pick the `limit` face rows with the lowest parse score
+(output/quality.py: the mean part confidence, a part not found counting 0), and the first error and
+no-face rows; then label maps and crops are read for those rows only. `where` (export's --where
+language, export/where.py) and `min_face` (the shorter side of the face box, px) narrow the rows
+first: every row must match `where`, and face rows must be at least `min_face`.
 The original image is not in the output, so it is fetched again from the source recorded in
 each file's metadata; when that fails the panel is drawn from the label map alone and says why.
 A photo with several faces is also drawn once whole, every face numbered by its face_index, just
@@ -27,14 +30,14 @@ from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
 from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.report.overlay import panel, photo_panel
+from batch_parse.output.quality import CONFIDENCE_COLUMNS, PARSE_SCORE_DOC, face_size, parse_scores
 from batch_parse.output.reader import Output, OutputFile, open_output
 from batch_parse.storage.fetch import FetchError, fetch_objects
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.s3 import describe_error
 
-CONFIDENCE_COLUMNS = tuple(f"{p}_confidence" for p in PART_NAMES)
 SELECT_COLUMNS = ("id", "key", "status", "error_code", "error", "width", "height", "model_version",
-                  "face_index", "face_count", "face_score", *CONFIDENCE_COLUMNS)
+                  "face_index", "face_count", "face_score", "face_box", *CONFIDENCE_COLUMNS)
 PANEL_COLUMNS = ("id", "face_index", "label_map", "label_map_x", "label_map_y", "face_box", "landmarks",
                  *(f"{p}_crop" for p in PART_NAMES), *(f"{p}_box" for p in PART_NAMES))
 PANELS_DIR = "panels"
@@ -43,7 +46,7 @@ TITLE_KEY_CHARS = 70
 
 @dataclass(order=True)
 class Row:
-    """One output row picked for the contact sheet (ordered by mean confidence, then key)."""
+    """One output row picked for the contact sheet (ordered by parse score, then key)."""
 
     mean_confidence: float
     key: str
@@ -90,21 +93,32 @@ class ErrorRow:
 
 @dataclass
 class Selection:
-    rows: list[Row]  # ascending mean confidence
+    rows: list[Row]  # ascending parse score
     errors: list[ErrorRow]
     ok_total: int = 0
     error_total: int = 0
     no_face: list[str] = field(default_factory=list)  # keys of the first images without a face
     no_face_total: int = 0
     photos: dict[int, PhotoPanel] = field(default_factory=dict)  # by image id: the shown photos with several faces
+    filters: list[str] = field(default_factory=list)  # what narrowed the rows (--where, --min-face), for the page
+    faces_too_small: int = 0  # face rows --min-face left out
 
 
-def render_output(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: str | None = None) -> Path:
-    """Write out_dir/panels/**.png and out_dir/index.html for the `limit` least confident rows; returns index.html."""
+def render_output(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: str | None = None, *,
+                  where: str | None = None, min_face: float | None = None) -> Path:
+    """Write out_dir/panels/**.png and out_dir/index.html for the `limit` least confident faces; returns index.html.
+
+    where: export's --where clauses every row shown must match; min_face: the smallest face shown (box side, px).
+    """
+    from batch_parse.export.where import parse_where
+
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
+    if min_face is not None and not min_face >= 0:
+        raise ValueError(f"--min-face must be >= 0 pixels, got {min_face}")
+    condition = parse_where(where) if where else None  # before reading anything: a typo is one line
     output = open_output(dst, endpoint_url)
-    selection = select_rows(output, limit)
+    selection = select_rows(output, limit, condition, min_face)
     out_dir = Path(out_dir)
     (out_dir / PANELS_DIR).mkdir(parents=True, exist_ok=True)
     by_file: dict[str, list[Row]] = defaultdict(list)
@@ -117,18 +131,30 @@ def render_output(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: 
     return index
 
 
-def select_rows(output: Output, limit: int) -> Selection:
-    """The `limit` ok rows of lowest mean confidence and the first `limit` error rows."""
-    # Max-heap on mean confidence via negation; among equal means the earlier row stays.
+def select_rows(output: Output, limit: int, where=None, min_face: float | None = None) -> Selection:
+    """The `limit` ok rows of lowest parse score and the first `limit` error and no-face rows,
+    among the rows `where` (a parsed export.where.Where) keeps and faces at least `min_face` px."""
+    # Max-heap on the parse score via negation; among equal scores the earlier row stays.
     heap: list[tuple[float, int, Row]] = []
     errors: list[ErrorRow] = []
     selection = Selection(rows=[], errors=errors)
+    if where is not None:
+        selection.filters.append(f"--where {where}")
+    if min_face:
+        selection.filters.append(f"--min-face {min_face:g}")
+    columns = list(dict.fromkeys((*SELECT_COLUMNS, *(where.columns if where is not None else ()))))
     sequence = 0
-    for file, batch in output.batches(SELECT_COLUMNS):
+    for file, batch in output.batches(columns):
         status = batch.column("status")
-        ok = np.flatnonzero(pc.equal(status, STATUS_OK).to_numpy(zero_copy_only=False))
-        failed = np.flatnonzero(pc.equal(status, STATUS_ERROR).to_numpy(zero_copy_only=False))
-        faceless = np.flatnonzero(pc.equal(status, STATUS_NO_FACE).to_numpy(zero_copy_only=False))
+        keep = where.mask(batch) if where is not None else np.ones(batch.num_rows, dtype=bool)
+        is_ok = pc.equal(status, STATUS_OK).to_numpy(zero_copy_only=False) & keep
+        if min_face:
+            small = is_ok & ~(_face_sizes(batch) >= min_face)  # a face without a box has no size: left out too
+            selection.faces_too_small += int(small.sum())
+            is_ok &= ~small
+        ok = np.flatnonzero(is_ok)
+        failed = np.flatnonzero(pc.equal(status, STATUS_ERROR).to_numpy(zero_copy_only=False) & keep)
+        faceless = np.flatnonzero(pc.equal(status, STATUS_NO_FACE).to_numpy(zero_copy_only=False) & keep)
         selection.ok_total += ok.size
         selection.error_total += failed.size
         selection.no_face_total += faceless.size
@@ -139,10 +165,8 @@ def select_rows(output: Output, limit: int) -> Selection:
         if not ok.size:
             continue
         confidences = np.stack([batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in CONFIDENCE_COLUMNS], axis=1)
-        finite = np.isfinite(confidences)
-        counts = finite.sum(axis=1)
         # A row without any confidence is the least trustworthy of all: it sorts first (-1).
-        means = np.where(counts > 0, np.where(finite, confidences, 0).sum(axis=1) / np.maximum(counts, 1), -1.0)
+        means = np.nan_to_num(parse_scores(confidences), nan=-1.0)
         # Only the batch's own `limit` lowest can enter the heap: keeps Python work per batch small.
         candidates = ok if ok.size <= limit else ok[np.argpartition(means[ok], limit - 1)[:limit]]
         for i in candidates:
@@ -158,6 +182,12 @@ def select_rows(output: Output, limit: int) -> Selection:
                 heapq.heapreplace(heap, item)
     selection.rows = sorted(item[2] for item in heap)
     return selection
+
+
+def _face_sizes(batch) -> np.ndarray:
+    """The shorter side of each row's face box in pixels (NaN without a box)."""
+    sizes = (face_size(b) for b in batch.column("face_box").to_pylist())
+    return np.array([np.nan if v is None else v for v in sizes], np.float64)
 
 
 def _render_file_rows(output: Output, rows: list[Row], out_dir: Path, endpoint_url: str | None) -> dict[int, PhotoPanel]:
@@ -330,7 +360,7 @@ def _decode_crop(data: bytes | None) -> Image.Image | None:
 def _title(row: Row) -> str:
     key = row.key if len(row.key) <= TITLE_KEY_CHARS else "..." + row.key[-(TITLE_KEY_CHARS - 3) :]
     return (f"{key}   face_index {row.face_index} of {row.face_count} faces{_score(row.face_score)}   {row.width}x{row.height}   "
-            f"mean confidence {_confidence(row.mean_confidence)}   {row.model_version}")
+            f"parse score {_confidence(row.mean_confidence)}   {row.model_version}")
 
 
 def _hex(row_id: int) -> str:
@@ -383,8 +413,11 @@ def _index_html(output: Output, selection: Selection) -> str:
         f"<title>batch-parse review: {e(output.location.uri)}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>batch-parse review of {e(output.location.uri)}</h1>",
-        "<p><strong>Faces are ordered by ascending mean part confidence</strong> (the mean of the six part "
-        "confidences), so the most doubtful labels come first.</p>",
+        f"<p><strong>Faces are ordered by ascending parse score</strong> ({e(PARSE_SCORE_DOC)}), "
+        "so the most doubtful labels come first.</p>",
+        *([f"<p>Rows narrowed by <code>{e(' '.join(selection.filters))}</code>"
+           + (f"; {selection.faces_too_small:,} smaller face(s) left out" if selection.faces_too_small else "") + ".</p>"]
+          if selection.filters else []),
         f"<p>{len(selection.rows)} of {selection.ok_total:,} faces shown; {selection.no_face_total:,} image(s) without a face "
         f"and {selection.error_total:,} error row(s), listed at the end.</p>",
         f'<p class="legend">{legend}</p>',
@@ -408,7 +441,7 @@ def _index_html(output: Output, selection: Selection) -> str:
         caption = (
             f"#{rank} <strong>{e(row.key)}</strong> &middot; face_index {row.face_index} of {row.face_count} faces"
             f"{e(_score(row.face_score))} &middot; {row.width}x{row.height} &middot; "
-            f"mean confidence {_confidence(row.mean_confidence)} &middot; {e(row.model_version)}<br>{confidences}<br>"
+            f"parse score {_confidence(row.mean_confidence)} &middot; {e(row.model_version)}<br>{confidences}<br>"
             f'row <a href="#{row.anchor}">id {row.id}, face_index {row.face_index}</a> &middot; '
             f"export it: <code>--where \"{e(where)}\"</code>"
         )
@@ -449,7 +482,7 @@ def _photo_figure(photo: PhotoPanel, shown: dict[int, Row]) -> str:
         if row is None:
             links.append(f"face_index {index} (not among the least confident shown)")
         else:
-            links.append(f'<a href="#{row.anchor}">face_index {index}</a> (mean confidence {_confidence(row.mean_confidence)})')
+            links.append(f'<a href="#{row.anchor}">face_index {index}</a> (parse score {_confidence(row.mean_confidence)})')
     caption = (
         f"<strong>{e(photo.key)}</strong> &middot; {photo.face_count} faces &middot; id {photo.id} &middot; "
         f"export the photo: <code>--where \"{e(export_where(photo.id))}\"</code><br>" + " &middot; ".join(links)

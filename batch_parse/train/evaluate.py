@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from batch_parse.faces.policy import DEFAULT_POLICY, InferencePolicy
 from batch_parse.labels import F1_GROUPS, NUM_CLASSES
 
 
@@ -62,16 +63,17 @@ def evaluate(
     return hist, f1_scores(hist)
 
 
-def photo_label_maps(parser, detector, images: list[np.ndarray], largest: bool = False) -> list[np.ndarray]:
-    """Full-size label maps of each image: parsed whole (detector None) or face by face, as the job does.
+def photo_label_maps(parser, detector, images: list[np.ndarray], policy: InferencePolicy = DEFAULT_POLICY) -> list[np.ndarray]:
+    """Full-size label maps of each image: parsed whole (detector None) or face by face, as the job does
+    (`policy`: which faces, min_face and threshold, as a run's).
 
     With several faces, later faces only fill pixels the earlier (larger) ones left as background.
     An image without a detected face is all background: that miss is part of the score.
     """
     if detector is None:
         return [r.label_map for r in parser.parse(images)]
-    found = detector.detect(images)
-    if largest:
+    found = detector.detect(images, **policy.detect_kwargs())
+    if policy.faces == "largest":
         found = [d.largest() for d in found]
     maps = [np.zeros(im.shape[:2], np.uint8) for im in images]
     for r in parser.parse_faces(images, found):
