@@ -217,7 +217,7 @@ def _write_synthetic(args: tuple[str, int, str, str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from batch_parse.pipeline.schema import output_schema
+    from batch_parse.output.schema import output_schema
 
     data_dir, f, model_name, sha = args
     schema = output_schema(model_name, sha, "jpeg")

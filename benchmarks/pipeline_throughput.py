@@ -52,7 +52,7 @@ from batch_parse.pipeline import job as job_module
 from batch_parse.pipeline import stages
 from batch_parse.pipeline.job import run_job
 from batch_parse.pipeline.options import JobOptions
-from batch_parse.pipeline.schema import output_schema
+from batch_parse.output.schema import output_schema
 from batch_parse.storage.listing import iter_objects
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.manifest import object_id

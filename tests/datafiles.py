@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 def data_file(path: Path, rows: list[tuple]) -> None:
     """A data file with the real schema: rows of (id, face_index or None, face_count, status, error_code)."""
-    from batch_parse.pipeline.schema import output_schema
+    from batch_parse.output.schema import output_schema
 
     schema = output_schema("stn-icnn/default", "0" * 64, "jpeg")
     n = len(rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batch_parse.pipeline.schema import BASE_SCHEMA, COLUMN_DOCS
+from batch_parse.output.schema import BASE_SCHEMA, COLUMN_DOCS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -447,7 +447,7 @@ def test_two_model_versions_are_exported_one_at_a_time(demo_output, tmp_path):
 
     import pyarrow.parquet as pq
 
-    from batch_parse.pipeline.schema import METADATA_KEY
+    from batch_parse.output.schema import METADATA_KEY
 
     dst = tmp_path / "two-versions"
     shutil.copytree(demo_output, dst)
@@ -471,7 +471,7 @@ def test_export_from_s3_copies_originals_from_the_recorded_source(demo_output, t
     import pyarrow.parquet as pq
     from pycocotools.coco import COCO
 
-    from batch_parse.pipeline.schema import METADATA_KEY
+    from batch_parse.output.schema import METADATA_KEY
 
     bucket = s3_server.make_bucket("export-test")
     client = s3_server.client()
@@ -562,7 +562,7 @@ def test_the_run_records_its_inference_policy(demo_output):
     import pyarrow.parquet as pq
 
     from batch_parse.faces.policy import DETECTOR_DEFAULTS
-    from batch_parse.pipeline.schema import read_metadata
+    from batch_parse.output.schema import read_metadata
 
     meta = read_metadata(pq.read_schema(next(demo_output.glob("*/data/*.parquet"))))
     mtcnn = DETECTOR_DEFAULTS["mtcnn"]

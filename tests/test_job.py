@@ -20,7 +20,7 @@ from batch_parse.labels import CLASS_NAMES, PART_NAMES
 from batch_parse.pipeline import commit
 from batch_parse.pipeline.job import run_job
 from batch_parse.pipeline.options import JobOptions
-from batch_parse.pipeline.schema import read_metadata
+from batch_parse.output.schema import read_metadata
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.manifest import object_id
 from datafiles import written

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from batch_parse.labels import BACKGROUND, CLASS_COLORS, CLASS_NAMES, NUM_CLASSES, PART_NAMES, PARTS
-from batch_parse.pipeline.schema import BASE_SCHEMA, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, file_metadata, output_schema, read_metadata
+from batch_parse.output.schema import BASE_SCHEMA, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, file_metadata, output_schema, read_metadata
 from batch_parse.report import overlay as ov
 from batch_parse.report.inspect import inspect_output
 from batch_parse.report.render import render_output

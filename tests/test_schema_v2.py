@@ -14,7 +14,7 @@ from batch_parse.demo import IMAGES_DIR
 from batch_parse.faces.align import Alignment
 from batch_parse.labels import CLASS_NAMES, PART_NAMES
 from batch_parse.pipeline import stages
-from batch_parse.pipeline.schema import BASE_SCHEMA, COLUMN_DOCS, MIGRATION_V1, SCHEMA_VERSION, output_schema, read_metadata
+from batch_parse.output.schema import BASE_SCHEMA, COLUMN_DOCS, MIGRATION_V1, SCHEMA_VERSION, output_schema, read_metadata
 
 POLICY = {"faces": "all", "detector": "mtcnn", "min_face": 20, "detector_threshold": 0.9}
 

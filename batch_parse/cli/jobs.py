@@ -179,7 +179,7 @@ def submit(spec_path: Path, address: str, submission_id: str | None, no_wait: bo
         info = client.get_job_info(job_id)
     message = _short_message(info)
     echo(f"{job_id}: {status}" + (f": {message[:300]}" if message else ""))
-    from batch_parse.pipeline.errors import EXIT_RETRYABLE
+    from batch_parse.output.errors import EXIT_RETRYABLE
 
     # The run's own exit code carries through: 3 = images not done for reasons that can pass.
     raise SystemExit(EXIT_RETRYABLE if info.driver_exit_code == EXIT_RETRYABLE else 1)

@@ -26,7 +26,7 @@ from batch_parse.export.where import Where
 from batch_parse.labels import BACKGROUND, NUM_CLASSES
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
-from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.output.quality import CONFIDENCE_COLUMNS, face_size, parse_score, parts_found
 from batch_parse.output.reader import Output, OutputFile
 from batch_parse.storage.fetch import FetchError, fetch_objects

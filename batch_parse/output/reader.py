@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from batch_parse.pipeline.schema import read_metadata
+from batch_parse.output.schema import read_metadata
 from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.s3 import StorageError, describe_error, pyarrow_filesystem
 

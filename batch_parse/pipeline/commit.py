@@ -24,7 +24,7 @@ For those images only, over all the files read:
   1. unreadable files are deleted (an unfinished write: their rows were never committed),
   2. duplicate (id, face_index) rows are dropped, the copy in a covered file kept,
   3. the rows of images with only some of their faces present are removed (the image is redone),
-  4. retryable error rows (pipeline/errors.py) are removed when the run retries them;
+  4. retryable error rows (output/errors.py) are removed when the run retries them;
 then what was read or rewritten is *sealed*: a new index file covers it, and index files that
 still mention changed files are merged without them. Every other row of a file read is trusted:
 the index vouched for its image. So a rerun converges to every image complete exactly once,
@@ -60,8 +60,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from batch_parse.pipeline.errors import RETRYABLE
-from batch_parse.pipeline.schema import METADATA_KEY, STATUS_ERROR
+from batch_parse.output.errors import RETRYABLE
+from batch_parse.output.schema import METADATA_KEY, STATUS_ERROR
 from batch_parse.storage import id_ranges
 
 MAX_INDEX_FILES = 16

@@ -29,7 +29,7 @@ from batch_parse.output.layout import OutputLayout
 from batch_parse.pipeline import commit, migrate, ray_reaper, stages
 from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.progress import ProgressCounter, ProgressPrinter
-from batch_parse.pipeline.schema import output_schema
+from batch_parse.output.schema import output_schema
 from batch_parse.pipeline.summary import JobSummary
 from batch_parse.storage import lease
 from batch_parse.storage.listing import iter_objects

@@ -35,7 +35,7 @@ class JobOptions:
     max_bytes: int = DEFAULT_MAX_BYTES  # largest source object to fetch, in bytes
     fetch_attempts: int = DEFAULT_FETCH_ATTEMPTS  # tries per S3 object on errors that can pass, with backoff
     object_list: str | None = None  # read the source's keys from this object list (S3 Inventory, Parquet of keys) instead of listing
-    retry_errors: bool = True  # redo images whose rows are retryable errors (pipeline/errors.py) from earlier runs
+    retry_errors: bool = True  # redo images whose rows are retryable errors (output/errors.py) from earlier runs
     rows_per_file: int = 1000  # bounds output Parquet file size (crops make rows ~50-200 KB)
     device: str | None = None  # None: cuda when the actor has a GPU, else cpu
     # The inference policy (faces/policy.py owns their defaults, help and checks): `policy` below.

@@ -7,7 +7,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from batch_parse.pipeline.errors import EXIT_RETRYABLE, is_retryable
+from batch_parse.output.errors import EXIT_RETRYABLE, is_retryable
 
 
 @dataclass

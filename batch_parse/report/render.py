@@ -28,7 +28,7 @@ from PIL import Image
 from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, PART_NAMES
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
-from batch_parse.pipeline.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.report.overlay import panel, photo_panel
 from batch_parse.output.quality import CONFIDENCE_COLUMNS, PARSE_SCORE_DOC, face_size, parse_scores
 from batch_parse.output.reader import Output, OutputFile, open_output

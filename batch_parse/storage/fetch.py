@@ -2,7 +2,7 @@
 
 Failures that can pass (the store unreachable, timing out, throttling, answering 5xx or refusing
 our credentials) are retried with capped exponential backoff before the object is reported; the
-job records what still fails as retryable (pipeline/errors.py), and the next run tries again.
+job records what still fails as retryable (output/errors.py), and the next run tries again.
 """
 
 from __future__ import annotations
