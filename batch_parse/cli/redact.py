@@ -40,18 +40,16 @@ _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0
 
 
 def _after_scheme(text: str, end: int) -> bool:
-    """Whether text[:end] ends in a URI scheme, as r"\\b[a-zA-Z][a-zA-Z0-9+.-]*" would match it.
+    """Whether text[:end] ends in something shaped like a URI scheme: a run of [a-zA-Z0-9+.-] with a letter.
 
-    Looks back over the run of scheme characters once (runs before different "://" never overlap).
+    A little wider than RFC 3986's scheme (it need not start with the letter, so `_s3://` and
+    `1a://` count too): when in doubt, scrub. Looks back over that run once (the runs before two
+    "://" never overlap).
     """
     start = end
     while start > 0 and text[start - 1] in _SCHEME_CHARS:
         start -= 1
-    for i in range(start, end):
-        before = text[i - 1] if i else ""
-        if text[i].isascii() and text[i].isalpha() and not (before.isalnum() or before == "_"):
-            return True
-    return False
+    return any(c.isalpha() for c in text[start:end])
 
 
 def redact(text: str) -> str:
