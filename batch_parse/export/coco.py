@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_parse.export.faces import IMAGES_DIR, Originals, Photo, safe_relative
+from batch_parse.export.faces import IMAGES_DIR, Originals, Photo
 from batch_parse.labels import CLASS_NAMES
 
 COLUMNS: tuple[str, ...] = ()
@@ -38,13 +38,12 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
 
     images, annotations, sources, versions = [], [], set(), set()
     for image_id, photo in enumerate(photos, 1):
-        if originals is not None:
-            originals.copy(photo, out)
-            result.copied += 1
+        copied = originals.copy(photo, out) if originals is not None else None
+        result.copied += copied is not None
         sources.add(photo.source)
         versions.add(photo.model_version)
         images.append({
-            "id": image_id, "file_name": safe_relative(photo.key) if originals else photo.key,
+            "id": image_id, "file_name": photo.key if copied is None else copied.removeprefix(f"{IMAGES_DIR}/"),
             "width": photo.width, "height": photo.height, "coco_url": photo.uri(),
             "batch_parse_id": str(photo.id), "key": photo.key, "face_count": len(photo.faces),
         })  # fmt: skip

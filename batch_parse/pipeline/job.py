@@ -36,7 +36,7 @@ from batch_parse.storage.listing import iter_objects
 from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.manifest import remove_partial_manifests, write_manifest
 from batch_parse.storage.s3 import StorageError, abort_unfinished_uploads, check_access, describe_error, pyarrow_filesystem
-from batch_parse.storage.source_identity import claim_source
+from batch_parse.storage.source_identity import claim_source, record_source
 
 def version_folder(model_name: str, sha256: str) -> str:
     return f"{model_name.replace('/', '-')}-{sha256[:8]}"
@@ -93,12 +93,13 @@ def run_job(options: JobOptions) -> JobSummary:
     version = version_folder(model_name, sha)
     fs = pyarrow_filesystem(output, options.endpoint_url)
     with lease.acquire(output, options.endpoint_url):
-        claim_source(fs, output, version, source, options.endpoint_url)
-        return _run_on_output(options, fs, source, output, version, model_version, sha)
+        # Another source is refused before any work; this one is recorded once the listing found images.
+        recorded = claim_source(fs, output, version, source, options.endpoint_url, record=False)
+        return _run_on_output(options, fs, source, output, version, model_version, sha, recorded)
 
 
 def _run_on_output(options: JobOptions, fs, source: Location, output: Location, version: str, model_version: str,
-                   sha: str) -> JobSummary:
+                   sha: str, source_recorded: bool = True) -> JobSummary:
     """Recover, list, label, verify: everything done to the output, under run_job's lease."""
     data_dir = output.fs_path(version, "data")
     summary = JobSummary(output_dir=output.join(version, "data"), model_version=model_version)
@@ -124,6 +125,13 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     summary.listed, summary.already_done = manifest.listed, manifest.excluded
     summary.skipped_non_image = manifest.skipped_non_image
     summary.skipped_unreadable, summary.unreadable_examples = manifest.skipped_unreadable, manifest.unreadable_examples
+    summary.non_image_examples, summary.skipped_system, summary.system_examples = (
+        manifest.non_image_examples, manifest.skipped_system, manifest.system_examples)
+    if not source_recorded:
+        if manifest.listed == 0:  # a mistyped or empty source must not claim the output
+            raise ValueError(f"source {source.uri} is empty: {summary.empty_source_detail()}; nothing labelled, "
+                             f"and {output.uri} was not claimed for it")
+        record_source(fs, output, version, source, options.endpoint_url)
     if manifest.written == 0:  # a run that found nothing leaves nothing behind
         summary.seconds = time.time() - t0
         return summary
