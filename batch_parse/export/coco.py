@@ -5,8 +5,8 @@ pycocotools' compressed RLE over the whole image, `bbox` and `area` are pycocoto
 image ids are 1..N (JavaScript tools cannot hold our 64-bit ids): each image keeps the output's
 `id` as the string `batch_parse_id` and its `key`; each annotation carries the face's
 `face_index` and detector `face_score` in `attributes` (the field CVAT reads). `file_name` is the
-key, relative to the image root: the job's source folder (or bucket), or OUT/images with
---copy-images; `coco_url` is the original's full location.
+key, relative to the image root: the job's source folder (or bucket), or with --copy-images
+the copy's name under OUT/images (faces.copied_name); `coco_url` is the original's full location.
 """
 
 from __future__ import annotations
