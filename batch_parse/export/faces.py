@@ -13,9 +13,9 @@ import io
 import itertools
 import os
 import posixpath
-from urllib.parse import unquote
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa

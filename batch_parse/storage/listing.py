@@ -39,6 +39,7 @@ SYSTEM_FOLDERS = frozenset({
     ".DocumentRevisions-V100", "$RECYCLE.BIN", "System Volume Information",
     "@eaDir", ".@__thumb", ".thumbnails",  # thumbnails the NAS or desktop made of the photos (Synology, QNAP, freedesktop)
     ".git", ".hg", ".svn",  # version control's own store
+    ".batch-parse",  # an output's control state, should an output sit inside its source
 })  # fmt: skip
 # Enough for a user to recognise what was skipped (".txt sidecars", "a .DS_Store") without
 # holding millions of names.
