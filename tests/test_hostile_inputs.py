@@ -130,6 +130,15 @@ def test_dot_names_local_and_s3_are_labelled_or_counted(tmp_path, s3_server, fac
     assert sorted(local.stats.system_examples) == sorted(["._plain.jpg", ".DS_Store", "__MACOSX/", "a/Thumbs.db"])
     assert (local.stats.skipped_non_image, local.stats.non_image_examples) == (1, ["notes.txt"])
 
+    # An object list (keys relative to the folder) goes through the same rule.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"key": list(DOT_NAMES)}), tmp_path / "keys.parquet")
+    listed = iter_objects(parse_location(str(root)), object_list=str(tmp_path / "keys.parquet"))
+    assert sorted(o.key for o in listed) == wanted
+    assert sorted(listed.stats.system_examples) == sorted(["._plain.jpg", ".DS_Store", "__MACOSX/._y.jpg", "a/Thumbs.db"])
+
     for fan_out in (False, True):
         s3 = iter_objects(parse_location(f"s3://{bucket}/in"), s3_server.endpoint_url, fan_out=fan_out)
         assert sorted(o.key.removeprefix("in/") for o in s3) == wanted
