@@ -607,3 +607,98 @@ def test_whole_image_faces_export_without_landmarks_or_detector_score(tmp_path):
 
     row = hf._row(photo, None)
     assert row["parse_score"] == pytest.approx(1.3 / 6) and row["faces"][0]["landmarks"] is None
+
+
+# Keys that used to share one copy (`a\b.jpg` and `a/b.jpg` both became images/a/b.jpg): each demo
+# photo below gets one of them as its key, in a local source folder (Linux names may hold '\' and '%').
+HOSTILE_KEYS = {"a\\b.jpg": "hopper.jpg", "a/b.jpg": "astronaut_small.jpg", "a%5Cb.jpg": "hopper_grey.jpg",
+                "100%.jpg": "astronaut_warm.jpg", "a\\\\b.jpg": "hopper_mirrored.jpg"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hostile_output(demo_output, tmp_path_factory) -> tuple[Path, Path]:
+    """The demo's real rows, re-keyed to HOSTILE_KEYS and pointing at a source folder holding the photos under those names."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from batch_parse.pipeline.schema import METADATA_KEY
+
+    root = tmp_path_factory.mktemp("hostile")
+    src, labels = root / "src", root / "labels" / "v" / "data"
+    by_demo_name = {demo: key for key, demo in HOSTILE_KEYS.items()}
+    for key, demo in HOSTILE_KEYS.items():
+        (src / key).parent.mkdir(parents=True, exist_ok=True)
+        (src / key).write_bytes((IMAGES_DIR / demo).read_bytes())
+    labels.mkdir(parents=True)
+    for i, path in enumerate(sorted(demo_output.glob("*/data/*.parquet"))):
+        table = pq.read_table(path)
+        table = table.filter(pc.is_in(table["key"], pa.array(list(by_demo_name))))
+        meta = json.loads(table.schema.metadata[METADATA_KEY])
+        meta.update(source=str(src))
+        table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
+        keys = pa.array([by_demo_name[k] for k in table.column("key").to_pylist()])
+        pq.write_table(table.set_column(table.schema.get_field_index("key"), "key", keys), labels / f"part-{i}.parquet")
+    return root / "labels", src
+
+
+@pytest.mark.parametrize("fmt", ["labelstudio", "coco", "fiftyone", "cvat", "hf"])
+def test_copied_images_are_unique_and_name_their_key(hostile_output, tmp_path, fmt):
+    """Every copy is its own file, the summary counts what exists, and each copy's name reads back as its key."""
+    from urllib.parse import unquote
+
+    import pyarrow.parquet as pq
+
+    from batch_parse.export.faces import original_key
+
+    labels, src = hostile_output
+    out = tmp_path / fmt
+    result = export_output(str(labels), out, fmt, copy_images=True)
+    assert result.images == result.copied == len(HOSTILE_KEYS)
+    if fmt == "hf":  # the bytes are in the Parquet; their names are the same copied names
+        rows = pq.read_table(out / "data" / "train-00000-of-00001.parquet", columns=["key", "image"]).to_pylist()
+        assert sorted(original_key(r["image"]["path"]) for r in rows) == sorted(HOSTILE_KEYS)
+        assert all(r["image"]["bytes"] == (src / r["key"]).read_bytes() for r in rows)
+        return
+    copies = sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*") if p.is_file())
+    assert len(copies) == result.copied  # not "5 copied" with 4 on disk
+    assert sorted(original_key(name) for name in copies) == sorted(HOSTILE_KEYS)
+    for name in copies:
+        assert (out / "images" / name).read_bytes() == (src / original_key(name)).read_bytes()
+    # The tool's own reference to each image leads to that image's copy.
+    if fmt == "labelstudio":
+        tasks = json.loads((out / "tasks.json").read_text())
+        refs = {t["data"]["key"]: unquote(t["data"]["image"].removeprefix("/data/local-files/?d=")) for t in tasks}
+    elif fmt == "coco":
+        images = json.loads((out / "annotations.json").read_text())["images"]
+        refs = {i["key"]: f"images/{i['file_name']}" for i in images}
+    elif fmt == "fiftyone":
+        samples = json.loads((out / "samples.json").read_text())["samples"]
+        refs = {s["key"]: s["filepath"] for s in samples}
+    else:
+        with zipfile.ZipFile(out / "segmentation-mask-1.1.zip") as archive:
+            items = archive.read("ImageSets/Segmentation/default.txt").decode().split()
+        refs = {original_key(item + ".jpg"): f"images/{item}.jpg" for item in items}
+    assert sorted(refs) == sorted(HOSTILE_KEYS)
+    for key, ref in refs.items():
+        assert (out / ref).read_bytes() == (src / key).read_bytes(), (key, ref)
+
+
+def test_copied_names_round_trip_for_every_key_shape():
+    """S3 keys may hold what no file name can ('a//b', '/a', '.', '..'): the copy's name escapes it, reversibly."""
+    import random
+
+    from batch_parse.export.faces import copied_name, original_key
+
+    shapes = ["a\\b.jpg", "a/b.jpg", "a%5Cb.jpg", "a//b.jpg", "a///b.jpg", "/a.jpg", "./a.jpg", "../a.jpg", "a/./b.jpg",
+              "a/../b.jpg", "%2Fb.jpg", "x\ty.jpg", "é/ü.jpg", "...jpg"]  # fmt: skip
+    names = [copied_name(k) for k in shapes]
+    assert len(set(names)) == len(shapes) and [original_key(n) for n in names] == shapes
+    rng = random.Random(0)
+    seen: dict[str, str] = {}
+    for _ in range(20_000):
+        key = "".join(rng.choice("ab/\\.%2F5C\x01") for _ in range(rng.randint(1, 8))) + ".jpg"
+        name = copied_name(key)
+        assert original_key(name) == key and seen.setdefault(name, key) == key
+        assert all(part not in ("", ".", "..") for part in name.split("/")) and "\\" not in name
+    with pytest.raises(ValueError, match="does not name a file"):
+        copied_name("folder/")

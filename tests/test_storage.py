@@ -45,8 +45,8 @@ def face_bucket(s3_server, face_jpegs):
     clutter = {
         "faces/notes.txt": b"not an image",
         "faces/labels.csv": b"key,label\n",
-        "faces/.hidden.jpg": b"dotfile written by a sync tool",
-        "faces/.thumbs/000.jpg": b"hidden folder",
+        "faces/._000.jpg": b"AppleDouble sidecar a Mac wrote",
+        "faces/__MACOSX/._001.jpg": b"the same, from a zip",
         "faces/nested/": b"",  # folder marker
         "faces2/outside.jpg": b"sibling prefix, must not be listed",
         "root.jpg": b"outside the prefix",
@@ -102,7 +102,8 @@ def test_s3_listing_pages_through_prefix_and_skips_clutter(s3_server, face_bucke
     assert listing.stats.images == N_FACES
     assert listing.stats.skipped_non_image == 2
     assert sorted(listing.stats.non_image_examples) == ["faces/labels.csv", "faces/notes.txt"]
-    assert listing.stats.skipped_hidden == 2
+    assert listing.stats.skipped_system == 2
+    assert sorted(listing.stats.system_examples) == ["._000.jpg", "__MACOSX/._001.jpg"]
 
 
 def test_s3_listing_streams_page_by_page(s3_server, face_jpegs):
@@ -287,8 +288,8 @@ def local_folder(tmp_path, face_jpegs):
         "c.Tiff": faces[3],
         "readme.md": b"#",
         ".DS_Store": b"\0",
-        ".cache/hidden.jpg": b"hidden folder",
-        "a/.partial.jpg": b"hidden file",
+        "._b.jpg": b"AppleDouble sidecar",
+        ".Trash-1000/files/old.jpg": b"in the trash",
     }
     for name, data in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -303,7 +304,8 @@ def test_local_listing_is_sorted_relative_and_skips_clutter(local_folder):
     assert [o.key for o in objects] == ["a/sub/x.webp", "a/z.PNG", "b.jpg", "c.Tiff"]
     stat = os.stat(root / "b.jpg")
     assert objects[2] == ObjectInfo("b.jpg", stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}")
-    assert (listing.stats.images, listing.stats.skipped_non_image, listing.stats.skipped_hidden) == (4, 1, 2)
+    assert (listing.stats.images, listing.stats.skipped_non_image, listing.stats.skipped_system) == (4, 1, 3)
+    assert listing.stats.system_examples == [".DS_Store", ".Trash-1000/", "._b.jpg"]  # a system folder is one entry
 
 
 def test_local_missing_folder_and_fetch(local_folder, tmp_path):

@@ -14,6 +14,7 @@ from batch_parse.pipeline.options import CROP_FORMATS, JobOptions
 
 _DEFAULTS = JobOptions(source="", output="")
 _MESSAGE_LIMIT = 500
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 
 
 class _Group(click.Group):
@@ -44,7 +45,10 @@ class _Group(click.Group):
                 message = f"{message} (see `{e.ctx.command_path} --help`)"
             click.echo(f"Error: {redact(message)}", err=True)
             sys.exit(e.exit_code)
-        except click.Abort:
+        except click.Abort as e:
+            if isinstance(e.__cause__, KeyboardInterrupt):  # Ctrl-C (SIGINT): 128 + 2, as shells expect
+                click.echo("Error: interrupted", err=True)
+                sys.exit(EXIT_INTERRUPTED)
             click.echo("Error: aborted", err=True)
             sys.exit(1)
         # With standalone_mode=False click returns ctx.exit()'s code instead of exiting.

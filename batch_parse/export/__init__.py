@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FORMATS = ("coco", "cvat", "labelstudio", "hf", "fiftyone")
-IMAGES_DIR = "images"  # where --copy-images puts the originals, keyed as in the output
+IMAGES_DIR = "images"  # where --copy-images puts the originals, named by faces.copied_name(key)
 
 
 @dataclass

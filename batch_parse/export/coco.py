@@ -13,7 +13,7 @@ face's parse score (output/quality.py) as `score`. Every annotation carries `fac
 reads). COCO image ids are 1..N (JavaScript tools cannot hold our 64-bit ids): each image keeps
 the output's `id` as the string `batch_parse_id` and its `key`, and its faces' lowest parse score
 as `parse_score`. `file_name` is the key, relative to the image root: the job's source folder (or
-bucket), or OUT/images with --copy-images; `coco_url` is the original's full location.
+bucket), or with --copy-images the copy's name under OUT/images (faces.copied_name); `coco_url` is the original's full location.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_parse.export.faces import IMAGES_DIR, Originals, Photo, safe_relative
+from batch_parse.export.faces import IMAGES_DIR, Originals, Photo
 from batch_parse.labels import CLASS_NAMES, CLASS_PART, LANDMARK_EDGES, LANDMARK_NAMES, NUM_CLASSES, PART_NAMES
 from batch_parse.output.quality import PARSE_SCORE
 
@@ -49,14 +49,13 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
 
     images, annotations, sources, versions = [], [], set(), set()
     for image_id, photo in enumerate(photos, 1):
-        if originals is not None:
-            originals.copy(photo, out)
-            result.copied += 1
+        copied = originals.copy(photo, out) if originals is not None else None
+        result.copied += copied is not None
         sources.add(photo.source)
         versions.add(photo.model_version)
         scores = photo.parse_scores()
         images.append({
-            "id": image_id, "file_name": safe_relative(photo.key) if originals else photo.key,
+            "id": image_id, "file_name": photo.key if copied is None else copied.removeprefix(f"{IMAGES_DIR}/"),
             "width": photo.width, "height": photo.height, "coco_url": photo.uri(),
             "batch_parse_id": str(photo.id), "key": photo.key, "face_count": len(photo.faces),
             PARSE_SCORE: min(scores) if scores else None,

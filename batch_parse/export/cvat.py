@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from batch_parse.export.faces import Originals, Photo, safe_relative
+from batch_parse.export.faces import IMAGES_DIR, Originals, Photo, safe_relative
 from batch_parse.labels import CLASS_COLORS, CLASS_NAMES
 
 COLUMNS: tuple[str, ...] = ()
@@ -72,9 +72,11 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
         archive.writestr("labelmap.txt", labelmap())
         for photo in photos:
             if originals is not None:
-                originals.copy(photo, out)
+                # The task is made from OUT/images: items are named as the copies are (unique already).
+                item = posixpath.splitext(originals.copy(photo, out).removeprefix(f"{IMAGES_DIR}/"))[0]
                 result.copied += 1
-            item = posixpath.splitext(safe_relative(photo.key))[0]
+            else:
+                item = posixpath.splitext(safe_relative(photo.key))[0]
             if item in items:
                 raise ValueError(f"{items[item]} and {photo.key} would be the same CVAT item {item!r}: export them apart (--where key ...)")
             items[item] = photo.key

@@ -15,6 +15,7 @@ import os
 import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -249,9 +250,18 @@ class Originals:
         return upright(data, photo.key)
 
     def copy(self, photo: Photo, out: str | os.PathLike) -> str:
-        """Write the image to out/images/<key>; returns that path relative to out."""
-        relative = f"{IMAGES_DIR}/{safe_relative(photo.key)}"
-        write_file(out, relative, self.read(photo))
+        """Write the image to out/images/<copied_name(key)>; returns that path relative to out.
+
+        Never overwrites: two keys whose copies this filesystem cannot tell apart (one that ignores
+        case, or a key that is another's folder) stop the export in one line, not one copy lost.
+        """
+        relative = f"{IMAGES_DIR}/{copied_name(photo.key)}"
+        data = self.read(photo)
+        try:
+            write_file(out, relative, data, exclusive=True)
+        except OSError as exc:  # FileExistsError, NotADirectoryError, IsADirectoryError, a name too long, ...
+            raise ValueError(f"cannot copy {photo.key} to {relative}: {exc.strerror or exc} (another key's copy holds that "
+                             "name on this filesystem: export them apart with --where key ...)") from None
         return relative
 
 
@@ -277,6 +287,37 @@ def upright(data: bytes, key: str) -> bytes:
     return buffer.getvalue()
 
 
+# --copy-images names: every key gets its own file, and the key can be read back from the name.
+# '%' and '\\' (and control characters) are written %XX, as the listing writes undecodable bytes
+# (storage/listing.py), so `a\\b.jpg` and `a/b.jpg` are two files; path segments a filesystem cannot
+# hold as they are (`.`, `..`, the empty ones of `a//b.jpg` or `/a.jpg`) are escaped too (`%2E`,
+# a `%2F` for each extra '/'). original_key() undoes it: unquote each segment, join with '/'.
+_COPY_ESCAPED = frozenset("%\\") | {chr(c) for c in (*range(0x20), 0x7F)}
+
+
+def copied_name(key: str) -> str:
+    """The path (relative, '/'-separated) under OUT/images where --copy-images writes `key`'s image."""
+    segments, slashes = [], ""
+    parts = key.split("/")
+    if parts[-1] in ("", ".", ".."):
+        raise ValueError(f"key {key!r} does not name a file")
+    for part in parts:
+        if part == "":
+            slashes += "%2F"  # carried into the next segment: the folder a//b would otherwise vanish
+            continue
+        escaped = "".join(f"%{ord(c):02X}" if c in _COPY_ESCAPED else c for c in part)
+        if escaped in (".", ".."):
+            escaped = "%2E" * len(escaped)
+        segments.append(slashes + escaped)
+        slashes = ""
+    return "/".join(segments)
+
+
+def original_key(name: str) -> str:
+    """The key whose copy is `name` (a path copied_name made): its inverse."""
+    return "/".join(unquote(segment) for segment in name.split("/"))
+
+
 def safe_relative(key: str) -> str:
     """A key as a relative path inside an export folder: no leading '/', no '..' or '.' segments."""
     parts = [p for p in posixpath.normpath(key.replace("\\", "/")).split("/") if p not in ("", ".", "..")]
@@ -285,10 +326,10 @@ def safe_relative(key: str) -> str:
     return "/".join(parts)
 
 
-def write_file(root: str | os.PathLike, relative: str, data: bytes) -> str:
-    """Write `data` to root/relative (folders made); returns the absolute path."""
+def write_file(root: str | os.PathLike, relative: str, data: bytes, exclusive: bool = False) -> str:
+    """Write `data` to root/relative (folders made); returns the absolute path. exclusive: FileExistsError if it exists."""
     path = os.path.join(os.fspath(root), *relative.split("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
+    with open(path, "xb" if exclusive else "wb") as f:
         f.write(data)
     return os.path.abspath(path)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from batch_parse.export.faces import Originals, Photo, safe_relative
+from batch_parse.export.faces import Originals, Photo, copied_name
 from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, PART_NAMES
 from batch_parse.output.quality import PARSE_SCORE, PARSE_SCORE_DOC
 
@@ -91,7 +91,7 @@ def _image(data: bytes | None, path: str | None = None) -> dict | None:
 
 def _row(photo: Photo, originals: Originals | None) -> dict:
     label_map, _ = photo.label_maps()
-    image = _image(originals.read(photo), safe_relative(photo.key)) if originals else _image(None, photo.uri())
+    image = _image(originals.read(photo), copied_name(photo.key)) if originals else _image(None, photo.uri())
     faces = []
     for face in photo.faces:
         row = {

@@ -10,6 +10,7 @@ Rows whose column is null never match (SQL's rule), so `face_score > 0` also dro
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -131,5 +132,13 @@ def _value(column: str, type_: pa.DataType, kind: str, raw: str) -> float | int 
     if pa.types.is_integer(type_):
         if not re.fullmatch(r"[-+]?\d+", raw):  # ids are 64-bit: never through float
             raise ValueError(f"--where: {column} holds whole numbers, not {raw}")
-        return int(raw)
-    return float(raw)
+        value = int(raw)
+        bits = type_.bit_width
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if pa.types.is_signed_integer(type_) else (0, (1 << bits) - 1)
+        if not lo <= value <= hi:
+            raise ValueError(f"--where: {column} holds {bits}-bit whole numbers ({lo}..{hi}); {raw} is out of range")
+        return value
+    value = float(raw)
+    if not math.isfinite(value):  # 1e400 would silently be infinity
+        raise ValueError(f"--where: {raw} is out of range for {column} (a finite number, at most about 1.8e308)")
+    return value

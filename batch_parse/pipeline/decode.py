@@ -14,7 +14,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MIN_SIDE = 16
 _WHITE = (255, 255, 255, 255)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+# Chunks Pillow decompresses under its MAX_TEXT_CHUNK / MAX_TEXT_MEMORY limits: text, and the
+# colour profile (iCCP). We use neither (pixels are never colour-managed), so a file over the limits
+# is decoded again without them.
+_PNG_LIMITED_CHUNKS = (b"tEXt", b"zTXt", b"iTXt", b"iCCP")
 
 
 class DecodeError(Exception):
@@ -32,16 +35,31 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     The size declared in the header is checked before any pixel is decoded, so a decompression
     bomb costs a header read. No `Image.draft`: it only helps when downscaling, and the label map
     must match the original resolution.
+
+    Every failure is a DecodeError (final: the same bytes fail the same way): whatever a single
+    file makes Pillow or numpy raise becomes `decode_failed`, never an exception out of here.
     """
     if not data:
         raise DecodeError("empty", "the object is empty (0 bytes)")
     try:
+        return _decode_rgb(data, max_pixels)
+    except DecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one file must never stop a run: it is an error row
+        raise DecodeError("decode_failed", f"cannot decode image: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _decode_rgb(data: bytes, max_pixels: int) -> np.ndarray:
+    try:
         image = _decode(data, max_pixels)
     except _TextTooLarge:
-        # Pillow refuses PNG text chunks above 1 MB decompressed (64 MB in all) as a memory guard,
-        # even after the pixels decoded fine (text after IDAT is read at the end of load()). We need
-        # no text: decode the same file without its text chunks.
-        image = _decode(_without_png_text(data), max_pixels)
+        # Pillow refuses PNG text chunks and ICC profiles above 1 MB decompressed (64 MB of text in
+        # all) as a memory guard, even after the pixels decoded fine (text after IDAT is read at the
+        # end of load()). We need neither: decode the same file without those chunks.
+        try:
+            image = _decode(_without_limited_chunks(data), max_pixels)
+        except _TextTooLarge:
+            raise DecodeError("decode_failed", "cannot decode image: a PNG chunk exceeds Pillow's size limits") from None
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a corrupt EXIF block should not cost a readable image its label
@@ -63,15 +81,15 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _without_png_text(data: bytes) -> bytes:
-    """The PNG without its tEXt/zTXt/iTXt chunks; anything malformed is kept as it is for the decoder to judge."""
+def _without_limited_chunks(data: bytes) -> bytes:
+    """The PNG without its tEXt/zTXt/iTXt/iCCP chunks; anything malformed is kept as it is for the decoder to judge."""
     out, pos = [data[:8]], 8
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         end = pos + 12 + length
         if end > len(data):
             break
-        if kind not in _PNG_TEXT_CHUNKS:
+        if kind not in _PNG_LIMITED_CHUNKS:
             out.append(data[pos:end])
         pos = end
         if kind == b"IEND":

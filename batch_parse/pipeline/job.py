@@ -37,7 +37,7 @@ from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.manifest import remove_partial_manifests, write_manifest
 from batch_parse.storage.s3 import StorageError, abort_unfinished_uploads, check_access, describe_error, pyarrow_filesystem
 from batch_parse.storage.model_identity import claim_model
-from batch_parse.storage.source_identity import claim_source
+from batch_parse.storage.source_identity import claim_source, record_source
 
 
 def connect_ray() -> None:
@@ -93,13 +93,15 @@ def run_job(options: JobOptions) -> JobSummary:
     with lease.acquire(output, options.endpoint_url) as held:
         summary = JobSummary(output_dir=layout.data_uri, model_version=model_version)
         summary.migrated = migrate.migrate(fs, layout, sha, held.fence)
-        claim_source(fs, output, source, options.endpoint_url)
-        claim_model(fs, output, model_version, sha)
-        return _run_on_output(options, fs, source, output, layout, model_version, sha, held.fence, summary)
+        # Another source or other weights are refused before any work; this run's are recorded
+        # once the listing found images (an empty or mistyped source must not claim the output).
+        recorded = claim_source(fs, output, source, options.endpoint_url, record=False)
+        recorded &= claim_model(fs, output, model_version, sha, record=False)
+        return _run_on_output(options, fs, source, output, layout, model_version, sha, held.fence, summary, recorded)
 
 
 def _run_on_output(options: JobOptions, fs, source: Location, output: Location, layout: OutputLayout, model_version: str,
-                   sha: str, fence: commit.Fence, summary: JobSummary) -> JobSummary:
+                   sha: str, fence: commit.Fence, summary: JobSummary, recorded: bool = True) -> JobSummary:
     """Recover, list, label, publish, verify: everything done to the output, under run_job's lease."""
     data_dir, index_dir = layout.data_dir, layout.index_dir
     t0 = time.time()
@@ -129,6 +131,15 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     summary.listed, summary.already_done = manifest.listed, manifest.excluded
     summary.skipped_non_image = manifest.skipped_non_image
     summary.skipped_unreadable, summary.unreadable_examples = manifest.skipped_unreadable, manifest.unreadable_examples
+    summary.non_image_examples, summary.skipped_system, summary.system_examples = (
+        manifest.non_image_examples, manifest.skipped_system, manifest.system_examples)
+    if not recorded:
+        if manifest.listed == 0:  # a mistyped or empty source must not claim the output
+            raise ValueError(f"source {source.uri} is empty: {summary.empty_source_detail()}; nothing labelled, "
+                             f"and {output.uri} was not claimed for it")
+        fence()
+        record_source(fs, output, source, options.endpoint_url)
+        claim_model(fs, output, model_version, sha)
     if manifest.written == 0:  # a run that found nothing leaves nothing behind
         summary.seconds = time.time() - t0
         return summary

@@ -17,6 +17,9 @@ class JobSummary:
     listed: int = 0  # images found at the source
     already_done: int = 0  # of those, committed by earlier runs
     skipped_non_image: int = 0  # objects without an image extension
+    non_image_examples: list[str] = field(default_factory=list)
+    skipped_system: int = 0  # files and folders the system made: ._* sidecars, .DS_Store, __MACOSX/, trash, ...
+    system_examples: list[str] = field(default_factory=list)
     skipped_unreadable: int = 0  # local entries that are no readable file: symlink loops, sockets, ...
     unreadable_examples: list[str] = field(default_factory=list)  # "key: reason"
     rows_ok: int = 0  # face rows
@@ -28,7 +31,7 @@ class JobSummary:
     new_files: list[str] = field(default_factory=list)
     recovered_incomplete: int = 0  # unfinished files from a killed run, removed before starting
     duplicates_removed: int = 0
-    incomplete_images_redone: int = 0  # images with only some faces committed: their rows removed and redone
+    incomplete_images_redone: int = 0  # images with only some faces committed: their rows removed (not done now)
     phases: dict[str, float] = field(default_factory=dict)  # seconds: recovery, listing, exclusion, labelling, check
     data_files: int = 0  # committed data files before the run
     data_files_read: int = 0  # of those, read by the recovery (the rest are covered by the index)
@@ -89,17 +92,25 @@ class JobSummary:
             f"model:    {self.model_version}",
             f"output:   {self.output_dir}",
             f"source:   {self.listed} images listed, {self.already_done} already done, "
-            f"{self.skipped_non_image} non-image objects skipped",
+            f"{self.skipped_non_image} non-image objects skipped" + _examples(self.non_image_examples, " (e.g. ", ")"),
         ]
+        if self.listed == 0:
+            out.append(f"empty:    {self.empty_source_detail()}")
+        if self.skipped_system:
+            out.append(f"skipped:  {self.skipped_system} system file(s) and folder(s) (macOS ._* sidecars, .DS_Store, "
+                       f"__MACOSX/, trash, thumbnail caches){_examples(self.system_examples, ', e.g. ')}")
         if self.skipped_unreadable:
             examples = "; ".join(self.unreadable_examples[:3])
             out.append(f"skipped:  {self.skipped_unreadable} unreadable entries (not files we can read), e.g. {examples}")
         if self.leftovers_removed:
             out.append(f"recovered: removed {self.leftovers_removed} partial manifest(s), rewrite(s) or unfinished upload(s) of an interrupted run")
         if self.recovered_incomplete:
-            out.append(f"recovered: removed {self.recovered_incomplete} unfinished file(s) of an interrupted run; their rows were redone")
+            # What was removed, not a promise: whether an image is labelled again depends on it being listed.
+            out.append(f"recovered: removed {self.recovered_incomplete} unfinished file(s) of an interrupted run "
+                       "(their images count as not done: labelled again when listed)")
         if self.incomplete_images_redone:
-            out.append(f"recovered: {self.incomplete_images_redone} image(s) had only some faces committed; their rows were removed and redone")
+            out.append(f"recovered: {self.incomplete_images_redone} image(s) had only some faces committed; their rows were removed "
+                       "(they count as not done: labelled again when listed)")
         if self.retried:
             out.append(f"retrying: {sum(self.retried.values())} image(s) that failed in earlier runs with errors that can pass "
                        f"({_codes(self.retried)})")
@@ -135,7 +146,31 @@ class JobSummary:
 
     def timing_line(self) -> str:
         phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.phases.items())
-        return f"time:     {phases} ({self.data_files_read} of {self.data_files} committed data files read)"
+        return f"time:     {phases} ({self.files_read_text()})"
+
+    def files_read_text(self) -> str:
+        """How many data files the recovery read, of those found: true whatever it then removed."""
+        # data_files counts the files kept; the unfinished ones it removed were read too.
+        found = max(self.data_files + self.recovered_incomplete, self.data_files_read)
+        if found == 0:
+            return "no data files yet"
+        if self.data_files_read == 0:
+            return f"no data file read: the index covers all {found}"
+        if self.data_files_read == found:
+            return f"all {found} data file(s) read"
+        return f"{self.data_files_read} of {found} data files read, the index covers the rest"
+
+    def empty_source_detail(self) -> str:
+        """What a listing without images found instead (for the `source X is empty` line)."""
+        skipped = [f"{n} {what}" + _examples(examples, " (e.g. ", ")")
+                   for n, what, examples in ((self.skipped_non_image, "non-image object(s)", self.non_image_examples),
+                                             (self.skipped_system, "system file(s)", self.system_examples),
+                                             (self.skipped_unreadable, "unreadable entries", self.unreadable_examples)) if n]
+        return "no images found" + (f", only {', '.join(skipped)}" if skipped else "")
+
+
+def _examples(examples: list[str], before: str, after: str = "", kept: int = 3) -> str:
+    return f"{before}{', '.join(examples[:kept])}{after}" if examples else ""
 
 
 def _codes(counts: Counter) -> str:

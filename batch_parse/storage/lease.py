@@ -345,10 +345,14 @@ class _LocalStore:
                 fd = os.open(self.where, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return None
-            with os.fdopen(fd, "wb") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(body)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:  # an empty lease left behind would block every later run
+                os.unlink(self.where)
+                raise self._write_error(self.where, exc) from None
         finally:
             os.unlink(tmp)
         return hashlib.sha256(body).hexdigest()
@@ -369,11 +373,22 @@ class _LocalStore:
 
     def _write_temporary(self, body: bytes) -> str:
         tmp = os.path.join(self.folder, f"_lease.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # a full disk: say where, and leave no temporary behind
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise self._write_error(tmp, exc) from None
         return tmp
+
+    def _write_error(self, path: str, exc: OSError) -> StorageError:
+        return StorageError(f"cannot write the lease file {path}: {exc.strerror or exc} (the output folder "
+                            f"{self.folder} must be writable, with free space)")
 
     @contextmanager
     def _locked(self):

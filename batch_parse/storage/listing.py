@@ -29,6 +29,18 @@ from batch_parse.storage.location import Location
 from batch_parse.storage.s3 import StorageError, describe_error, s3_client
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+# What operating systems and NAS boxes leave next to photos: never photos of the corpus, so skipped
+# (and counted, with examples). A name starting with '.' is no such sign: `.x.jpg` and `.thumbs/t.jpg`
+# are labelled like any photo. macOS writes `._NAME` AppleDouble sidecars (resource forks: not
+# images, whatever their extension) on non-Apple disks and in zips (under __MACOSX/).
+SYSTEM_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".localized", "Icon\r"})
+SYSTEM_FOLDERS = frozenset({
+    "__MACOSX", ".AppleDouble", ".Trashes", ".Trash", ".Spotlight-V100", ".fseventsd", ".TemporaryItems",
+    ".DocumentRevisions-V100", "$RECYCLE.BIN", "System Volume Information",
+    "@eaDir", ".@__thumb", ".thumbnails",  # thumbnails the NAS or desktop made of the photos (Synology, QNAP, freedesktop)
+    ".git", ".hg", ".svn",  # version control's own store
+    ".batch-parse",  # an output's control state, should an output sit inside its source
+})  # fmt: skip
 # Enough for a user to recognise what was skipped (".txt sidecars", "a .DS_Store") without
 # holding millions of names.
 EXAMPLES_KEPT = 5
@@ -58,8 +70,11 @@ class ListingStats:
 
     images: int = 0
     skipped_non_image: int = 0
-    skipped_hidden: int = 0
     non_image_examples: list[str] = field(default_factory=list)
+    # Files and folders the system made, not the user (SYSTEM_FILES, SYSTEM_FOLDERS, `._*`). A local
+    # system folder is one entry (not walked); on S3 each object under it is one.
+    skipped_system: int = 0
+    system_examples: list[str] = field(default_factory=list)
     # Local folders only: entries that cannot become a row (see Unreadable), by reason.
     skipped_unreadable: int = 0
     unreadable_reasons: Counter = field(default_factory=Counter)
@@ -91,8 +106,10 @@ class ObjectListing:
 
     def _images_only(self, walk: Iterator[tuple[str, ObjectInfo | Unreadable]]) -> Iterator[ObjectInfo]:
         for relative, info in walk:
-            if any(part.startswith(".") for part in relative.split("/")):
-                self.stats.skipped_hidden += 1
+            if is_system_key(relative) or isinstance(info, _SystemFolder):
+                self.stats.skipped_system += 1
+                if len(self.stats.system_examples) < EXAMPLES_KEPT:
+                    self.stats.system_examples.append(relative)
             elif isinstance(info, Unreadable):
                 self.stats.skipped_unreadable += 1
                 self.stats.unreadable_reasons[info.reason] += 1
@@ -123,6 +140,20 @@ def iter_objects(location: Location, endpoint_url: str | None = None, page_size:
 
 def is_image_key(key: str) -> bool:
     return os.path.splitext(key)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_system_key(relative: str) -> bool:
+    """A key (relative to the source) the system made: a SYSTEM_FILES name, a `._*` sidecar, or under a SYSTEM_FOLDERS folder."""
+    *folders, name = relative.split("/")
+    return name in SYSTEM_FILES or name.startswith("._") or any(_is_system_folder(f) for f in folders)
+
+
+def _is_system_folder(name: str) -> bool:
+    return name in SYSTEM_FOLDERS or name.startswith(".Trash-")  # .Trash-1000: a Linux desktop's trash on that disk
+
+
+class _SystemFolder(Unreadable):
+    """A local system folder, skipped whole (counted once, not walked: it may hold thousands, or be unreadable)."""
 
 
 def _walk_s3(location: Location, endpoint_url: str | None, page_size: int) -> Iterator[tuple[str, ObjectInfo]]:
@@ -279,7 +310,9 @@ def _walk_local(root: str) -> Iterator[tuple[str, ObjectInfo | Unreadable]]:
                 yield key, Unreadable(_reason(exc))
                 continue
             if stat.S_ISDIR(info.st_mode):
-                if not entry.name.startswith("."):
+                if _is_system_folder(entry.name):
+                    yield f"{key}/", _SystemFolder("system folder")
+                else:
                     yield from walk(entry.path, f"{key}/", info)
             elif stat.S_ISREG(info.st_mode):
                 yield key, ObjectInfo(key=key, size=info.st_size, etag=f"{info.st_size}-{info.st_mtime_ns}")

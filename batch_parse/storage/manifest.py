@@ -73,6 +73,9 @@ class ManifestStats:
     excluded: int = 0  # of those, already done (or listed twice)
     written: int = 0  # rows in the manifest
     skipped_non_image: int = 0  # objects without an image extension (counted by the listing)
+    non_image_examples: list[str] = field(default_factory=list)
+    skipped_system: int = 0  # ._* sidecars, .DS_Store, __MACOSX/, trash and thumbnail folders (listing.SYSTEM_*)
+    system_examples: list[str] = field(default_factory=list)
     skipped_unreadable: int = 0  # symlink loops, dangling links, sockets, unreadable folders (listing)
     unreadable_examples: list[str] = field(default_factory=list)  # "key: reason"
     list_seconds: float = 0.0  # listing, into sorted parts
@@ -129,6 +132,9 @@ def write_manifest(
         _remove_quietly(filesystem, partial)
     if isinstance(objects, ObjectListing):
         stats.skipped_non_image = objects.stats.skipped_non_image
+        stats.non_image_examples = list(objects.stats.non_image_examples)
+        stats.skipped_system = objects.stats.skipped_system
+        stats.system_examples = list(objects.stats.system_examples)
         stats.skipped_unreadable = objects.stats.skipped_unreadable
         stats.unreadable_examples = list(objects.stats.unreadable_examples)
     return stats

@@ -17,19 +17,22 @@ from batch_parse.output.layout import STATE_DIR, OutputLayout
 from batch_parse.storage.location import Location
 
 
-def claim_model(fs: pafs.FileSystem, output: Location, model_version: str, sha256: str) -> None:
-    """Record the run's weights on first use; ValueError (one line) if the output holds other weights."""
+def claim_model(fs: pafs.FileSystem, output: Location, model_version: str, sha256: str, record: bool = True) -> bool:
+    """ValueError (one line) if the output holds other weights; True if it records these. When it
+    records none, they are recorded now, or with record=False later (job.py: once images are listed)."""
     path = OutputLayout(output).model_file
     shown = output.join(STATE_DIR, "model.json")
     try:
         with fs.open_input_stream(path) as f:
             recorded = json.loads(f.read())
     except FileNotFoundError:
+        if not record:
+            return False
         if isinstance(fs, pafs.LocalFileSystem):
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as f:
             f.write(json.dumps({"model_version": model_version, "sha256": sha256}).encode())
-        return
+        return True
     except ValueError:
         raise ValueError(f"{shown} is not a model record: remove it if {output.join('data')} is empty") from None
     if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
@@ -39,3 +42,4 @@ def claim_model(fs: pafs.FileSystem, output: Location, model_version: str, sha25
             f"output {output.uri} holds labels of {recorded.get('model_version', 'other weights')}; refusing "
             f"{model_version}: use another output for these weights, or the model that wrote it (--model)"
         )
+    return True

@@ -28,30 +28,49 @@ def canonical_source(source: Location, endpoint_url: str | None) -> dict:
     return {"source": os.path.realpath(source.path), "endpoint": None}
 
 
-def claim_source(fs: pafs.FileSystem, output: Location, source: Location, endpoint_url: str | None) -> None:
-    """Record `source` as the output's source on first use; ValueError (one line) if another is recorded.
+def claim_source(fs: pafs.FileSystem, output: Location, source: Location, endpoint_url: str | None,
+                 record: bool = True) -> bool:
+    """Refuse (ValueError, one line) when the output records another source; True if it records this one.
 
-    Outputs written before sources were recorded adopt the first source that runs on them.
+    When it records none, `source` is recorded now, or with record=False left for record_source()
+    (a run records its source only once the listing found images: an empty or mistyped source must
+    not claim the output). Outputs written before sources were recorded adopt the first source
+    that runs on them.
     """
     path = OutputLayout(output).source_file
+    where = output.join(STATE_DIR, "source.json")
     mine = canonical_source(source, endpoint_url)
     try:
         with fs.open_input_stream(path) as f:
             recorded = json.loads(f.read())
     except ValueError:
-        raise ValueError(f"{output.join(STATE_DIR, 'source.json')} is not a source record: remove it to record this run's source") from None
+        raise ValueError(f"{where} is not a source record (not JSON): remove it to record this run's source") from None
     except FileNotFoundError:
-        if isinstance(fs, pafs.LocalFileSystem):
-            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(path) as f:
-            f.write(json.dumps(mine).encode())
-        return
-    theirs = {"source": recorded.get("source"), "endpoint": recorded.get("endpoint")}
+        if record:
+            record_source(fs, output, source, endpoint_url)
+        return False
+    if not (isinstance(recorded, dict) and isinstance(recorded.get("source"), str) and recorded["source"]
+            and isinstance(recorded.get("endpoint"), (str, type(None)))):
+        shown = json.dumps(recorded)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ValueError(f"{where} is not a source record (it holds {shown}, not {{\"source\": ..., \"endpoint\": ...}}): "
+                         "remove it to record this run's source")
+    theirs = {"source": recorded["source"], "endpoint": recorded.get("endpoint")}
     if theirs != mine:
         raise ValueError(
             f"output {output.uri} already holds labels of source {_describe(theirs)}; "
             f"refusing source {_describe(mine)}: use another output"
         )
+    return True
+
+
+def record_source(fs: pafs.FileSystem, output: Location, source: Location, endpoint_url: str | None) -> None:
+    """Write the output's source record (the caller holds the lease and found no record)."""
+    path = OutputLayout(output).source_file
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(canonical_source(source, endpoint_url)).encode())
 
 
 def _describe(record: dict) -> str:
