@@ -25,11 +25,17 @@ from PIL import Image
 from batch_parse.export import IMAGES_DIR
 from batch_parse.export.where import Where
 from batch_parse.labels import BACKGROUND, NUM_CLASSES
+from batch_parse.output.codec import add_face, decode_label_map
+from batch_parse.output.quality import (
+    CONFIDENCE_COLUMNS,
+    face_size,
+    parse_score,
+    parts_found,
+)
+from batch_parse.output.reader import Output, OutputFile
+from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
-from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
-from batch_parse.output.quality import CONFIDENCE_COLUMNS, face_size, parse_score, parts_found
-from batch_parse.output.reader import Output, OutputFile
 from batch_parse.storage.fetch import FetchError, fetch_objects
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.s3 import StorageError, describe_error
@@ -100,13 +106,8 @@ class Photo:
             label_map = np.zeros((self.height, self.width), np.uint8)
             owner = np.full((self.height, self.width), -1, np.int16)
             for position, face in enumerate(self.faces):
-                x, y = max(face.x, 0), max(face.y, 0)
-                region = face.label_map[y - face.y : self.height - face.y, x - face.x : self.width - face.x]
-                h, w = region.shape
-                target, owned = label_map[y : y + h, x : x + w], owner[y : y + h, x : x + w]
-                free = (target == BACKGROUND) & (region != BACKGROUND)
-                target[free] = region[free]
-                owned[free] = position
+                where, filled = add_face(label_map, face.label_map, face.x, face.y)
+                owner[where][filled] = position
             self._maps = label_map, owner
         return self._maps
 
@@ -210,9 +211,8 @@ def _exportable(photo: Photo) -> bool:
 
 def _face(record: dict, columns: Sequence[str], file_name: str) -> Face:
     try:
-        with Image.open(io.BytesIO(record["label_map"])) as image:
-            label_map = np.asarray(image if image.mode == "L" else image.convert("L"), dtype=np.uint8)
-    except Exception as exc:  # noqa: BLE001 - any unreadable map is the same user-facing problem
+        label_map = decode_label_map(record["label_map"])
+    except ValueError as exc:
         raise ValueError(f"{file_name}: unreadable label map for {record['key']} face {record['face_index']}: {exc}") from exc
     box, landmarks = record["face_box"], record["landmarks"]
     return Face(

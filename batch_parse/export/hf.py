@@ -17,17 +17,16 @@ so `load_dataset(OUT)` and the Hub read the folder as one dataset with these fea
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from batch_parse.export.faces import Originals, Photo, copied_name
 from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, PART_NAMES
+from batch_parse.output.codec import encode_png
 from batch_parse.output.quality import PARSE_SCORE, PARSE_SCORE_DOC
 
 COLUMNS: tuple[str, ...] = ("label_map", *(f"{p}_{c}" for p in PART_NAMES for c in ("crop", "box", "confidence")))
@@ -79,12 +78,6 @@ def features():
     })  # fmt: skip
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def _image(data: bytes | None, path: str | None = None) -> dict | None:
     return None if data is None and path is None else {"bytes": data, "path": path}
 
@@ -109,7 +102,7 @@ def _row(photo: Photo, originals: Originals | None) -> dict:
     scores = photo.parse_scores()
     return {
         "image": image, "id": photo.id, "key": photo.key, "width": photo.width, "height": photo.height,
-        "model_version": photo.model_version, PARSE_SCORE: min(scores) if scores else None, "label_map": _image(_png(label_map)),
+        "model_version": photo.model_version, PARSE_SCORE: min(scores) if scores else None, "label_map": _image(encode_png(label_map)),
         "classes": present.tolist(), "faces": faces,
     }  # fmt: skip
 

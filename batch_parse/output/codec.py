@@ -37,15 +37,25 @@ def decode_crop(data: bytes) -> np.ndarray:
         raise ValueError(f"unreadable crop: {exc}") from exc
 
 
-def place_label_map(label_map: np.ndarray, x: int, y: int, height: int, width: int, into: np.ndarray | None = None) -> np.ndarray:
-    """A face's label map placed in its photo's pixels: (height, width), zero (background) elsewhere.
+def add_face(photo_map: np.ndarray, label_map: np.ndarray, x: int, y: int) -> tuple[tuple[slice, slice], np.ndarray]:
+    """Add one face's label map, placed at (x, y), to its photo's (height, width) map, in place.
 
-    `into`: add the face to an existing map of the photo; it fills only what earlier (larger) faces
-    left as background, the union-of-faces rule every whole-photo view uses.
+    The union-of-faces rule every whole-photo view uses (exports, `eval`, open_output): faces go
+    in face_index order (largest first) and a face fills only pixels the earlier ones left as
+    background. Returns the photo region the face covers and, within it, the pixels it filled.
     """
-    full = np.zeros((height, width), np.uint8) if into is None else into
-    h, w = label_map.shape
-    region = full[y : y + h, x : x + w]
-    patch = label_map[: region.shape[0], : region.shape[1]]
-    np.copyto(region, patch, where=(region == 0) & (patch != 0))
-    return full
+    height, width = photo_map.shape
+    x0, y0 = max(x, 0), max(y, 0)
+    region = label_map[y0 - y : height - y, x0 - x : width - x]
+    h, w = region.shape
+    target = photo_map[y0 : y0 + h, x0 : x0 + w]
+    free = (target == 0) & (region != 0)
+    target[free] = region[free]
+    return (slice(y0, y0 + h), slice(x0, x0 + w)), free
+
+
+def place_label_map(label_map: np.ndarray, x: int, y: int, height: int, width: int) -> np.ndarray:
+    """One face's label map placed in its photo's pixels: (height, width), background elsewhere."""
+    photo = np.zeros((height, width), np.uint8)
+    add_face(photo, label_map, x, y)
+    return photo

@@ -24,7 +24,8 @@ import pyarrow.dataset as ds
 
 from batch_parse.output.codec import decode_crop, decode_label_map, place_label_map
 from batch_parse.output.layout import DATA_DIR
-from batch_parse.output.reader import Output, open_output as _scan
+from batch_parse.output.reader import Output
+from batch_parse.output.reader import open_output as _scan
 
 
 @dataclass

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import heapq
 import html
-import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +25,18 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, PART_NAMES
+from batch_parse.output.codec import decode_crop, decode_label_map
+from batch_parse.output.quality import (
+    CONFIDENCE_COLUMNS,
+    PARSE_SCORE_DOC,
+    face_size,
+    parse_scores,
+)
+from batch_parse.output.reader import Output, OutputFile, open_output
+from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
-from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.report.overlay import panel, photo_panel
-from batch_parse.output.quality import CONFIDENCE_COLUMNS, PARSE_SCORE_DOC, face_size, parse_scores
-from batch_parse.output.reader import Output, OutputFile, open_output
 from batch_parse.storage.fetch import FetchError, fetch_objects
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.s3 import describe_error
@@ -341,9 +346,8 @@ def _decode_label_map(record: dict | None) -> np.ndarray | None:
     if record is None or not record.get("label_map"):
         return None
     try:
-        with Image.open(io.BytesIO(record["label_map"])) as image:
-            return np.asarray(image.convert("L") if image.mode != "L" else image, dtype=np.uint8)
-    except Exception:  # noqa: BLE001 - any undecodable map is reported the same way
+        return decode_label_map(record["label_map"])
+    except ValueError:  # any undecodable map is reported the same way
         return None
 
 
@@ -351,9 +355,8 @@ def _decode_crop(data: bytes | None) -> Image.Image | None:
     if not data:
         return None
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
-    except Exception:  # noqa: BLE001 - an unreadable crop shows as "no crop"
+        return Image.fromarray(decode_crop(data))
+    except ValueError:  # an unreadable crop shows as "no crop"
         return None
 
 

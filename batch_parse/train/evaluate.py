@@ -14,6 +14,7 @@ import numpy as np
 
 from batch_parse.faces.policy import DEFAULT_POLICY, InferencePolicy
 from batch_parse.labels import F1_GROUPS, NUM_CLASSES
+from batch_parse.output.codec import add_face
 
 
 def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -77,9 +78,7 @@ def photo_label_maps(parser, detector, images: list[np.ndarray], policy: Inferen
         found = [d.largest() for d in found]
     maps = [np.zeros(im.shape[:2], np.uint8) for im in images]
     for r in parser.parse_faces(images, found):
-        face = r.photo_label_map(images[r.image_index].shape[1], images[r.image_index].shape[0])
-        target = maps[r.image_index]
-        np.copyto(target, face, where=target == 0)
+        add_face(maps[r.image_index], r.label_map, *r.label_map_offset)
     return maps
 
 
