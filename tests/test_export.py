@@ -564,7 +564,7 @@ def test_the_run_records_its_inference_policy(demo_output):
     from batch_parse.faces.policy import DETECTOR_DEFAULTS
     from batch_parse.output.schema import read_metadata
 
-    meta = read_metadata(pq.read_schema(next(demo_output.glob("*/data/*.parquet"))))
+    meta = read_metadata(pq.read_schema(next(demo_output.glob("data/*.parquet"))))
     mtcnn = DETECTOR_DEFAULTS["mtcnn"]
     assert {k: meta[k] for k in ("faces", "detector", "min_face", "detector_threshold")} == {
         "faces": "all", "detector": "mtcnn", "min_face": mtcnn.min_face, "detector_threshold": mtcnn.threshold}  # fmt: skip
@@ -621,7 +621,7 @@ def hostile_output(demo_output, tmp_path_factory) -> tuple[Path, Path]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from batch_parse.pipeline.schema import METADATA_KEY
+    from batch_parse.output.schema import METADATA_KEY
 
     root = tmp_path_factory.mktemp("hostile")
     src, labels = root / "src", root / "labels" / "v" / "data"
@@ -630,7 +630,7 @@ def hostile_output(demo_output, tmp_path_factory) -> tuple[Path, Path]:
         (src / key).parent.mkdir(parents=True, exist_ok=True)
         (src / key).write_bytes((IMAGES_DIR / demo).read_bytes())
     labels.mkdir(parents=True)
-    for i, path in enumerate(sorted(demo_output.glob("*/data/*.parquet"))):
+    for i, path in enumerate(sorted(demo_output.glob("data/*.parquet"))):
         table = pq.read_table(path)
         table = table.filter(pc.is_in(table["key"], pa.array(list(by_demo_name))))
         meta = json.loads(table.schema.metadata[METADATA_KEY])

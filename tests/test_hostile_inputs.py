@@ -305,7 +305,7 @@ def test_a_lease_that_cannot_be_written_names_the_path_and_leaves_no_temporary(t
     (src / "a.jpg").write_bytes(face_jpegs(1)[0])
     result = _cli("run", str(src), str(out), preexec_fn=_no_big_files(64))
     assert result.returncode == 1 and result.stdout == "", result.stderr
-    assert result.stderr.startswith(f"Error: cannot write the lease file {out}/_lease.") and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"Error: cannot write the lease file {out}/.batch-parse/_lease.") and result.stderr.count("\n") == 1
     assert "(the output folder" in result.stderr and "[Errno" not in result.stderr
     assert sorted(p.name for p in out.iterdir()) == []  # no _lease.*.tmp, no lease
 
@@ -331,7 +331,7 @@ def test_a_full_disk_before_the_run_names_the_path(tmp_path, face_jpegs):
         (src / "a.jpg").write_bytes(face_jpegs(1)[0])
         result = _cli("run", str(src), str(out))
         assert result.returncode == 1, result.stderr
-        assert result.stderr.startswith(f"Error: cannot write the lease file {out}/_lease.") and "No space left on device" in result.stderr
+        assert result.stderr.startswith(f"Error: cannot write the lease file {out}/.batch-parse/_lease.") and "No space left on device" in result.stderr
         assert list(out.iterdir()) == []
     finally:
         subprocess.run(["umount", str(disk)], check=True)

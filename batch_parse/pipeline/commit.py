@@ -225,14 +225,13 @@ def recover(fs: pafs.FileSystem, data_dir: str, index_dir: str, retry_errors: bo
             state.retryable_kept.update(c.get("retryable") or {})
     pulled -= set(keys)
     pulled_keys = _read_all_keys(fs, [data[name] for name in sorted(pulled) if name in data], fence, state)
-    state.scanned = len(keys) + len(pulled_keys)
 
     suspects = np.unique(np.concatenate([uncovered_ids, audit.suspects]))
     # Covered files first: of two copies of a row, the one the index already counts is kept.
     judged_files = [(data[n], k, True) for n, k in sorted(pulled_keys.items())] + [(data[n], k, False) for n, k in sorted(keys.items())]
     sealed = _judge(fs, judged_files, suspects, retry_errors, covered_covers, fence, state)
 
-    if state.scanned or state.changed_files:
+    if state.scanned or state.changed_files:  # something was read: seal it, and drop what the index no longer holds
         data = _data_files(fs, data_dir)
         files = [(data[name], entries, kept) for name, (entries, kept) in sorted(sealed.items()) if name in data]
         if files:
@@ -309,13 +308,14 @@ def _read_all_keys(fs: pafs.FileSystem, files: list[DataFile], fence: Fence, sta
     """Key columns of `files`; unfinished files are deleted (fenced), foreign ones noted and left alone."""
     with ThreadPoolExecutor(max_workers=SCAN_THREADS) as pool:
         found = list(pool.map(lambda d: _read_keys(fs, d.path), files))
+    state.scanned += sum(not isinstance(keys, str) for keys in found)  # unfinished ones were read too
     out = {}
     for d, keys in zip(files, found):
         if keys is None:
             fence()
             fs.delete_file(d.path)
             state.removed_incomplete.append(d.path)
-        elif keys == "foreign":
+        elif isinstance(keys, str):  # "foreign"
             state.foreign.append(d.path)
         else:
             out[d.name] = keys

@@ -95,13 +95,13 @@ def run_job(options: JobOptions) -> JobSummary:
         summary.migrated = migrate.migrate(fs, layout, sha, held.fence)
         # Another source or other weights are refused before any work; this run's are recorded
         # once the listing found images (an empty or mistyped source must not claim the output).
-        recorded = claim_source(fs, output, source, options.endpoint_url, record=False)
-        recorded &= claim_model(fs, output, model_version, sha, record=False)
+        recorded = (claim_source(fs, output, source, options.endpoint_url, record=False),
+                    claim_model(fs, output, model_version, sha, record=False))
         return _run_on_output(options, fs, source, output, layout, model_version, sha, held.fence, summary, recorded)
 
 
 def _run_on_output(options: JobOptions, fs, source: Location, output: Location, layout: OutputLayout, model_version: str,
-                   sha: str, fence: commit.Fence, summary: JobSummary, recorded: bool = True) -> JobSummary:
+                   sha: str, fence: commit.Fence, summary: JobSummary, recorded: tuple[bool, bool] = (True, True)) -> JobSummary:
     """Recover, list, label, publish, verify: everything done to the output, under run_job's lease."""
     data_dir, index_dir = layout.data_dir, layout.index_dir
     t0 = time.time()
@@ -133,12 +133,14 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     summary.skipped_unreadable, summary.unreadable_examples = manifest.skipped_unreadable, manifest.unreadable_examples
     summary.non_image_examples, summary.skipped_system, summary.system_examples = (
         manifest.non_image_examples, manifest.skipped_system, manifest.system_examples)
-    if not recorded:
-        if manifest.listed == 0:  # a mistyped or empty source must not claim the output
-            raise ValueError(f"source {source.uri} is empty: {summary.empty_source_detail()}; nothing labelled, "
-                             f"and {output.uri} was not claimed for it")
+    source_recorded, model_recorded = recorded
+    if not source_recorded and manifest.listed == 0:  # a mistyped or empty source must not claim the output
+        raise ValueError(f"source {source.uri} is empty: {summary.empty_source_detail()}; nothing labelled, "
+                         f"and {output.uri} was not claimed for it")
+    if manifest.listed and not (source_recorded and model_recorded):
         fence()
-        record_source(fs, output, source, options.endpoint_url)
+        if not source_recorded:
+            record_source(fs, output, source, options.endpoint_url)
         claim_model(fs, output, model_version, sha)
     if manifest.written == 0:  # a run that found nothing leaves nothing behind
         summary.seconds = time.time() - t0

@@ -334,8 +334,17 @@ class _LocalStore:
         return body, hashlib.sha256(body).hexdigest()
 
     def create(self, body: bytes) -> str | None:
+        made = not os.path.isdir(self.folder)
         os.makedirs(self.folder, exist_ok=True)
-        tmp = self._write_temporary(body)
+        try:
+            tmp = self._write_temporary(body)
+        except StorageError:
+            if made:  # leave the output as we found it
+                try:
+                    os.rmdir(self.folder)
+                except OSError:
+                    pass
+            raise
         try:
             os.link(tmp, self.where)
         except FileExistsError:
