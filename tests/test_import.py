@@ -169,7 +169,10 @@ def _labelstudio_export(demo_output: Path, tmp_path: Path) -> tuple[list[dict], 
 
 def _write(tmp_path: Path, name: str, content) -> Path:
     path = tmp_path / name
-    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
     return path
 
 
@@ -273,6 +276,9 @@ def test_labelstudio_round_trip(demo_output, original, tmp_path):
     row = faces.to_table(filter=(pads.field("id") == changed_key[0]) & (pads.field("face_index") == face)).to_pylist()[0]
     assert np.array_equal(faces.label_map(row), expected)
     assert json.loads((out / ".batch-parse" / "import.json").read_text())["faces_changed"] == 1
+    # An imported set is an output: `export --where` picks the faces a human changed.
+    again = export_output(str(out), tmp_path / "again", "coco", where="changed_pixels > 0 and label_source == 'human'")
+    assert (again.images, again.faces) == (1, 1)
 
     # --helen: the trainer's own reader and loader take the corrected faces, aligned as inference aligns them.
     from batch_parse.train.datasets import SPLITS, open_dataset
@@ -336,6 +342,9 @@ def test_labelstudio_bad_input_is_one_line_and_writes_nothing(demo_output, origi
         (edited(unknown_label), "brush label ['hair'] is not one part class"),
         (json.loads((ls / "tasks.json").read_text()), "no task has a submitted annotation"),
     ]
+    cvat = tmp_path / "cvat"
+    export_output(str(demo_output), cvat, "cvat", limit=1)
+    cases.append(((cvat / "segmentation-mask-1.1.zip").read_bytes(), "not a Label Studio JSON export: not UTF-8 text"))
     for n, (content, message) in enumerate(cases):
         src = _write(tmp_path, f"bad-{n}.json", content)
         out = tmp_path / f"out-{n}"
@@ -442,6 +451,7 @@ def test_cvat_bad_input_is_one_line_and_writes_nothing(demo_output, tmp_path):
         labelmap = source.read("labelmap.txt").decode()
     cases = [
         (_write(tmp_path, "not.zip", "PK but not a zip"), "is not a zip archive"),
+        (_write(tmp_path, "export.json", [{"data": {}, "annotations": []}]), "is not a zip archive"),
         (no_labelmap, "has no labelmap.txt"),
         (_cvat_zip(archive, {item: _rgb_png(group[:-1])}, "size"), f"the mask is {group.shape[1]}x{group.shape[0] - 1}, the image"),
         (_cvat_zip(archive, {item: buffer.getvalue()}, "colour"), r"colour \(1, 2, 3\) is no label of labelmap.txt"),
