@@ -245,6 +245,8 @@ def test_labelstudio_round_trip(demo_output, original, tmp_path):
     got = decode_label_map(imported[changed_key]["label_map"])
     assert np.array_equal(got, expected)
     changed_pixels = int(grown.sum() + erased.sum() + patch.sum())
+    print(f"labelstudio round trip: face {face} of {GROUP}: {int(grown.sum())} px grown, {int(erased.sum())} px erased, "
+          f"{int(patch.sum())} px new region; the face's region {expected.shape[1]}x{expected.shape[0]} px")
     assert int((got != region.label_map).sum()) == changed_pixels == imported[changed_key]["changed_pixels"]
     counts = np.bincount(got.ravel(), minlength=len(CLASS_NAMES))
     assert [imported[changed_key][f"pixels_{c}"] for c in CLASS_NAMES] == counts.tolist()
@@ -421,6 +423,8 @@ def test_cvat_round_trip(demo_output, original, tmp_path):
     got = decode_label_map(imported[changed_key]["label_map"])
     assert np.array_equal(got, expected)
     changed_pixels = int(relabelled.sum() + widened.sum())
+    print(f"cvat round trip: face {face} of {GROUP}: {int(relabelled.sum())} px eye_1 -> eye_2, {int(widened.sum())} px lower lip "
+          f"widened; the face's region {expected.shape[1]}x{expected.shape[0]} px")
     assert (result.faces_changed, result.pixels_changed, imported[changed_key]["changed_pixels"]) == (1, changed_pixels, changed_pixels)
     assert set(imported) == set(original)  # CVAT's archive holds every image of the task
     _assert_only(imported, original, changed_key, {"label_map", *(f"pixels_{c}" for c in CLASS_NAMES)})
