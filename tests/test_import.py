@@ -139,7 +139,7 @@ def test_split_keeps_untouched_faces_and_follows_the_drawing():
     a[4:6, 6:10] = 5  # face 0's nose reaches into face 1's region
     b[4:6, 0:4] = 3  # face 1's eye under it (hidden in the union)
     faces = [FaceRegion(0, a, 0, 0, np.array([0, 0, 10, 10.0])), FaceRegion(1, b, 6, 0, np.array([6, 0, 16, 10.0]))]
-    before, owner = union(faces, 16, 10)
+    before, _ = union(faces, 16, 10)
     drawn = before.copy()
     drawn[4:6, 6:8] = 0  # erased where both faces have a label
     drawn[8, 12:14] = 8  # a new lower lip on background, nearer face 1's box centre
@@ -372,10 +372,10 @@ def test_labelstudio_bad_input_is_one_line_and_writes_nothing(demo_output, origi
 def _cvat_zip(path: Path, replace: dict[str, bytes], name: str = "corrected") -> Path:
     out = path.with_name(f"{path.stem}-{name}.zip")
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(out, "w") as target:
-        for name in source.namelist():
-            target.writestr(name, replace.get(name, source.read(name)))
-        for name in replace.keys() - set(source.namelist()):
-            target.writestr(name, replace[name])
+        for member in source.namelist():
+            target.writestr(member, replace.get(member, source.read(member)))
+        for member in replace.keys() - set(source.namelist()):
+            target.writestr(member, replace[member])
     return out
 
 
@@ -433,6 +433,13 @@ def test_cvat_round_trip(demo_output, original, tmp_path):
     for key, row in imported.items():
         assert (row["label_source"], row["corrected_by"], row["corrected_at"], row["corrected_in"]) == ("human", None, None, "cvat")
         assert row["changed_pixels"] == (changed_pixels if key == changed_key else 0)
+    # A second review round starts from the corrected set: exported and imported as it is, nothing changes.
+    export_output(str(out), tmp_path / "round2", "cvat")
+    second = import_corrections(tmp_path / "round2" / "segmentation-mask-1.1.zip", tmp_path / "corrected2", "cvat", str(out))
+    assert (second.faces, second.faces_changed) == (len(imported), 0)
+    again = _rows(tmp_path / "corrected2")
+    assert again.keys() == imported.keys()
+    assert all(again[k] == dict(imported[k], changed_pixels=0) for k in imported)
 
 
 def test_cvat_bad_input_is_one_line_and_writes_nothing(demo_output, tmp_path):

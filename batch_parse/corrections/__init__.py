@@ -67,9 +67,9 @@ class ImportResult:
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        lines = [f"imported {self.images} image(s), {self.faces} face(s) from {self.tool} to {self.out}: "
-                 f"{self.faces_changed} face(s) corrected ({self.pixels_changed:,} pixel(s) changed), "
-                 f"{self.faces - self.faces_changed} as labelled"]  # fmt: skip
+        lines = [(f"imported {self.images} image(s), {self.faces} face(s) from {self.tool} to {self.out}: "
+                  f"{self.faces_changed} face(s) corrected ({self.pixels_changed:,} pixel(s) changed), "
+                  f"{self.faces - self.faces_changed} as labelled")]  # fmt: skip
         if self.boxes_moved:
             lines.append(f"{self.boxes_moved} face box(es) moved")
         if self.helen is not None:
@@ -269,7 +269,8 @@ def _schema(original: pa.Schema, src: Path, dst: str, tool: str) -> pa.Schema:
     meta = json.loads((original.metadata or {})[METADATA_KEY])
     meta.update(label_source=LABEL_SOURCE_HUMAN, corrected_in=tool, corrected_from=str(src), original_output=dst,
                 imported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), columns=COLUMN_DOCS)
-    schema = pa.schema([*original.remove_metadata(), *CORRECTION_FIELDS])
+    ours = {f.name for f in CORRECTION_FIELDS}  # an imported set as ORIGINAL (a second review round): replaced
+    schema = pa.schema([*(f for f in original.remove_metadata() if f.name not in ours), *CORRECTION_FIELDS])
     return schema.with_metadata({METADATA_KEY: json.dumps(meta).encode()})
 
 
