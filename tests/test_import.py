@@ -304,6 +304,11 @@ def test_labelstudio_round_trip(demo_output, original, tmp_path):
     split = next(s for s in SPLITS if len(open_dataset(helen, s)))
     images, labels = load_split(str(helen), split, canvas=64)
     assert images.shape[1:] == (3, 64, 64) and labels.shape[1:] == (64, 64) and int(labels.max()) > 0
+    # And `batch-parse train` itself takes the folder as DATA: one optimiser step of the part networks.
+    run = CliRunner().invoke(cli, ["train", str(helen), str(tmp_path / "run"), "--stage", "c", "--steps", "1", "--batch-size", "2",
+                                   "--val-images", "2", "--threads", "1"])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert (tmp_path / "run" / "stage_c.safetensors").is_file()
 
 
 def test_labelstudio_bad_input_is_one_line_and_writes_nothing(demo_output, original, tmp_path):
