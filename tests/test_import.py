@@ -480,3 +480,43 @@ def test_cvat_bad_input_is_one_line_and_writes_nothing(demo_output, tmp_path):
             import_corrections(src, out, "cvat", str(demo_output))
         assert "\n" not in str(caught.value) and not out.exists()
     assert not [p for p in tmp_path.iterdir() if ".importing-" in p.name]
+
+
+def test_no_face_photo_and_parts_outside_every_face(tmp_path):
+    """A photo the detector found no face in: its row comes back confirmed by the human; what the
+    reviewer drew on it has no face row to go to and is counted, not imported. An error row has no labels."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from label_studio_converter import brush
+
+    from batch_parse.output.schema import BASE_SCHEMA, STATUS_ERROR, STATUS_NO_FACE, file_metadata
+
+    def row(key: str, image_id: int, status: str) -> dict:
+        values = {name: None for name in BASE_SCHEMA.names}
+        values.update(id=image_id, key=key, size=99, width=64 if status != STATUS_ERROR else None, height=48 if status != STATUS_ERROR else None,
+                      status=status, face_count=0, model_version="stn-icnn/default@00000000",
+                      processed_at=datetime(2026, 1, 1, tzinfo=timezone.utc), error_code="truncated" if status == STATUS_ERROR else None)  # fmt: skip
+        return values
+
+    dst = tmp_path / "labels"
+    (dst / "data").mkdir(parents=True)
+    schema = BASE_SCHEMA.with_metadata(file_metadata("stn-icnn/default", "0" * 64, "jpeg", source=str(tmp_path)))
+    pq.write_table(pa.Table.from_pylist([row("empty.jpg", 11, STATUS_NO_FACE), row("broken.jpg", 12, STATUS_ERROR)], schema=schema),
+                   dst / "data" / "part-0.parquet")
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:20, 30:40] = 255
+    drawn = [{"id": "n1", "from_name": "parts", "to_name": "image", "type": "brushlabels", "original_width": 64, "original_height": 48,
+              "value": {"format": "rle", "rle": brush.mask2rle(mask), "brushlabels": ["nose"]}},
+             {"id": "b1", "from_name": "face", "to_name": "image", "type": "rectanglelabels", "original_width": 64, "original_height": 48,
+              "value": {"x": 40, "y": 10, "width": 30, "height": 50, "rotation": 0, "rectanglelabels": ["face"]}}]  # fmt: skip
+    task = {"id": 1, "data": {"batch_parse_id": "11", "key": "empty.jpg"},
+            "annotations": [{"id": 5, "completed_by": 3, "result": drawn, "updated_at": REVIEWED_AT}]}  # fmt: skip
+    result = import_corrections(_write(tmp_path, "export.json", [task]), tmp_path / "out", "labelstudio", str(dst))
+    (back,) = _rows(tmp_path / "out").values()
+    assert (back["status"], back["label_source"], back["corrected_by"], back["changed_pixels"]) == (STATUS_NO_FACE, "human", "3", 0)
+    assert (result.images, result.faces, result.left_out_pixels, result.unmatched_boxes) == (1, 0, 100, 1)
+    assert any("100 painted pixel(s) lie outside every face's region" in n for n in result.notes)
+    broken = dict(task, data={"batch_parse_id": "12", "key": "broken.jpg"})
+    with pytest.raises(ValueError, match="is an error row in the original output"):
+        import_corrections(_write(tmp_path, "broken.json", [broken]), tmp_path / "out2", "labelstudio", str(dst))
+    assert not (tmp_path / "out2").exists()
