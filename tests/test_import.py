@@ -489,7 +489,12 @@ def test_no_face_photo_and_parts_outside_every_face(tmp_path):
     import pyarrow.parquet as pq
     from label_studio_converter import brush
 
-    from batch_parse.output.schema import BASE_SCHEMA, STATUS_ERROR, STATUS_NO_FACE, file_metadata
+    from batch_parse.output.schema import (
+        BASE_SCHEMA,
+        STATUS_ERROR,
+        STATUS_NO_FACE,
+        file_metadata,
+    )
 
     def row(key: str, image_id: int, status: str) -> dict:
         values = {name: None for name in BASE_SCHEMA.names}
