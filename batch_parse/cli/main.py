@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from batch_parse.cli import demo, export, jobs, model
+from batch_parse.cli import corrections, demo, export, jobs, model
 from batch_parse.cli.redact import echo, redact
 from batch_parse.cli.policy import policy_options
 from batch_parse.pipeline.options import CROP_FORMATS, JobOptions
@@ -208,5 +208,5 @@ def render(dst: str, out_dir: Path, limit: int, where: str | None, min_face: flo
     echo(f"wrote {index}")
 
 
-for _command in (*jobs.COMMANDS, *model.COMMANDS, *demo.COMMANDS, *export.COMMANDS):
+for _command in (*jobs.COMMANDS, *model.COMMANDS, *demo.COMMANDS, *export.COMMANDS, *corrections.COMMANDS):
     cli.add_command(_command)

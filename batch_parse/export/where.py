@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_parse.output.schema import BASE_SCHEMA, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from batch_parse.output.schema import BASE_SCHEMA, CORRECTION_FIELDS, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 
 _OPERATORS = {"==": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal}
 _TOKEN = re.compile(
@@ -31,10 +31,11 @@ _STATUSES = (STATUS_OK, STATUS_NO_FACE, STATUS_ERROR)
 
 
 def scalar_columns() -> dict[str, pa.DataType]:
-    """The columns a clause may name: numbers, strings and booleans (not lists, bytes or times)."""
+    """The columns a clause may name: numbers, strings and booleans (not lists, bytes or times); the
+    correction columns too, which only imported sets have (`batch-parse import`)."""
     return {
         f.name: f.type
-        for f in BASE_SCHEMA
+        for f in (*BASE_SCHEMA, *CORRECTION_FIELDS)
         if pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_string(f.type) or pa.types.is_boolean(f.type)
     }
 

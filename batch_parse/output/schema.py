@@ -66,6 +66,18 @@ BASE_SCHEMA = pa.schema(
     ]
 )
 
+# Columns only in sets of human-corrected labels (`batch-parse import`, batch_parse/corrections/): the job's
+# own rows have none of them (their labels are the model's). An imported row is BASE_SCHEMA's row of
+# the same (id, face_index), its label_map and pixels_<class> the human's, and these columns after.
+LABEL_SOURCE_HUMAN = "human"
+CORRECTION_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("label_source", pa.string(), nullable=False),
+    pa.field("corrected_by", pa.string()),
+    pa.field("corrected_at", pa.timestamp("ms", tz="UTC")),
+    pa.field("changed_pixels", pa.int64(), nullable=False),
+    pa.field("corrected_in", pa.string(), nullable=False),
+)
+
 COLUMN_DOCS: dict[str, str] = {
     "id": "Stable int64 id of the source image, derived from its key (see storage/manifest.py). With `face_index`, unique in the output.",
     "key": "Object key (S3) or path relative to the source folder (local).",
@@ -96,6 +108,11 @@ COLUMN_DOCS: dict[str, str] = {
     "pixels_<class>": "Number of pixels of this face's label map with that class (background counts only the face's region). Classes: " + ", ".join(CLASS_NAMES) + ".",
     "model_version": "Model name and weights hash, e.g. `stn-icnn/default@1a2b3c4d`; one output holds one model's labels (`.batch-parse/model.json`).",
     "processed_at": "UTC time the row was produced.",
+    "label_source": "Only in sets `batch-parse import` writes: `human` (the label map was reviewed, and possibly corrected, in the tool named by corrected_in). The other columns are the original row's, the model's.",
+    "corrected_by": "Only in imported sets: who submitted the correction, as the tool names them (Label Studio: the annotator's email, else their user id); null where the tool does not say (CVAT's mask archive).",
+    "corrected_at": "Only in imported sets: UTC time of the correction as the tool records it (Label Studio: the annotation's updated_at); null where the tool does not say.",
+    "changed_pixels": "Only in imported sets: pixels of this face's label map whose class the human changed (0 = accepted as the model labelled it).",
+    "corrected_in": "Only in imported sets: `labelstudio` or `cvat`, the tool the correction came from.",
 }
 
 # How readers of schema v1 (one row per image, label map over the whole image) move to v2.
