@@ -32,11 +32,11 @@ from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.job import run_job
 from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.summary import JobSummary
-from batch_parse.storage.lease import LEASE_NAME
+from batch_parse.output.lease import LEASE_NAME
 from batch_parse.storage.listing import iter_objects
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.manifest import object_id
-from batch_parse.storage.source_identity import claim_source
+from batch_parse.output.source_identity import claim_source
 from datafiles import data_file
 
 MAX_PIXELS = 50_000_000

@@ -22,14 +22,14 @@ from batch_parse.cli.main import cli
 from batch_parse.pipeline.job import run_job
 from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.stages import fetch_and_decode
-from batch_parse.storage import lease
+from batch_parse.output import lease
 from batch_parse.storage.fetch import FetchError, fetch_objects
-from batch_parse.storage.lease import LEASE_NAME, LeaseHeld, LeaseLost, _LocalStore, _S3Store
+from batch_parse.output.lease import LEASE_NAME, LeaseHeld, LeaseLost, _LocalStore, _S3Store
 from batch_parse.storage.listing import iter_objects, key_component, local_path
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.manifest import object_id, read_manifest, write_manifest
 from batch_parse.storage.s3 import pyarrow_filesystem
-from batch_parse.storage.source_identity import claim_source
+from batch_parse.output.source_identity import claim_source
 from datafiles import data_file, written
 
 MAX_PIXELS = 50_000_000
@@ -337,7 +337,7 @@ def test_a_run_that_lost_its_lease_publishes_and_seals_nothing(output):
 def test_lease_of_a_killed_process_on_this_host_is_taken_at_once(tmp_path):
     location = parse_location(str(tmp_path / "out"))
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from batch_parse.storage.lease import acquire; "
+        [sys.executable, "-c", "import sys, time; from batch_parse.output.lease import acquire; "
          "from batch_parse.storage.location import parse_location; "
          f"lease = acquire(parse_location({str(tmp_path / 'out')!r})); print('held', flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": REPO},

@@ -1,8 +1,8 @@
 """Where everything of one output lives: the face rows in one folder, control state out of readers' way.
 
     OUTPUT/data/*.parquet                  the face rows, and nothing else: point any reader here
-    OUTPUT/.batch-parse/lease.json         the run writing now (storage/lease.py); lease.lock beside it
-    OUTPUT/.batch-parse/source.json        the one source these labels are of (storage/source_identity.py)
+    OUTPUT/.batch-parse/lease.json         the run writing now (output/lease.py); lease.lock beside it
+    OUTPUT/.batch-parse/source.json        the one source these labels are of (output/source_identity.py)
     OUTPUT/.batch-parse/model.json         the one model version these labels are of
     OUTPUT/.batch-parse/index/*.parquet    which images the data files hold complete (pipeline/commit.py)
     OUTPUT/.batch-parse/manifests/         what each run listed and set out to do

@@ -32,7 +32,7 @@ whatever was touched, copied, truncated, pruned or deleted; deleting the index i
 (every file is read once). A kill anywhere leaves files uncovered or entries stale, and the next
 run checks them again: every step is idempotent.
 
-Every delete, rewrite and index write is fenced on the run's lease (storage/lease.py Lease.fence):
+Every delete, rewrite and index write is fenced on the run's lease (output/lease.py Lease.fence):
 a run that lost its lease commits and seals nothing more. Valid Parquet files in data/ that are not
 batch-parse output (no batch_parse metadata) are left alone and reported, never deleted.
 

@@ -31,13 +31,13 @@ from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.progress import ProgressCounter, ProgressPrinter
 from batch_parse.output.schema import output_schema
 from batch_parse.pipeline.summary import JobSummary
-from batch_parse.storage import lease
+from batch_parse.output import lease
 from batch_parse.storage.listing import iter_objects
 from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.manifest import remove_partial_manifests, write_manifest
 from batch_parse.storage.s3 import StorageError, abort_unfinished_uploads, check_access, describe_error, pyarrow_filesystem
-from batch_parse.storage.model_identity import claim_model
-from batch_parse.storage.source_identity import claim_source, record_source
+from batch_parse.output.model_identity import claim_model
+from batch_parse.output.source_identity import claim_source, record_source
 
 
 def connect_ray() -> None:
