@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from batch_parse import __version__
 from batch_parse.cli import demo, export, jobs, model
 from batch_parse.cli.redact import echo, redact
 from batch_parse.cli.policy import policy_options
@@ -83,6 +84,7 @@ def _one_line(e: BaseException) -> str:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="batch-parse", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show the traceback of unexpected errors.")
 def cli(debug: bool) -> None:
     """Face parsing (STN-iCNN) of image corpora on Ray: S3 or a folder in, Parquet out."""
