@@ -21,9 +21,9 @@ def _version() -> str:
         text = pyproject.read_text()
     except OSError:
         text = ""
-    project = re.search(r"^\[project\]$(.*?)(?=^\[|\Z)", text, re.M | re.S)
-    if project and re.search(r'^name\s*=\s*"batch-parse"\s*$', project.group(1), re.M):
-        found = re.search(r'^version\s*=\s*"([^"]+)"\s*$', project.group(1), re.M)
+    project = re.search(r"^\[project\]$(.*?)(?=^\[|\Z)", text, re.MULTILINE | re.DOTALL)
+    if project and re.search(r'^name\s*=\s*"batch-parse"\s*$', project.group(1), re.MULTILINE):
+        found = re.search(r'^version\s*=\s*"([^"]+)"\s*$', project.group(1), re.MULTILINE)
         if found:
             return found.group(1)
     from importlib.metadata import PackageNotFoundError, version
