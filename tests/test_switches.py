@@ -123,7 +123,7 @@ def test_dry_run_counts_listed_done_and_to_do_and_writes_nothing(tmp_path: Path)
     # 0, 1, 2 indexed, 4 complete in an unindexed file; 3's row is a retryable error (redone), 5 incomplete.
     assert got["done"] == "4 already in the output"
     assert got["to do"] == "2 image(s), 1 of them retried (retryable error rows)"
-    assert "1 non-image" in got["skipped"] and "1 system" in got["skipped"]
+    assert got["skipped"] == "2 (1 non-image, 1 system), e.g. notes.txt, .DS_Store"
     assert got["checks"].startswith("1 data file(s) not yet indexed")
     assert got["staged"].startswith("1 file(s)")
     assert snapshot(output) == before  # no lease, no manifest, no record, no index written or removed
@@ -143,6 +143,27 @@ def test_dry_run_on_a_new_output_creates_nothing(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     assert fields(done.stdout)["to do"] == "3 image(s)"
     assert not output.exists()
+
+
+def test_dry_run_on_s3_lists_the_bucket_and_writes_nothing_there(s3_server, tmp_path: Path):
+    bucket = s3_server.make_bucket("dry-run-test")
+    client = s3_server.client()
+    for path in sorted(photos(tmp_path / "photos", KEYS[:3]).glob("*.jpg")):
+        client.put_object(Bucket=bucket, Key=f"in/{path.name}", Body=path.read_bytes())
+    local = tmp_path / "labels"  # one image already done, sealed as a run seals it
+    data_file(local / "data" / "a.parquet", faces(ID["img1.jpg"], 1))
+    layout = OutputLayout(parse_location(str(local)))
+    commit.recover(pafs.LocalFileSystem(), layout.data_dir, layout.index_dir)
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        client.put_object(Bucket=bucket, Key=f"out/{path.relative_to(local)}", Body=path.read_bytes())
+    before = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"])
+
+    done = cli("run", f"s3://{bucket}/in", f"s3://{bucket}/out", "--endpoint-url", s3_server.endpoint_url, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    got = fields(done.stdout)
+    assert (got["listed"], got["done"], got["to do"]) == ("3 image(s)", "1 already in the output", "2 image(s)")
+    after = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"])
+    assert after == before
 
 
 def test_dry_run_refuses_another_source_as_the_run_would(tmp_path: Path):

@@ -100,8 +100,9 @@ class DryRun:
                    f"{s.skipped_system} system" if s.skipped_system else "",
                    f"{s.skipped_unreadable} unreadable" if s.skipped_unreadable else ""]
         if any(skipped):
+            total = s.skipped_non_image + s.skipped_system + s.skipped_unreadable
             examples = (s.non_image_examples + s.system_examples + s.unreadable_examples)[:3]
-            out.append(f"skipped:  {', '.join(k for k in skipped if k)} entr(ies), e.g. {', '.join(examples)}")
+            out.append(f"skipped:  {total} ({', '.join(k for k in skipped if k)}), e.g. {', '.join(examples)}")
         if self.uncovered_files:
             out.append(f"checks:   {self.uncovered_files} data file(s) not yet indexed; the run checks them first"
                        + (f" ({self.unfinished_files} unfinished, to be removed)" if self.unfinished_files else ""))

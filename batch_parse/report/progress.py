@@ -58,7 +58,8 @@ class Progress:
             out.append("latest:    no run has set out to label anything here yet")
         else:
             pct = f" ({100 * self.done / self.set_out:.1f}%)" if self.set_out else ""
-            out += [f"latest:    run listed at {self.manifest_time}: {self.set_out} image(s) to do ({self.manifest})",
+            out += [f"latest:    run listed at {self.manifest_time}: {self.set_out} image(s) to do",
+                    f"manifest:  {self.manifest}",
                     f"done:      {self.done} of {self.set_out}{pct}",
                     f"pending:   {self.pending}"]
             if self.staged:
