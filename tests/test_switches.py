@@ -317,7 +317,11 @@ _PROBE = textwrap.dedent(
         (["run", "{folder}", "{out}", "--faces", "some"], "Invalid value for '--faces'"),
         (["run", "{folder}", "{out}", "--model", "no-such-weights"], "no weights named 'no-such-weights'"),
         (["run", "{folder}", "{file}"], "is a file, not a folder"),
-        (["progress", "{missing}"], "is no batch-parse output"),
+        (["progress", "{missing}"], "output location not found"),
+        (["progress", "{folder}"], "is no batch-parse output"),
+        (["progress", "s3://Bad_Bucket/out"], "invalid S3 bucket name"),
+        (["inspect", "{missing}"], "output location not found"),
+        (["export", "{missing}", "{out}", "--to", "coco"], "output location not found"),
     ],
 )
 def test_argument_errors_come_before_torch_and_ray(tmp_path: Path, args: list[str], error: str):

@@ -14,6 +14,7 @@ Nothing is written, deleted or repaired: a run's own checks (commit.recover) dec
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -92,8 +93,9 @@ def progress(output_uri: str, endpoint_url: str | None = None) -> Progress:
     output = parse_location(output_uri)
     fs = pyarrow_filesystem(output, endpoint_url)
     layout = OutputLayout(output)
-    if not output.is_s3 and not (fs.get_file_info(layout.data_dir).type == pafs.FileType.Directory
-                                 or fs.get_file_info(layout.state_dir).type == pafs.FileType.Directory):
+    if not output.is_s3 and not os.path.isdir(output.path):
+        raise ValueError(f"output location not found: {output.uri}")
+    if not output.is_s3 and not (os.path.isdir(layout.data_dir) or os.path.isdir(layout.state_dir)):
         raise ValueError(f"{output.uri} is no batch-parse output (no data/ or .batch-parse/ in it)")
     view = commit.read_committed(fs, layout.data_dir, layout.index_dir, layout.staging_root)
     lease = read_lease(output, endpoint_url)
