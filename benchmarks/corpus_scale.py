@@ -103,7 +103,7 @@ def _fill(server, bucket: str, size: int) -> None:
 
 _RUN_RUNNER = """
 import json, resource, sys, time
-from batch_parse.pipeline import commit, job
+from batch_parse.pipeline import commit, job, plan
 from batch_parse.pipeline.options import JobOptions
 recover_s, calls = [], {}
 def timed(name, fn, into):
@@ -116,7 +116,7 @@ def timed(name, fn, into):
     return wrapper
 log = []
 commit.recover = timed("recover", commit.recover, log)
-job.write_manifest = timed("manifest", job.write_manifest, log)
+plan.write_manifest = timed("manifest", plan.write_manifest, log)  # the run lists through plan.list_todo
 job._label = timed("labelling", job._label, log)
 start = time.perf_counter()
 summary = job.run_job(JobOptions(source=sys.argv[1], output=sys.argv[2], batch_size=32, faces="all"))

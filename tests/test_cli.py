@@ -18,7 +18,7 @@ from batch_parse.cli.main import _Group, cli
 from batch_parse.cli.redact import redact
 
 REPO = Path(__file__).resolve().parents[1]
-VERBS = ["run", "validate", "inspect", "render", "submit", "status", "logs", "stop", "list"]
+VERBS = ["run", "validate", "inspect", "render", "progress", "submit", "status", "logs", "stop", "list"]
 # Shaped like an AWS secret key (40 base64 characters, both cases) so the shape rule is tested too.
 SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYzzSECRETzz01"
 TOKEN = "raytoken-0123456789abcdef0123456789abcdef"

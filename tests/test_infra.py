@@ -10,6 +10,7 @@ import pytest
 import ray
 import yaml
 
+import batch_parse
 from batch_parse.jobspec import cron_problems, load_job_spec, validate_job_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,8 +141,8 @@ def test_images_are_the_one_the_dockerfile_builds():
     for path in (INFRA / "kuberay").glob("*.yaml"):
         images = set(re.findall(r"image:\s*(\S+)", path.read_text()))
         assert len(images) == 1, f"{path.name} uses several images: {images}"
-        assert images.pop().endswith("/batch-parse:0.1.0")
-    assert "batch-parse:0.1.0" in dockerfile
+        assert images.pop().endswith(f"/batch-parse:{batch_parse.__version__}")  # tagged with the package's version
+    assert f"batch-parse:{batch_parse.__version__}" in dockerfile
 
 
 def test_dockerfile_installs_the_package_on_the_ray_gpu_image():

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from batch_parse.cli import corrections, demo, export, jobs, model
+from batch_parse import __version__
+from batch_parse.cli import corrections, demo, export, jobs, model, progress
 from batch_parse.cli.redact import echo, redact
 from batch_parse.cli.policy import policy_options
 from batch_parse.pipeline.options import CROP_FORMATS, JobOptions
@@ -83,6 +84,7 @@ def _one_line(e: BaseException) -> str:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="batch-parse", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show the traceback of unexpected errors.")
 def cli(debug: bool) -> None:
     """Face parsing (STN-iCNN) of image corpora on Ray: S3 or a folder in, Parquet out."""
@@ -134,8 +136,10 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--rows-per-file", type=int, default=_DEFAULTS.rows_per_file, show_default=True, help="Rows per output Parquet file.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), show_default="cuda when the actor has a GPU", help="Model device.")
 @policy_options(_DEFAULTS.policy)
+@click.option("--dry-run", is_flag=True, help="List SRC and say how many images are listed, already done and to do; "
+                                               "label nothing, start no Ray and write nothing to DST.")
 @click.pass_context
-def run(ctx: click.Context, src: str | None, dst: str | None, spec_path: Path | None, **flags) -> None:
+def run(ctx: click.Context, src: str | None, dst: str | None, spec_path: Path | None, dry_run: bool, **flags) -> None:
     """Label the images in SRC and write Parquet to DST.
 
     SRC and DST are s3://bucket/prefix URIs or local folders. With --spec JOB.yaml they come
@@ -155,7 +159,14 @@ def run(ctx: click.Context, src: str | None, dst: str | None, spec_path: Path | 
     if problems:
         raise click.UsageError("; ".join(problems))
 
-    # Checked before importing the job: a bad spec or URI must fail before Ray starts.
+    # Checked before importing the job (torch, Ray): a bad spec, location or source fails at once, in one line.
+    from batch_parse.pipeline import plan
+
+    if dry_run:
+        for line in plan.dry_run(options).lines():
+            echo(line)
+        return
+    plan.check_locations(options)
     from batch_parse.pipeline.job import run_job
 
     summary = run_job(options)
@@ -208,5 +219,5 @@ def render(dst: str, out_dir: Path, limit: int, where: str | None, min_face: flo
     echo(f"wrote {index}")
 
 
-for _command in (*jobs.COMMANDS, *model.COMMANDS, *demo.COMMANDS, *export.COMMANDS, *corrections.COMMANDS):
+for _command in (*jobs.COMMANDS, *model.COMMANDS, *demo.COMMANDS, *export.COMMANDS, *corrections.COMMANDS, *progress.COMMANDS):
     cli.add_command(_command)

@@ -88,6 +88,17 @@ def acquire(output: Location, endpoint_url: str | None = None, holder: str | Non
     raise LeaseHeld(_held_message(output, record))
 
 
+def read_lease(output: Location, endpoint_url: str | None = None) -> dict | None:
+    """The output's lease as it stands, read-only: its record plus `live` (False once a run could take
+    it over: expired, or its process on this host is gone); None when no run holds one."""
+    store = _S3Store(output, endpoint_url) if output.is_s3 else _LocalStore(output)
+    current = store.read()
+    if current is None:
+        return None
+    record = _parse(current[0], store.where)
+    return {**record, "live": not _is_stale(record)}
+
+
 class Lease:
     """A held lease: `renew()` extends it, `release()` (or the end of a `with` block) gives it up."""
 

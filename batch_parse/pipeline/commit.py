@@ -443,9 +443,11 @@ def _rewrite_without(fs: pafs.FileSystem, path: str, keep: np.ndarray) -> None:
 # --- index files ---------------------------------------------------------------------------------
 
 
-def _read_indexes(fs: pafs.FileSystem, index_dir: str, data: dict[str, DataFile], fence: Fence) -> list[_IndexFile]:
+def _read_indexes(fs: pafs.FileSystem, index_dir: str, data: dict[str, DataFile], fence: Fence,
+                  delete_unusable: bool = True) -> list[_IndexFile]:
     """The index files, each cover marked valid, stale or superseded; unreadable (half-written) or
-    older-format index files are deleted: the files they covered are then simply read again."""
+    older-format index files are deleted (unless not `delete_unusable`: read_committed), and the
+    files they covered are then simply read again."""
     paths = sorted(i.path for i in _listing(fs, index_dir) if i.path.endswith(".parquet"))
 
     def footer(path: str) -> tuple[str, int, list[dict]] | None:
@@ -461,7 +463,7 @@ def _read_indexes(fs: pafs.FileSystem, index_dir: str, data: dict[str, DataFile]
 
     with ThreadPoolExecutor(max_workers=SCAN_THREADS) as pool:
         footers = list(pool.map(footer, paths))
-    unusable = [path for path, found in zip(paths, footers) if found is None]
+    unusable = [path for path, found in zip(paths, footers) if found is None and delete_unusable]
     if unusable:
         fence()
     for path in unusable:
@@ -558,6 +560,96 @@ def _compact(fs: pafs.FileSystem, index_dir: str, indexes: list[_IndexFile], fen
     for index in merge:
         fs.delete_file(index.path)
     return [f for f in indexes if all(f is not m for m in merge)] + merged
+
+
+# --- a read-only view: `run --dry-run` and `progress` --------------------------------------------
+
+
+@dataclass
+class CommittedView:
+    """What an output holds, read without changing it: nothing is deleted, repaired or sealed.
+
+    recover() decides; this view is what it would start from. Complete images are the index's (its
+    valid covers) plus those complete in the data files no index covers as they are now (a running
+    or killed run's new files, files changed since they were indexed), which are read (their key
+    columns only). What it cannot know without recover's cross-checks: duplicates and images whose
+    faces span a covered and an uncovered file (counted as not done here).
+    """
+
+    index: CommittedIndex  # the valid covers' images
+    data_files: int = 0
+    uncovered_files: int = 0  # data files no index covers as they are now (read here)
+    unfinished_files: int = 0  # of those, no footer (a kill mid-write: the next run deletes them)
+    foreign_files: int = 0  # valid Parquet in data/ batch-parse did not write (left alone)
+    uncovered_done: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # sorted ids complete in uncovered files
+    retryable: Counter = field(default_factory=Counter)  # error_code -> retryable error rows, all data files
+    retryable_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # sorted ids of those rows' images
+    staged_files: int = 0  # complete files in staging/, not yet published into data/
+    staged_unfinished: int = 0  # staged files without a footer (being written, or left by a kill)
+    staged_rows: int = 0
+    staged_done: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # sorted ids complete in staged files
+
+    def ids_in_range(self, lo: int, hi: int) -> np.ndarray:
+        """Sorted ids complete in data/ (index or uncovered files) with lo <= id < hi (ids may repeat)."""
+        extra = self.uncovered_done[(self.uncovered_done >= lo) & (self.uncovered_done < hi)]
+        return np.sort(np.concatenate([self.index.ids_in_range(lo, hi), extra]))
+
+    @property
+    def size(self) -> int:
+        return self.index.size + len(self.uncovered_done)
+
+
+def read_committed(fs: pafs.FileSystem, data_dir: str, index_dir: str, staging_root: str | None = None) -> CommittedView:
+    """The output's committed images, read-only (see CommittedView); with `staging_root`, its staged files too."""
+    data = _data_files(fs, data_dir)
+    indexes = _read_indexes(fs, index_dir, data, _unfenced, delete_unusable=False)
+    covers = {c["name"]: c for f in indexes for c, ok in zip(f.covers, f.valid) if ok}
+    view = CommittedView(CommittedIndex(fs, indexes), data_files=len(data))
+    uncovered = [d for name, d in sorted(data.items()) if name not in covers]
+    with_retryable = [data[name] for name, c in sorted(covers.items()) if c.get("retryable")]
+    keys = _read_keys_quietly(fs, uncovered + with_retryable)
+    view.uncovered_files = len(uncovered)
+    view.unfinished_files = sum(keys[d.path] is None for d in uncovered)
+    view.foreign_files = sum(isinstance(keys[d.path], str) for d in uncovered)
+    read = [keys[d.path] for d in uncovered if isinstance(keys[d.path], _Keys)]
+    view.uncovered_done = _complete_ids(read)
+    retryable = [k for k in (keys[d.path] for d in uncovered + with_retryable) if isinstance(k, _Keys)]
+    codes = np.concatenate([k.codes for k in retryable]) if retryable else np.empty(0, object)
+    ids = np.concatenate([k.ids for k in retryable]) if retryable else np.empty(0, np.int64)
+    view.retryable = Counter(codes[np.not_equal(codes, None)].tolist())
+    view.retryable_ids = np.unique(ids[np.not_equal(codes, None)]).astype(np.int64)
+    if staging_root is not None:
+        staged = [DataFile(i.path, i.path, i.size, i.mtime_ns) for i in _listing(fs, staging_root, recursive=True)
+                  if i.path.endswith(".parquet")]
+        staged_keys = _read_keys_quietly(fs, staged)
+        complete = [k for k in staged_keys.values() if isinstance(k, _Keys)]
+        view.staged_files, view.staged_unfinished = len(complete), sum(k is None for k in staged_keys.values())
+        view.staged_rows = sum(len(k.ids) for k in complete)
+        view.staged_done = _complete_ids(complete)
+    return view
+
+
+def _read_keys_quietly(fs: pafs.FileSystem, files: list[DataFile]) -> dict[str, _Keys | str | None]:
+    """_read_keys of each file by path; a file gone meanwhile (published, rewritten) reads as unfinished."""
+
+    def read(d: DataFile) -> _Keys | str | None:
+        try:
+            return _read_keys(fs, d.path)
+        except FileNotFoundError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=SCAN_THREADS) as pool:
+        return dict(zip((d.path for d in files), pool.map(read, files)))
+
+
+def _complete_ids(keys: list[_Keys]) -> np.ndarray:
+    """Sorted ids of the images whose rows in `keys` add up to their face_count."""
+    if not keys:
+        return np.empty(0, np.int64)
+    ids = np.concatenate([k.ids for k in keys])
+    _, _, incomplete = rows_to_drop(ids, np.concatenate([k.faces for k in keys]), np.concatenate([k.counts for k in keys]))
+    found = np.unique(ids)
+    return found[~np.isin(found, incomplete)].astype(np.int64)
 
 
 # --- staged writes -------------------------------------------------------------------------------

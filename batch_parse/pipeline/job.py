@@ -26,15 +26,14 @@ import pyarrow.parquet as pq
 
 from batch_parse.model.weights import file_sha256, resolve
 from batch_parse.output.layout import OutputLayout
-from batch_parse.pipeline import commit, migrate, ray_reaper, stages
+from batch_parse.pipeline import commit, migrate, plan, ray_reaper, stages
 from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.progress import ProgressCounter, ProgressPrinter
 from batch_parse.output.schema import output_schema
 from batch_parse.pipeline.summary import JobSummary
 from batch_parse.output import lease
-from batch_parse.storage.listing import iter_objects
-from batch_parse.storage.location import Location, parse_location
-from batch_parse.storage.manifest import remove_partial_manifests, write_manifest
+from batch_parse.storage.location import Location
+from batch_parse.storage.manifest import remove_partial_manifests
 from batch_parse.storage.s3 import StorageError, abort_unfinished_uploads, check_access, describe_error, pyarrow_filesystem
 from batch_parse.output.model_identity import claim_model
 from batch_parse.output.source_identity import claim_source, record_source
@@ -76,15 +75,7 @@ def _start_reaper() -> None:
 
 
 def run_job(options: JobOptions) -> JobSummary:
-    problems = options.validate()
-    if problems:
-        raise ValueError("; ".join(problems))
-    source, output = parse_location(options.source), parse_location(options.output)
-    for location in (source, output):
-        if location.is_s3:
-            check_access(location, options.endpoint_url)
-    if not source.is_s3 and not os.path.isdir(source.path):
-        raise ValueError(f"source folder not found: {source.path}")
+    source, output = plan.check_locations(options)  # the CLI calls it too, before torch and Ray are imported
     model_name, weights_path = resolve(options.model)
     sha = file_sha256(weights_path)
     model_version = f"{model_name}@{sha[:8]}"
@@ -125,8 +116,7 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     run_id = f"{stamp}-{os.getpid()}"
     manifest_path = f"{manifests_dir}/{stamp}.parquet"
-    listing = iter_objects(source, options.endpoint_url, fan_out=True, object_list=options.object_list)
-    manifest = write_manifest(listing, manifest_path, fs, committed=before.index)
+    manifest = plan.list_todo(options, source, fs, manifest_path, before.index)  # `run --dry-run` lists the same way
     summary.phases.update(listing=manifest.list_seconds, exclusion=manifest.exclude_seconds)
     summary.listed, summary.already_done = manifest.listed, manifest.excluded
     summary.skipped_non_image = manifest.skipped_non_image

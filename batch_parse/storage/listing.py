@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import botocore.exceptions as boto_errors
 
 from batch_parse.storage.location import Location
+from batch_parse.storage.objects import ObjectInfo
 from batch_parse.storage.s3 import StorageError, describe_error, s3_client
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
@@ -48,13 +49,6 @@ LIST_THREADS = 8
 FAN_OUT = 32  # prefixes wanted before listing them in parallel
 MAX_DEPTH = 3  # levels of folders looked into to find them
 FLAT_OBJECTS = 1000  # more objects than this directly in a folder: one thread lists it whole
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str  # S3: full object key; local: path relative to the source folder, '/'-separated
-    size: int | None  # None: unknown (an object list without sizes)
-    etag: str  # S3 ETag without quotes; local: "<size>-<mtime_ns>"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batch_parse.storage import id_ranges
-from batch_parse.storage.listing import ObjectInfo, ObjectListing
+from batch_parse.storage.listing import ObjectListing
+from batch_parse.storage.objects import ObjectInfo
 
 MANIFEST_SCHEMA = pa.schema(
     [

@@ -21,8 +21,8 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from batch_parse.storage.listing import ObjectInfo
 from batch_parse.storage.location import Location, parse_location
+from batch_parse.storage.objects import ObjectInfo
 from batch_parse.storage.s3 import StorageError, describe_error, pyarrow_filesystem
 
 BATCH_ROWS = 65_536

@@ -46,6 +46,7 @@ from PIL import Image
 from batch_parse.labels import HELEN_TO_CLASS, MIRROR_CLASS
 from batch_parse.train import teacher
 from batch_parse.train.datasets import HELEN_SPLIT_FILES, hash_split
+from batch_parse.train.facerecord import POSES, FaceRecord, pose_bucket, read_records
 
 # One-face sources: the largest detection is the subject (others are bystanders or posters).
 # Multi-face sources: every detection is kept.
@@ -65,10 +66,6 @@ MIN_FRAME = 48
 # Class-exact agreement (Dice over face parts) between the teacher on a face and on its mirror
 # image, below which its labels are not trusted for training or scoring.
 FLIP_KEEP = 0.80
-# |yaw proxy| bounds of the pose buckets; calibrated on CFP's frontal and profile folders
-# (see the model card: `python -m batch_parse.train.facepool --report DST`).
-POSE_BOUNDS = (0.15, 0.40)
-POSES = ("frontal", "turned", "profile")
 
 # Caltech's points are 1-based (the data set's Matlab convention); ours are 0-based pixel indices.
 CALTECH_ORIGIN = 1.0
@@ -99,27 +96,6 @@ class Photo:
     probes: list[list[tuple[str, list[float]]]] = field(default_factory=list)  # per annotated face: (part, [x, y])
 
 
-@dataclass
-class FaceRecord:
-    name: str  # images/NAME.jpg when written
-    source: str
-    photo: str
-    split: str
-    face_index: int  # detection order in the photo (largest first)
-    box: list[float]  # detector box, photo pixels
-    score: float
-    landmarks: list[list[float]]  # the detector's 5 points, aligned frame pixels
-    matrix: list[list[float]]  # photo -> frame (2x3)
-    side: int  # frame side
-    yaw: float  # pose proxy (yaw_proxy)
-    pose: str
-    written: bool  # image written (frame side >= MIN_FRAME)
-    teacher: str  # "ok", "no_face" (mesh found nothing), "skipped" (not written)
-    flip_agreement: float | None  # teacher vs teacher on the mirror image, None without labels
-    clean: bool  # teacher labels kept for training / scoring
-    probes: list[tuple[str, list[float]]]  # human points in frame pixels: (F1 group, [u, v])
-
-
 def yaw_proxy(landmarks: np.ndarray) -> float:
     """How far the nose tip sits from the eyes' midline, in eye distances (0 frontal; sign = side).
 
@@ -129,11 +105,6 @@ def yaw_proxy(landmarks: np.ndarray) -> float:
     eye_l, eye_r, nose = landmarks[0], landmarks[1], landmarks[2]
     span = max(abs(eye_r[0] - eye_l[0]), 1e-3)
     return float((nose[0] - (eye_l[0] + eye_r[0]) / 2) / span)
-
-
-def pose_bucket(yaw: float) -> str:
-    turned, profile = POSE_BOUNDS
-    return POSES[0] if abs(yaw) < turned else POSES[1] if abs(yaw) < profile else POSES[2]
 
 
 def to_classes(helen_map: np.ndarray) -> np.ndarray:
@@ -277,13 +248,6 @@ def process_photo(photo: Photo) -> tuple[list[FaceRecord], int, str | None]:
             written=written, teacher=status, flip_agreement=flip, clean=clean, probes=probes,
         ))
     return records, len(photo.probes) - len(matched), None
-
-
-def read_records(dst: str | Path) -> list[FaceRecord]:
-    path = Path(dst) / "faces.jsonl"
-    if not path.is_file():
-        raise ValueError(f"{dst} has no faces.jsonl: build it with python -m batch_parse.train.facepool")
-    return [FaceRecord(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
 def summarise(records: list[FaceRecord]) -> dict[str, dict[str, dict[str, int]]]:

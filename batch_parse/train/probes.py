@@ -22,7 +22,7 @@ import numpy as np
 from batch_parse.labels import F1_GROUPS, NUM_CLASSES
 from batch_parse.train.datasets import read_helen_labels, read_rgb
 from batch_parse.train.evaluate import confusion, f1_scores
-from batch_parse.train.facepool import POSES, FaceRecord, read_records
+from batch_parse.train.facerecord import POSES, FaceRecord, read_records
 
 ALL = "all"
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from batch_parse.labels import CLASS_TO_HELEN
 from batch_parse.train.datasets import HELEN_SPLIT_FILES
-from batch_parse.train.facepool import FLIP_KEEP, agreement, mirror_labels, read_records
+from batch_parse.train.facepool import FLIP_KEEP, agreement, mirror_labels
+from batch_parse.train.facerecord import read_records
 from batch_parse.train.probes import probe_hits, read_face
 from batch_parse.train.teacher import write_sample
 
