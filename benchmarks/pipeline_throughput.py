@@ -3,9 +3,11 @@
     python benchmarks/pipeline_throughput.py                 # 300 UTKFace crops, batch 16
     python benchmarks/pipeline_throughput.py --quick         # smoke run: 40 images
     python benchmarks/pipeline_throughput.py --images 1000 --batch-size 32 --source-dir DIR
+    python benchmarks/pipeline_throughput.py --local --faces all --source-dir DIR   # local folder in and out, no S3
 
 One run starts SeaweedFS (`weed mini`, benchmarks/s3server.py) on free ports in a temporary folder,
-uploads the images to s3://bench/faces/ and measures, on the same images:
+uploads the images to s3://bench/faces/ (with --local: links them into a local folder, and the job
+writes to a local folder; no server) and measures, on the same images:
   (a) the job: run_job() from call to return (Ray start-up, listing, model load, labelling,
       encoding, writing, commit check), and its steady-state rate read from the job's own
       progress counter (the one its status line shows; FaceParseActor adds each labelled batch),
@@ -265,21 +267,26 @@ def time_stages(options: JobOptions, device: str, threads: int, model_version: s
 # ---- (c) the loop a user would write by hand ----
 
 
-def naive_loop(server: S3Server, keys: list[str], parser, out_key: str) -> float:
-    """boto3 GET, PIL decode, parse one image at a time, PNG label map, rows in a list, one Parquet file."""
+def naive_loop(server: S3Server | None, keys: list[str], parser, out_key: str, local_dir: Path | None = None) -> float:
+    """boto3 GET (or a file read), PIL decode, parse one image at a time, PNG label map, rows in a list, one Parquet file."""
     start = time.perf_counter()
-    s3 = boto3.client("s3", endpoint_url=server.endpoint_url, config=Config(s3={"addressing_style": "path"}))
+    s3 = None if server is None else boto3.client("s3", endpoint_url=server.endpoint_url, config=Config(s3={"addressing_style": "path"}))
     rows = []
     for key in keys:
-        data = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        data = (local_dir / key).read_bytes() if s3 is None else s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         result = parser.parse([image])[0]
         png = io.BytesIO()
         Image.fromarray(result.label_map).save(png, format="PNG")
         rows.append({"key": key, "label_map": png.getvalue(), "boxes": result.boxes.tolist(),
                      "confidences": result.confidences.tolist(), "class_pixels": result.class_pixels.tolist()})  # fmt: skip
-    fs = pafs.S3FileSystem(endpoint_override=server.endpoint_url.split("://", 1)[1], scheme="http", region=REGION)
-    pq.write_table(pa.Table.from_pylist(rows), f"{BUCKET}/{out_key}", filesystem=fs)
+    table = pa.Table.from_pylist(rows)
+    if server is None:
+        (local_dir.parent / out_key).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, str(local_dir.parent / out_key))
+    else:
+        fs = pafs.S3FileSystem(endpoint_override=server.endpoint_url.split("://", 1)[1], scheme="http", region=REGION)
+        pq.write_table(table, f"{BUCKET}/{out_key}", filesystem=fs)
     return time.perf_counter() - start
 
 
@@ -327,6 +334,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch threads for (b) and (c) (default: what the job's actor uses)")
     p.add_argument("--source-dir", type=Path, default=DEFAULT_SOURCE, help="folder of face images (default shared/data/utkface)")
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_IMAGES} images unless --images is given")
+    p.add_argument("--local", action="store_true", help="local folder in and out instead of the S3 server")
+    p.add_argument("--no-naive", action="store_true", help="skip (c), the naive loop (it runs at batch 1: slow on many images)")
     p.add_argument("--faces", choices=("whole-image", "largest", "all"), default="whole-image",
                    help="the job's face mode; whole-image (default) suits the tight UTKFace crops, and then (b) is "
                         "the parser alone; with a detector (b) is detect + align + parse")
@@ -344,19 +353,31 @@ def benchmark(args: argparse.Namespace) -> None:
     files = files[: args.images]
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    with tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp, running(Path(tmp)) as server:
-        # The job's Ray workers inherit this environment: the server's test-only keys, no profile.
-        for name in (*CLEARED_ENV, "RAY_ADDRESS"):  # RAY_ADDRESS: a remote cluster cannot reach our loopback server
-            os.environ.pop(name, None)
-        os.environ.update(server.env())
-        size = upload(server, files, BUCKET, PREFIX)
-        options = JobOptions(source=f"s3://{BUCKET}/{PREFIX}", output=f"s3://{BUCKET}/out-{len(files)}",
-                             model=MODEL, endpoint_url=server.endpoint_url, batch_size=args.batch_size,
-                             faces=args.faces)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp, (nullcontext() if args.local else running(Path(tmp))) as server:
+        os.environ.pop("RAY_ADDRESS", None)  # a remote cluster cannot reach our loopback server or temp folder
+        if server is None:
+            local_dir = Path(tmp) / PREFIX
+            local_dir.mkdir()
+            for f in files:  # links: the job lists this folder, which must hold exactly these images
+                (local_dir / f.name).symlink_to(f.resolve())
+            size = sum(f.stat().st_size for f in files)
+            options = JobOptions(source=str(local_dir), output=str(Path(tmp) / f"out-{len(files)}"), model=MODEL,
+                                 batch_size=args.batch_size, faces=args.faces)
+        else:
+            local_dir = None
+            # The job's Ray workers inherit this environment: the server's test-only keys, no profile.
+            for name in CLEARED_ENV:
+                os.environ.pop(name, None)
+            os.environ.update(server.env())
+            size = upload(server, files, BUCKET, PREFIX)
+            options = JobOptions(source=f"s3://{BUCKET}/{PREFIX}", output=f"s3://{BUCKET}/out-{len(files)}",
+                                 model=MODEL, endpoint_url=server.endpoint_url, batch_size=args.batch_size,
+                                 faces=args.faces)  # fmt: skip
         job_threads = stages.actor_threads(options, cuda)
         threads = args.threads or job_threads
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        print(f"pipeline throughput: {len(files)} images ({size / 1e6:.1f} MB) from {args.source_dir}, batch {args.batch_size}, "
+        where = "local folder" if server is None else "S3 server"
+        print(f"pipeline throughput ({where}): {len(files)} images ({size / 1e6:.1f} MB) from {args.source_dir}, batch {args.batch_size}, "
               f"{device}, torch threads: job actor {job_threads}, (b)/(c) {threads}; {os.cpu_count()} cores, load average {load}")  # fmt: skip
         if threads != job_threads:
             print(f"note: --threads {threads} differs from the job actor's {job_threads}: (a) vs (b)/(c) is not like for like")
@@ -377,8 +398,8 @@ def benchmark(args: argparse.Namespace) -> None:
         st, parser = time_stages(options, device, threads, model_version, sha)
         if st.errors:
             raise BenchmarkError(f"in-process decode failed for some images: {dict(st.errors)}")
-        keys = [f"{PREFIX}/{f.name}" for f in files]
-        naive_s = naive_loop(server, keys, parser, f"naive-{len(files)}/labels.parquet")
+        keys = [f.name if server is None else f"{PREFIX}/{f.name}" for f in files]
+        naive_s = float("nan") if args.no_naive else naive_loop(server, keys, parser, f"naive-{len(files)}/labels.parquet", local_dir)
         print(f"model: {model_version}; (b) and (c) exclude model loading, (b) after a {WARMUP_IMAGES}-image warm-up call")
         print_report(len(files), options, job, st, naive_s, gpu)
 
