@@ -95,8 +95,12 @@ def test_worker_node_killed_mid_run_then_rerun_is_exactly_once(cluster, s3_serve
     assert {worker.node_id, c.head_node.node_id} <= seen["nodes"], f"model actors did not run on both nodes: {seen}"
     assert seen["killed_after_files"] is not None, f"the run finished before the worker node could be killed: {seen}, {first_error!r}"
     # The first run ended (finished or with one error); it did not hang.
-    if first_error is not None:
-        assert str(first_error).strip(), "the killed run must end with a message"
+    if first_error is not None:  # Ray's own error or our one-line storage error, not a bug of ours
+        from ray.exceptions import RayError
+
+        from batch_parse.storage.s3 import StorageError
+
+        assert isinstance(first_error, (RayError, StorageError)) and str(first_error).strip(), repr(first_error)
     # Shown with -s: which of the two outcomes this Ray gave.
     print(f"\nkilled run: {'ended with ' + type(first_error).__name__ if first_error else 'finished'}; "
           f"worker node killed after {seen['killed_after_files']} data file(s)")
