@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import statistics
+from dataclasses import replace
 from contextlib import contextmanager, nullcontext
 import os
 import subprocess
@@ -290,6 +292,16 @@ def naive_loop(server: S3Server | None, keys: list[str], parser, out_key: str, l
     return time.perf_counter() - start
 
 
+def merge_runs(runs: list[tuple[JobTiming, StageTiming]]) -> tuple[JobTiming, StageTiming]:
+    """Repeats summed: the report's rates are then totals over totals."""
+    jobs, sts = [j for j, _ in runs], [t for _, t in runs]
+    job = JobTiming(sum(j.images for j in jobs), sum(j.seconds for j in jobs), sum(j.steady_images for j in jobs),
+                    sum(j.steady_seconds for j in jobs), jobs[-1].window, sum(j.before_s for j in jobs), sum(j.after_s for j in jobs))
+    st = StageTiming(sum(t.images for t in sts), sum(t.decode_s for t in sts), sum(t.model_s for t in sts),
+                     sum(t.parse_s for t in sts), sum(t.encode_s for t in sts))
+    return job, st
+
+
 # ---- the report ----
 
 
@@ -335,12 +347,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source-dir", type=Path, default=DEFAULT_SOURCE, help="folder of face images (default shared/data/utkface)")
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_IMAGES} images unless --images is given")
     p.add_argument("--local", action="store_true", help="local folder in and out instead of the S3 server")
+    p.add_argument("--repeats", type=int, default=1, help="alternate (a) and (b) this many times; rates are summed (default 1)")
     p.add_argument("--no-naive", action="store_true", help="skip (c), the naive loop (it runs at batch 1: slow on many images)")
     p.add_argument("--faces", choices=("whole-image", "largest", "all"), default="whole-image",
                    help="the job's face mode; whole-image (default) suits the tight UTKFace crops, and then (b) is "
                         "the parser alone; with a detector (b) is detect + align + parse")
     args = p.parse_args(argv)
     args.images = args.images or (QUICK_IMAGES if args.quick else DEFAULT_IMAGES)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
     if args.images < 1 or args.batch_size < 1 or (args.threads is not None and args.threads < 1):
         p.error("--images, --batch-size and --threads must be >= 1")
     return args
@@ -383,21 +398,36 @@ def benchmark(args: argparse.Namespace) -> None:
             print(f"note: --threads {threads} differs from the job actor's {job_threads}: (a) vs (b)/(c) is not like for like")
 
         gpu = GpuSampler() if cuda else None
-        try:
-            with gpu or nullcontext():
-                job = time_job(options, len(files))
-        finally:
-            import ray
-
-            # Idle Ray processes would still take CPU from (b) and (c).
-            ray.shutdown()
-
         model_name, weights_path = resolve(MODEL)
         sha = file_sha256(weights_path)
         model_version = f"{model_name}@{sha[:8]}"
-        st, parser = time_stages(options, device, threads, model_version, sha)
-        if st.errors:
-            raise BenchmarkError(f"in-process decode failed for some images: {dict(st.errors)}")
+        runs: list[tuple[JobTiming, StageTiming]] = []
+        for r in range(args.repeats):
+            # Repeats alternate (a) and (b), each job into a fresh output, so that on a machine whose
+            # load drifts the two are compared side by side; Ray stays up between them (idle).
+            run_options = replace(options, output=f"{options.output}-r{r}") if args.repeats > 1 else options
+            try:
+                with gpu or nullcontext():
+                    job = time_job(run_options, len(files))
+            finally:
+                if r == args.repeats - 1:
+                    import ray
+
+                    # Idle Ray processes would still take CPU from (b) and (c).
+                    ray.shutdown()
+            st, parser = time_stages(options, device, threads, model_version, sha)
+            if st.errors:
+                raise BenchmarkError(f"in-process decode failed for some images: {dict(st.errors)}")
+            runs.append((job, st))
+        if args.repeats > 1:
+            ratios = []
+            for r, (j, t) in enumerate(runs):
+                steady, model = rate(j.steady_images, j.steady_seconds), rate(t.images, t.parse_s)
+                ratios.append(steady / model)
+                print(f"repeat {r}: (a) steady state {steady:.2f} images/s ({j.before_s:.1f} s to the first batch: Ray start-up, "
+                      f"listing, model load), (b) model alone {model:.2f} images/s, ratio {steady / model:.2f}")
+            print(f"median ratio (a) steady state / (b) over {args.repeats} repeats: {statistics.median(ratios):.2f}")
+            job, st = merge_runs(runs)
         keys = [f.name if server is None else f"{PREFIX}/{f.name}" for f in files]
         naive_s = float("nan") if args.no_naive else naive_loop(server, keys, parser, f"naive-{len(files)}/labels.parquet", local_dir)
         print(f"model: {model_version}; (b) and (c) exclude model loading, (b) after a {WARMUP_IMAGES}-image warm-up call")
