@@ -121,8 +121,9 @@ def crop_box(image: np.ndarray, box: np.ndarray) -> np.ndarray:
 # peer_speed.py --agreement): stage 2 in bf16 keeps 99.98% of pixels (99.8% of part pixels) and
 # runs ~3x faster on CPUs with native bf16 (AMX / AVX512-BF16). Stage 1 or the localiser in bf16
 # move the part windows by 0.1-0.6 px, which re-samples every crop, so they stay fp32 in "mixed".
-# "fast" (opt-in) adds stage 1: 99.9% of pixels, 98-99% of part pixels (97.9% on profiles); the
-# localiser in bf16 too ("bf16", for comparisons only): 95% of part pixels.
+# "fast" adds stage 1 (for comparisons only): 99.8-99.9% of pixels but 89.5-99% of part pixels
+# (whole in-the-wild photos worst), and no clear gain with the detector in front; the localiser in
+# bf16 too ("bf16", likewise): 95% of part pixels.
 PRECISIONS = ("auto", "fp32", "mixed", "fast", "bf16", "fp16")
 # The network stages each precision runs in reduced precision ("bf16"/"fp16": all of them).
 BF16_STAGES = {"fp32": (), "mixed": ("stage2",), "fast": ("stage1", "stage2")}
