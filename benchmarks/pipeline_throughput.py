@@ -69,7 +69,7 @@ BUCKET = "bench"
 PREFIX = "faces"
 DEFAULT_IMAGES = 300
 QUICK_IMAGES = 40
-TARGET_JOB_VS_MODEL = 0.8
+TARGET_JOB_VS_MODEL = 0.9  # issue 20: the job at >= 0.9x the model alone, steady state
 GPU_SAMPLE_S = 0.5
 PROGRESS_POLL_S = 0.1
 WARMUP_IMAGES = 4  # first call pays thread-pool, allocator and CUDA set-up; not the model's steady cost
