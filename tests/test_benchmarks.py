@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -45,3 +46,33 @@ def test_user_mistakes_are_one_line_errors(tmp_path):
     assert "Traceback" not in unknown.stderr
     bad = run("--batch-sizes", "1,x")
     assert bad.returncode == 2 and "--batch-sizes must be comma-separated integers" in bad.stderr
+
+
+PEER_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "peer_speed.py"
+
+
+def test_peer_speed_quick_run_prints_ratios_shares_and_agreement():
+    command = [sys.executable, str(PEER_SCRIPT), "--images", "2", "--rounds", "1", "--threads", "1", "--batch-size", "2",
+               "--sets", "profiles,tight-crops", "--agreement"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    for name in ("profiles", "tight-crops"):
+        row = re.search(rf"^{name}\s+2\s+\d+\s+([\d.]+) b1\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+([\d.]+)\s+([\d.]+)x$", out, re.M)
+        assert row and all(float(v) > 0 for v in row.groups()), out
+        assert re.search(rf"^  {name}\s+face-first\s+detect \d+%  align \d+%  stage1 \d+%", out, re.M), out
+        assert re.search(rf"^  {name}\s+face-first\s+\d+ faces: [\d.]+% of pixels agree, [\d.]+% of face-part pixels$", out, re.M), out
+    assert re.search(r"^target whole-image on tight-crops >= 4x BiSeNet: [\d.]+x \((met|NOT met)\)$", out, re.M), out
+
+
+def test_peer_speed_without_the_peer_code_is_one_line(tmp_path):
+    # A shared/ folder with the photos but no peers/bisenet: the benchmark says so in one line.
+    from corpus import shared_dir
+
+    (tmp_path / "data").mkdir()
+    for name in ("utkface", "facepool"):
+        (tmp_path / "data" / name).symlink_to(shared_dir() / "data" / name)
+    env = {**os.environ, "BATCH_PARSE_SHARED": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(PEER_SCRIPT), "--images", "1"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: BiSeNet peer code not found: {tmp_path / 'peers' / 'bisenet'} must hold face-parsing.PyTorch's model.py and resnet.py"

@@ -24,7 +24,7 @@ from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, PARTS
 from batch_parse.model import load_parser
 from batch_parse.model.config import AUTHORS_CONFIG
 from batch_parse.model.convert import convert_checkpoints
-from batch_parse.model.parser import FaceParser
+from batch_parse.model.parser import FaceParser, native_bf16_cpu
 from batch_parse.model.weights import WeightsError, load_weights, resolve, save_weights
 
 # Under load, batching moves theta by ~5e-7 (fixture README), i.e. ~3e-4 px on the 1024 canvas.
@@ -43,7 +43,8 @@ def weights_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def parser(weights_path):
-    return load_parser(str(weights_path), device="cpu")
+    # fp32: these tests compare with the authors' arithmetic; "auto" may run stage 2 in bf16.
+    return load_parser(str(weights_path), device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +245,28 @@ def test_a_12_megapixel_photo_never_holds_nine_full_size_planes():
 # ---- GPU ----
 
 
+def test_auto_precision_keeps_the_windows_and_the_labels_on_real_faces(face_jpegs):
+    # "mixed" (the "auto" of CUDA and of CPUs with native bf16) runs only stage 2 in bf16: stage 1
+    # and the localiser stay fp32, so the part windows are fp32's exactly and labels barely move.
+    try:
+        _, weights = resolve("stn-icnn/default")
+    except WeightsError as exc:
+        pytest.skip(str(exc))
+    images = [np.array(Image.open(io.BytesIO(data)).convert("RGB")) for data in face_jpegs(8)]
+    auto = load_parser(str(weights), device="cpu")
+    assert auto.precision == ("mixed" if native_bf16_cpu() else "fp32")
+    mixed = load_parser(str(weights), device="cpu", precision="mixed")
+    reference = load_parser(str(weights), device="cpu", precision="fp32").parse(images)
+    results = mixed.parse(images)
+    for a, b in zip(reference, results):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+    agree = np.mean([np.mean(a.label_map == b.label_map) for a, b in zip(reference, results)])
+    assert agree >= 0.995, agree
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_parser(str(weights), device="cpu", precision="int4")
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bf16_autocast_agrees_with_fp32_on_gpu(face_jpegs):
     # Agreement is a property of trained weights: random ones (the fixture's) make the localiser
@@ -255,7 +278,7 @@ def test_bf16_autocast_agrees_with_fp32_on_gpu(face_jpegs):
     images = [np.array(Image.open(io.BytesIO(data)).convert("RGB")) for data in face_jpegs(32)]
     fp32 = load_parser(str(weights), device="cuda", precision="fp32")
     bf16 = load_parser(str(weights), device="cuda")
-    assert bf16.precision == "bf16"  # the GPU default
+    assert bf16.precision == "mixed"  # the GPU default: stage 2 in bf16
     before = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # a true fp32 reference
     try:

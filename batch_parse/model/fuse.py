@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from batch_parse.model.icnn import ICNN
+from batch_parse.model.resnet import ResNet18
 from batch_parse.model.stn_icnn import STNiCNN
 
 
@@ -39,11 +40,26 @@ def fold_icnn(net: ICNN) -> None:
     net.head_bn1 = nn.Identity()
 
 
+def fold_resnet(net: ResNet18) -> None:
+    """The localiser's BatchNorms folded too: a ResNet-18 on 128x128 spends ~10% of its time in them."""
+    _fold(net.conv1, net.bn1)
+    net.bn1 = nn.Identity()
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        for block in layer:
+            _fold(block.conv1, block.bn1)
+            _fold(block.conv2, block.bn2)
+            block.bn1, block.bn2 = nn.Identity(), nn.Identity()
+            if block.downsample is not None:
+                _fold(block.downsample[0], block.downsample[1])
+                block.downsample[1] = nn.Identity()
+
+
 @torch.no_grad()
 def optimize_for_inference(model: STNiCNN) -> STNiCNN:
     """A folded, channels_last copy in eval mode; the original is left untouched."""
     model = copy.deepcopy(model).eval()
     fold_icnn(model.stage1)
+    fold_resnet(model.localiser)
     for net in model.stage2.values():
         fold_icnn(net)
     return model.to(memory_format=torch.channels_last)

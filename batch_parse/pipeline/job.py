@@ -28,7 +28,7 @@ from batch_parse.model.weights import file_sha256, resolve
 from batch_parse.output.layout import OutputLayout
 from batch_parse.pipeline import commit, migrate, plan, ray_reaper, stages
 from batch_parse.pipeline.options import JobOptions
-from batch_parse.pipeline.progress import ProgressCounter, ProgressPrinter
+from batch_parse.pipeline.progress import ProgressPrinter, start_counter
 from batch_parse.output.schema import output_schema
 from batch_parse.pipeline.summary import JobSummary
 from batch_parse.output import lease
@@ -199,7 +199,7 @@ def _run_chain(options: JobOptions, fs, manifest_path: str, data_dir: str, model
     device = options.device or ("cuda" if gpus > 0 else "cpu")
     schema = output_schema(model_version.split("@")[0], sha, options.crop_format, source=options.source,
                            endpoint_url=options.endpoint_url, policy=inference_policy(options))
-    counter = ProgressCounter.remote()
+    counter = start_counter()
 
     with ProgressPrinter(counter, todo):
         (

@@ -29,6 +29,18 @@ class ProgressCounter:
         return self.ok, self.errors, self.faces
 
 
+def start_counter():
+    """A ProgressCounter on the driver's own node.
+
+    Placed anywhere, it can land on a worker node; when that node is lost the counter goes with
+    it, and progress (cosmetic) must not be what stops a run that Ray Data itself recovers.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return ProgressCounter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+
+
 def _eta(seconds: float) -> str:
     seconds = int(seconds)
     if seconds >= 3600:
@@ -45,15 +57,22 @@ class ProgressPrinter:
         self.interval = 1.0 if self.tty else 10.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._totals = (0, 0, 0)
+        self._final = ""
 
     def line(self, elapsed: float) -> str:
-        ok, errors, faces = ray.get(self.counter.totals.remote())
+        try:
+            self._totals = ray.get(self.counter.totals.remote(), timeout=30)
+            lost = ""
+        except ray.exceptions.RayError:  # the counter is gone (its node lost): the run goes on without it
+            lost = " (progress counter lost: figures stopped)"
+        ok, errors, faces = self._totals
         done = ok + errors
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = _eta((self.total - done) / rate) if rate > 0 else "?"
         pct = 100 * done / self.total if self.total else 100.0
         return (f"labelled {done}/{self.total} images ({pct:.0f}%), {faces} faces, {errors} errors, "
-                f"{rate:.1f} images/s, ETA {eta}")
+                f"{rate:.1f} images/s, ETA {eta}{lost}")
 
     def _loop(self) -> None:
         start = time.time()
@@ -75,6 +94,7 @@ class ProgressPrinter:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._emit(self._final)
+        if self._final:
+            self._emit(self._final)
         if self.tty:
             self.stream.write("\n")
