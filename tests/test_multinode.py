@@ -77,7 +77,7 @@ def test_worker_node_killed_mid_run_then_rerun_is_exactly_once(cluster, s3_serve
         while time.monotonic() < deadline:
             seen["nodes"] |= _model_actor_nodes()
             data = [info.path for info in fs.get_file_info(pa.fs.FileSelector(f"{bucket}/labels", recursive=True, allow_not_found=True))
-                    if info.path.endswith(".parquet") and "/data/" in info.path]
+                    if info.path.endswith(".parquet") and ("/data/" in info.path or "/staging/" in info.path)]  # published or staged
             if data and len(seen["nodes"]) >= 2:
                 seen["killed_after_files"] = len(data)
                 c.remove_node(worker, allow_graceful=False)
