@@ -44,6 +44,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from batch_parse.faces.policy import InferencePolicy  # noqa: E402
 from batch_parse.model.weights import file_sha256, resolve  # noqa: E402
 from batch_parse.pipeline import stages  # noqa: E402
 from batch_parse.pipeline.decode import decode_image  # noqa: E402
@@ -172,7 +173,7 @@ class OursRunner:
     def __init__(self, faces: str, precision: str, schema, model_version: str):
         from batch_parse.model import load_parser
 
-        self.actor = stages.FaceParseActor(MODEL, "cpu", torch.get_num_threads(), faces=faces)
+        self.actor = stages.FaceParseActor(MODEL, "cpu", torch.get_num_threads(), policy=InferencePolicy(faces=faces))
         self.actor.parser = load_parser(MODEL, device="cpu", precision=precision)
         self.schema, self.model_version = schema, model_version
         self.phases: Counter = Counter()
