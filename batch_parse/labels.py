@@ -43,7 +43,7 @@ CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
     (255, 0, 120),
     (140, 0, 255),
     (255, 0, 220),
-    (205, 160, 130),  # skin: a muted tone, so the parts drawn over it stay readable
+    (0, 170, 150),  # skin: teal, unlike any skin tone (visible in overlays) and unlike the parts
 )
 
 

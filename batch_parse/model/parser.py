@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from batch_parse.labels import CLASS_NAMES, NUM_PART_CLASSES, PART_NAMES
+from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, NUM_PART_CLASSES, PART_NAMES
 from batch_parse.faces import align
 from batch_parse.faces.detector import Detections
 from batch_parse.model import geometry
@@ -43,8 +43,8 @@ class FaceParse:
     label_map: np.ndarray  # (H,W) uint8 class indices (class_names)
     boxes: np.ndarray  # (6,4) float32 [x0,y0,x1,y1] in original pixels
     confidences: np.ndarray  # (6,) float32, mean max-probability over the part's own pixels
-    class_pixels: np.ndarray  # (C,) int64 pixel count per class of the model (len(class_names))
-    class_names: tuple[str, ...] = CLASS_NAMES  # the model's classes (ModelConfig.class_names)
+    class_pixels: np.ndarray  # (10,) int64 pixel count per class of labels.CLASS_NAMES (0 past the model's)
+    class_names: tuple[str, ...] = CLASS_NAMES  # the model's classes (ModelConfig.class_names), a prefix
 
     part_names = PART_NAMES
 
@@ -70,7 +70,7 @@ class FaceResult:
     boxes: np.ndarray  # (6,4) float32 part windows [x0,y0,x1,y1] in frame pixels
     windows: np.ndarray  # (6,4,2) float32 the same windows' corners in photo pixels (TL, TR, BR, BL)
     confidences: np.ndarray  # (6,) float32
-    class_pixels: np.ndarray  # (C,) int64 pixel count per class of the model over label_map
+    class_pixels: np.ndarray  # (10,) int64 pixel count per class of labels.CLASS_NAMES over label_map
 
     def part_crop(self, part: int) -> np.ndarray:
         """The part's window cut from the aligned frame (upright), (h,w,3) uint8; 0x0 when off the frame."""
@@ -184,7 +184,7 @@ class FaceParser:
             else:
                 region, x0, y0 = align.label_map_to_photo(r.label_map, alignment, width, height)
             region = region.cpu().numpy()
-            counts = np.bincount(region.ravel(), minlength=len(self.class_names)).astype(np.int64)
+            counts = np.bincount(region.ravel(), minlength=NUM_CLASSES).astype(np.int64)
             det = None if faces is None else faces[i]
             results.append(FaceResult(
                 image_index=i,
@@ -232,7 +232,7 @@ class FaceParser:
             labels = geometry.label_map([p[i] for p in part_probs], windows[i], w, h, self.cfg.paste_mode)
             if self.cfg.num_classes > NUM_PART_CLASSES:  # skin: stage 1's face minus stage 2's parts
                 geometry.add_skin(labels, stage1_probs[i], w, h, self.cfg)
-            counts = torch.bincount(labels.flatten().long(), minlength=len(self.class_names)).cpu().numpy()
+            counts = torch.bincount(labels.flatten().long(), minlength=NUM_CLASSES).cpu().numpy()
             results.append(FaceParse(labels if keep_maps_on_device else labels.cpu().numpy(), boxes[i], confidences[i], counts,
                                      self.class_names))
         return results

@@ -171,9 +171,9 @@ def _face_row(image_columns: dict, r, face_count: int) -> dict:
         "boxes": bounds.astype(np.float32),
         "windows": corners.astype(np.float32),
         "confidences": r.confidences,
-        # Padded to every class (a 9-class model has no skin): rows of one batch stack, and
-        # encode_rows writes the columns the file's schema has.
-        "class_pixels": np.pad(r.class_pixels, (0, NUM_CLASSES - len(r.class_pixels))),
+        # One count per class of labels.CLASS_NAMES (0 past the model's): encode_rows writes the
+        # columns the file's schema has (no pixels_skin for a 9-class model).
+        "class_pixels": r.class_pixels,
     }
     for p, name in enumerate(PART_NAMES):
         row[f"crop_{name}"] = r.part_crop(p)
