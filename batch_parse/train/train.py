@@ -286,10 +286,12 @@ def train_stage(opts: TrainOptions) -> Path:
     return best_path
 
 
-def export_weights(run_dir: str, out: str, fp16: bool = True) -> Path:
-    """The final model of a run (e2e if done, else the staged one) as a small shippable file."""
+def export_weights(run_dir: str, out: str, fp16: bool = True, stage: str = "e2e") -> Path:
+    """A stage's best model of a run (default the final, e2e) as a small shippable file.
+
+    stage="b": a run that stopped after the localiser (stn-icnn/v3: new A and B, C as initialised)."""
     run = Path(run_dir)
-    src = run / "stage_e2e.safetensors"
+    src = run / f"stage_{stage}.safetensors"
     model, info = load_weights(src)
     save_weights(model, out, dtype=torch.float16 if fp16 else torch.float32, info=info)
     return Path(out)
