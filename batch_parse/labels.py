@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 # Index = the pixel value written in every label map this project produces.
 CLASS_NAMES: tuple[str, ...] = (
-    "background",  # everything else, skin and hair included (the model has no skin/hair class)
+    "background",  # everything else: hair, neck, ears, clothes, the scene (and skin for 9-class models)
     "brow_1",
     "brow_2",
     "eye_1",
@@ -23,9 +23,14 @@ CLASS_NAMES: tuple[str, ...] = (
     "upper_lip",
     "inner_mouth",
     "lower_lip",
+    # The face's skin: inside the face outline, minus every part above. Appended last so that
+    # classes 0-8 keep the indices of 9-class outputs (stn-icnn/v1, v2): a model's class list is
+    # always CLASS_NAMES[:num_classes] (ModelConfig.num_classes), and every output file records it.
+    "skin",
 )
 NUM_CLASSES = len(CLASS_NAMES)
 BACKGROUND = 0
+SKIN = CLASS_NAMES.index("skin")
 
 # RGB colours for overlays and legends; chosen to stay distinct on skin tones.
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -38,6 +43,7 @@ CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
     (255, 0, 120),
     (140, 0, 255),
     (255, 0, 220),
+    (0, 170, 150),  # skin: teal, unlike any skin tone (visible in overlays) and unlike the parts
 )
 
 
@@ -72,10 +78,21 @@ PARTS: tuple[Part, ...] = (
     Part("mouth", (6, 7, 8), "mouth", False),
 )
 PART_NAMES: tuple[str, ...] = tuple(p.name for p in PARTS)
+# Background plus every class a stage-2 part network draws (0-8). Classes past these (skin) are
+# coarse regions that only stage 1 predicts: the localiser and paste-back never see them.
+NUM_PART_CLASSES = 1 + max(c for p in PARTS for c in p.classes)
+COARSE_CLASSES: tuple[int, ...] = tuple(range(NUM_PART_CLASSES, NUM_CLASSES))
+
+
+def class_names(num_classes: int) -> tuple[str, ...]:
+    """The class list of a model or an output with num_classes classes (a prefix of CLASS_NAMES)."""
+    if not NUM_PART_CLASSES <= num_classes <= NUM_CLASSES:
+        raise ValueError(f"a model has {NUM_PART_CLASSES}..{NUM_CLASSES} classes, not {num_classes}")
+    return CLASS_NAMES[:num_classes]
 
 # Class of each class in the mirrored image: side 1 and side 2 trade places (brow_1 <-> brow_2,
 # eye_1 <-> eye_2), the rest stay. Used to mirror label maps (augmentation, flip checks).
-MIRROR_CLASS: tuple[int, ...] = (0, 2, 1, 4, 3, 5, 6, 7, 8)
+MIRROR_CLASS: tuple[int, ...] = (0, 2, 1, 4, 3, 5, 6, 7, 8, 9)
 
 # The four stage-2 networks, in the authors' order (model C's `model.0` ... `model.3`).
 STAGE2_NETWORKS: tuple[str, ...] = ("brow", "eye", "nose", "mouth")
@@ -95,14 +112,16 @@ HELEN_LABELS: tuple[str, ...] = (
     "lower_lip",
     "hair",
 )
-HELEN_TO_CLASS: tuple[int, ...] = (0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0)
+HELEN_TO_CLASS: tuple[int, ...] = (0, SKIN, 1, 2, 3, 4, 5, 6, 7, 8, 0)
 # The way back, for writing our maps in Helen's layout: each class's first Helen label.
 CLASS_TO_HELEN: tuple[int, ...] = tuple(HELEN_TO_CLASS.index(c) for c in range(NUM_CLASSES))
 
 # CelebAMask-HQ (CelebAMask-HQ-mask-anno/K/NNNNN_<part>.png). Its l_/r_ prefixes name the
 # subject's side, so l_ lands on the image's right: side 2 in our convention.
-# Parts not listed (skin, hair, ears, neck, cloth, hat, glasses...) are background here.
+# Parts not listed (hair, ears, neck, cloth, hat, glasses...) are background here. CelebAMask's
+# "skin" is the face's skin without ears and neck, as ours.
 CELEBAMASK_TO_CLASS: dict[str, int] = {
+    "skin": SKIN,  # first: readers draw in this order, so every part lands over the skin
     "r_brow": 1,
     "l_brow": 2,
     "r_eye": 3,
@@ -122,7 +141,8 @@ F1_GROUPS: dict[str, tuple[int, ...]] = {
     "inner_mouth": (7,),
     "lower_lip": (8,),
     "mouth": (6, 7, 8),
-    "overall": (1, 2, 3, 4, 5, 6, 7, 8),
+    "overall": (1, 2, 3, 4, 5, 6, 7, 8),  # face parts: the paper's figure, unchanged by the skin class
+    "skin": (SKIN,),
 }
 
 # Part of each class (index into PARTS; background has none): the part whose confidence a

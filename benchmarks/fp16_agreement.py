@@ -14,6 +14,7 @@ import argparse
 
 import numpy as np
 
+from batch_parse.labels import NUM_PART_CLASSES, SKIN
 from batch_parse.model.parser import load_parser
 from batch_parse.train.datasets import open_dataset
 
@@ -30,17 +31,23 @@ def main() -> None:
     ds = open_dataset(args.data, args.split)
     same = total = 0
     part_same = part_total = 0
+    skin_same = skin_total = 0
     for start in range(0, min(args.limit, len(ds)), 32):
         images = [ds[i][1] for i in range(start, min(start + 32, args.limit, len(ds)))]
         for x, y in zip(a.parse(images), b.parse(images)):
             x, y = np.asarray(x.label_map), np.asarray(y.label_map)
             same += int((x == y).sum())
             total += x.size
-            parts = (x > 0) | (y > 0)
+            # Face parts (classes 1-8) and skin apart: skin is large and would hide part disagreement.
+            parts = ((x > 0) & (x < NUM_PART_CLASSES)) | ((y > 0) & (y < NUM_PART_CLASSES))
             part_same += int(((x == y) & parts).sum())
             part_total += int(parts.sum())
+            skin = (x == SKIN) | (y == SKIN)
+            skin_same += int(((x == y) & skin).sum())
+            skin_total += int(skin.sum())
     print(f"{args.fp16} vs {args.fp32} on {min(args.limit, len(ds))} images of {args.data} [{args.split}]: "
-          f"{100 * same / total:.2f}% of pixels agree; {100 * part_same / max(part_total, 1):.2f}% of face-part pixels")
+          f"{100 * same / total:.2f}% of pixels agree; {100 * part_same / max(part_total, 1):.2f}% of face-part pixels"
+          + (f"; {100 * skin_same / skin_total:.2f}% of skin pixels" if skin_total else ""))
 
 
 if __name__ == "__main__":

@@ -86,8 +86,8 @@ def test_helen_reads_class_maps(helen_root):
     assert image.shape == (H, W, 3) and image.dtype == np.uint8
     assert np.abs(image.astype(int) - GREEN).max() <= 3
     expected = np.zeros((H, W), np.uint8)
-    # skin, hair -> 0; left_brow -> 1; right_brow beats nose -> 2; nose -> 5; tie -> upper_lip 6
-    expected[0] = [0, 0, 1, 2, 5, 6]
+    # skin -> 9 (skin); hair -> 0; left_brow -> 1; right_brow beats nose -> 2; nose -> 5; tie -> upper_lip 6
+    expected[0] = [9, 0, 1, 2, 5, 6]
     assert label.dtype == np.uint8
     np.testing.assert_array_equal(label, expected)
 
@@ -112,7 +112,7 @@ def test_helen_missing_split_file(helen_root):
 # CelebAMask-HQ stand-in: masks at half the image size, like 512 masks for 1024 images.
 CELEBA_NAMES = [str(n) for n in range(12)]
 MASK_PARTS_4x4 = {
-    "skin": [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]],  # not a class: background
+    "skin": [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]],  # skin (9) where no part lies over it
     "r_brow": [[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
     "l_brow": [[0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
     "r_eye": [[0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
@@ -126,7 +126,7 @@ EXPECTED_4x4 = [
     [1, 5, 5, 2],
     [3, 5, 5, 4],
     [6, 7, 7, 6],
-    [8, 8, 8, 0],
+    [8, 8, 8, 9],
 ]
 
 
@@ -164,7 +164,7 @@ def test_celebamask_reads_class_maps(celeba_root):
     for name in CELEBA_NAMES[:-1]:
         np.testing.assert_array_equal(samples[name], expected)
     without_nose = expected.copy()
-    without_nose[expected == 5] = 0
+    without_nose[expected == 5] = 9  # no nose mask: the skin under it shows
     np.testing.assert_array_equal(samples["11"], without_nose)
 
 

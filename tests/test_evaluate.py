@@ -12,7 +12,7 @@ from batch_parse.train.evaluate import confusion, evaluate, f1_scores, format_sc
 
 
 def test_perfect_prediction_scores_one():
-    gt = np.arange(9, dtype=np.uint8).repeat(3).reshape(3, 9)
+    gt = np.arange(10, dtype=np.uint8).repeat(3).reshape(3, 10)  # every class, skin included
     scores = f1_scores(confusion(gt, gt))
     assert scores == {group: 1.0 for group in F1_GROUPS}
 
@@ -21,7 +21,7 @@ def test_known_counts():
     gt = np.array([[0, 0, 5, 5, 5, 5, 0, 0, 1, 1]], np.uint8)
     pred = np.array([[0, 5, 5, 5, 0, 0, 0, 0, 1, 0]], np.uint8)
     hist = confusion(pred, gt)
-    assert hist.dtype == np.int64 and hist.shape == (9, 9)
+    assert hist.dtype == np.int64 and hist.shape == (10, 10)
     assert hist[5, 5] == 2 and hist[0, 5] == 1 and hist[5, 0] == 2
     assert hist[1, 1] == 1 and hist[1, 0] == 1 and hist[0, 0] == 3
     assert hist.sum() == gt.size
@@ -58,8 +58,8 @@ def test_background_only_is_undefined_not_perfect():
 def test_rejects_mismatched_sizes_and_bad_classes():
     with pytest.raises(ValueError, match="same resolution"):
         confusion(np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8))
-    with pytest.raises(ValueError, match="outside 0..8"):
-        confusion(np.full((2, 2), 9, np.uint8), np.zeros((2, 2), np.uint8))
+    with pytest.raises(ValueError, match="outside 0..9"):
+        confusion(np.full((2, 2), 10, np.uint8), np.zeros((2, 2), np.uint8))
 
 
 def test_evaluate_pools_pixels_over_the_set():

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from batch_parse.labels import CLASS_NAMES, PART_NAMES
+from batch_parse.labels import PART_NAMES
+from batch_parse.model.weights import REGISTRY, weights_class_names
 from batch_parse.pipeline import commit
 from batch_parse.pipeline.job import run_job
 from batch_parse.pipeline.options import JobOptions
@@ -83,7 +84,11 @@ def test_s3_job_bad_inputs_incremental_and_versions(s3_server, ray_local, face_j
     for key, image_rows in by_key.items():
         assert {r["id"] for r in image_rows} == {object_id(key)}
     meta = read_metadata(table.schema)
-    assert meta["class_names"] == list(CLASS_NAMES) and meta["source"] == src
+    # The file lists the default model's classes (a prefix of labels.CLASS_NAMES) and has one
+    # pixels_<class> column each.
+    classes = weights_class_names(REGISTRY["stn-icnn/default"])
+    assert meta["class_names"] == list(classes) and meta["source"] == src
+    assert [c for c in table.column_names if c.startswith("pixels_")] == [f"pixels_{c}" for c in classes]
     assert meta["schema_version"] == 2 and meta["faces"] == "all" and meta["detector"] == "mtcnn"
 
     for name, expected in EXPECTED.items():
@@ -105,9 +110,9 @@ def test_s3_job_bad_inputs_incremental_and_versions(s3_server, ray_local, face_j
         label_map = np.asarray(Image.open(io.BytesIO(row["label_map"])))
         x, y = row["label_map_x"], row["label_map_y"]
         assert 0 <= x and 0 <= y and x + label_map.shape[1] <= 200 and y + label_map.shape[0] <= 200
-        assert label_map.max() < len(CLASS_NAMES)
-        counts = np.bincount(label_map.ravel(), minlength=len(CLASS_NAMES))
-        assert [row[f"pixels_{c}"] for c in CLASS_NAMES] == counts.tolist()
+        assert label_map.max() < len(classes)
+        counts = np.bincount(label_map.ravel(), minlength=len(classes))
+        assert [row[f"pixels_{c}"] for c in classes] == counts.tolist()
         for part in PART_NAMES:
             assert len(row[f"{part}_box"]) == 4 and len(row[f"{part}_window"]) == 8
             assert 0.0 <= row[f"{part}_confidence"] <= 1.0

@@ -98,14 +98,22 @@ def test_whole_image_mode_is_the_plain_parse(models):
 
 
 def test_mixed_batch_equals_one_by_one(models):
+    """fp32 labels do not depend on what else is in the batch; the default precision (bf16 stage 2
+    where the CPU has native bf16) may move a few pixels with the batch's shape, never more."""
     detector, parser = models
+    exact = load_parser("stn-icnn/default", device="cpu", precision="fp32")
     photos = [_photo("group_canvas.jpg"), _photo("hopper.jpg")]
-    together = parser.parse_faces(photos, detector.detect(photos))
-    alone = [r for p in photos for r in parser.parse_faces([p], detector.detect([p]))]
-    assert len(together) == len(alone)
-    for a, b in zip(together, alone):
-        assert a.face_index == b.face_index and a.label_map_offset == b.label_map_offset
-        np.testing.assert_array_equal(a.label_map, b.label_map)
+    for p, same in ((exact, np.testing.assert_array_equal), (parser, _nearly_equal)):
+        together = p.parse_faces(photos, detector.detect(photos))
+        alone = [r for photo in photos for r in p.parse_faces([photo], detector.detect([photo]))]
+        assert len(together) == len(alone)
+        for a, b in zip(together, alone):
+            assert a.face_index == b.face_index and a.label_map_offset == b.label_map_offset
+            same(a.label_map, b.label_map)
+
+
+def _nearly_equal(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.shape == b.shape and (a != b).mean() <= 0.001, (a != b).mean()
 
 
 def test_no_face_gives_no_result(models):

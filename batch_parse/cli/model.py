@@ -30,7 +30,7 @@ DEFAULT_STEPS = {"a": 900, "b": 400, "c": 450, "e2e": 160}  # what stn-icnn/v1 w
 @click.option("--zoom-min", type=click.FloatRange(0.05, 0.85), default=0.4, show_default=True,
               help="Smallest face size / photo size in the zoom-out augmentation.")
 @click.option("--init", "init_path", type=click.Path(exists=True, dir_okay=False), help="Weights to start from (fine-tuning).")
-@click.option("--export", "export_path", type=click.Path(dir_okay=False), help="After e2e, write the final fp16 weights here.")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False), help="After training, write the last stage's best weights here (fp16).")
 @click.option("--extra", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Another Helen-layout folder whose train split is added (e.g. self-training labels); repeatable.")
 def train(data, run_dir, stage, steps, batch_size, val_every, val_images, threads, limit, lr, zoom_min, init_path, export_path,
@@ -48,7 +48,7 @@ def train(data, run_dir, stage, steps, batch_size, val_every, val_images, thread
                                         init=init_path, extra=tuple(extra)))
         echo(f"stage {name}: best weights in {best}")
     if export_path:
-        echo(f"exported {export_weights(run_dir, export_path)}")
+        echo(f"exported {export_weights(run_dir, export_path, stage=name)}")
 
 
 @click.command(name="eval")

@@ -75,8 +75,10 @@ class Face:
         """The shorter side of the face box, in pixels."""
         return face_size(self.box)
 
-    def part_confidence(self, part: int) -> float | None:
-        return self.confidences[part] if self.confidences else None
+    def part_confidence(self, part: int | None) -> float | None:
+        """The confidence of part `part` (labels.CLASS_PART of a class); None for classes no part
+        window parses (skin comes from stage 1) and for rows without confidences."""
+        return self.confidences[part] if self.confidences and part is not None else None
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from batch_parse.labels import NUM_CLASSES, PARTS
+from batch_parse.labels import NUM_CLASSES, NUM_PART_CLASSES, PARTS, class_names
 
 # Geometry conventions (see geometry.py):
 #   "authors": stage 1 sees the whole image stretched to 128x128; STN windows live in the
@@ -36,6 +36,8 @@ class ICNNConfig:
 class ModelConfig:
     stage1_size: int = 128
     part_size: int = 81
+    # Stage-1 classes, a prefix of labels.CLASS_NAMES: 9 (parts only: v1, v2, the authors') or
+    # 10 (plus skin, a coarse region from stage 1). Stage 2 always draws the 9 part classes.
     num_classes: int = NUM_CLASSES
     num_parts: int = len(PARTS)
     icnn: ICNNConfig = field(default_factory=ICNNConfig)
@@ -51,6 +53,11 @@ class ModelConfig:
             raise ValueError(f"stage1_resize must be one of {STAGE1_RESIZES}, got {self.stage1_resize!r}")
         if self.paste_mode not in PASTE_MODES:
             raise ValueError(f"paste_mode must be one of {PASTE_MODES}, got {self.paste_mode!r}")
+        class_names(self.num_classes)  # raises for a class count no label list matches
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return class_names(self.num_classes)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -68,6 +75,6 @@ class ModelConfig:
 
 
 # The authors' test-time conventions: what their released checkpoints expect.
-AUTHORS_CONFIG = ModelConfig(geometry="authors", stage1_resize="authors", paste_mode="nearest")
+AUTHORS_CONFIG = ModelConfig(num_classes=NUM_PART_CLASSES, geometry="authors", stage1_resize="authors", paste_mode="nearest")
 # This project's own weights.
 DEFAULT_CONFIG = ModelConfig()

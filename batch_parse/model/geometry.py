@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from batch_parse.labels import NUM_CLASSES, PARTS
+from batch_parse.labels import BACKGROUND, NUM_PART_CLASSES, PARTS, SKIN
 from batch_parse.model.config import ModelConfig
 
 
@@ -120,14 +120,14 @@ def crop_parts(image: torch.Tensor, windows: torch.Tensor, size: int) -> torch.T
 def paste_back(
     part_probs: list[torch.Tensor], windows: torch.Tensor, x0: int, y0: int, width: int, height: int, mode: str = "nearest"
 ) -> torch.Tensor:
-    """Part softmaxes -> 9-channel probabilities over the pixel rectangle [x0, x0+w) x [y0, y0+h).
+    """Part softmaxes -> 9-channel (part classes) probabilities over the pixel rectangle [x0, x0+w) x [y0, y0+h).
 
     part_probs[p]: (1 + len(PARTS[p].classes), S, S). Foreground channels land on their class;
     background is the product over parts of (1 - sampled(1 - bg_p)), 1 outside every window
     (the authors' mapback). Each part is sampled only over its own box.
     """
     device = part_probs[0].device
-    out = torch.zeros(NUM_CLASSES, height, width, device=device)
+    out = torch.zeros(NUM_PART_CLASSES, height, width, device=device)
     background = torch.ones(height, width, device=device)
     size = part_probs[0].shape[-1]
     margin = 2.0 / (size - 1)  # one crop pixel of slack around the box for the sampling support
@@ -170,4 +170,46 @@ def label_map(
             probs = paste_back(part_probs, windows, tx, ty, w, h, mode)
             # argmax takes the first index on ties, as the authors' does.
             labels[ty : ty + h, tx : tx + w] = probs.argmax(0).to(torch.uint8)
+    return labels
+
+
+# Stage 1's face region: where its background probability, upsampled, is below this. Its complement
+# inside the face outline is what stage 1 gives; the parts inside it are stage 2's (add_skin).
+FACE_REGION_BELOW = 0.5
+
+
+def add_skin(labels: torch.Tensor, stage1_probs: torch.Tensor, width: int, height: int, cfg: ModelConfig) -> torch.Tensor:
+    """labels (H,W) uint8 from stage 2's part windows -> the same map with skin filled in, in place.
+
+    STN-iCNN's split of work: the large, coarse region (the face's skin) comes from stage 1 at
+    128x128, the fine parts from stage 2 at full resolution. A pixel becomes skin where stage 2
+    says background and stage 1 says face (skin or any part: background probability below
+    FACE_REGION_BELOW), so the skin reaches exactly to the edges stage 2 drew. stage1_probs
+    (C,S,S) is this image's stage-1 softmax; it is sampled bilinearly at every pixel centre
+    through the frame's affine map, only over the face region's bounding box.
+    """
+    s = cfg.stage1_size
+    face = stage1_probs[BACKGROUND] < FACE_REGION_BELOW
+    if not face.any():
+        return labels
+    kx, cx, ky, cy = frame_affine(width, height, cfg)
+    rows, cols = face.any(1).nonzero()[:, 0], face.any(0).nonzero()[:, 0]
+
+    def span(lo: int, hi: int, k: float, c: float, size: int) -> tuple[int, int]:
+        # Stage-1 cell centres j map to frame (2j+1)/s - 1; one cell of slack for the bilinear support.
+        a, b = k * ((2 * (lo - 1) + 1) / s - 1) + c, k * ((2 * (hi + 1) + 1) / s - 1) + c
+        return max(0, math.floor(a)), min(size, math.ceil(b) + 1)
+
+    x0, x1 = span(cols.min().item(), cols.max().item(), kx, cx, width)
+    y0, y1 = span(rows.min().item(), rows.max().item(), ky, cy, height)
+    if x1 <= x0 or y1 <= y0:
+        return labels
+    gx = (torch.arange(x0, x1, dtype=torch.float64, device=labels.device) - cx) / kx
+    gy = (torch.arange(y0, y1, dtype=torch.float64, device=labels.device) - cy) / ky
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1).float().unsqueeze(0)
+    # Outside stage 1's square the photo is padding: background (border value 1 there).
+    bg = F.grid_sample(stage1_probs[None, BACKGROUND : BACKGROUND + 1].float() - 1, grid.to(stage1_probs.device),
+                       mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0] + 1
+    region = labels[y0:y1, x0:x1]
+    region[(bg < FACE_REGION_BELOW) & (region == BACKGROUND)] = SKIN
     return labels

@@ -9,11 +9,13 @@
 Data contract between the stages of `parse` (batch-first, as in facer):
     images        list of (3,H_i,W_i) uint8 on the device
     stage1_input  (N,3,128,128) float 0..1
-    stage1_probs  (N,9,128,128) softmax of stage-1 logits
+    stage1_probs  (N,C,128,128) softmax of stage-1 logits (C = cfg.num_classes: 9, or 10 with skin)
     theta         (N,6,2,3) localiser output in frame coordinates (geometry.py)
     windows       (N,6,4) float64 (ax,bx,ay,by) in each image's pixels
     crops         (N,6,3,81,81) float 0..1
     part_probs    6 x (N,1+classes,81,81) stage-2 softmax, PARTS order
+    label_map     (H,W) uint8: the parts pasted back from stage 2; for models with a skin class,
+                  skin wherever stage 2 says background and stage 1 says face (geometry.add_skin)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, PART_NAMES
+from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, NUM_PART_CLASSES, PART_NAMES
 from batch_parse.faces import align
 from batch_parse.faces.detector import Detections
 from batch_parse.model import geometry
@@ -38,12 +40,12 @@ from batch_parse.model.weights import file_sha256, load_weights, resolve
 class FaceParse:
     """One image's result. Arrays are numpy; boxes and confidences follow labels.PARTS order."""
 
-    label_map: np.ndarray  # (H,W) uint8 class indices (labels.CLASS_NAMES)
+    label_map: np.ndarray  # (H,W) uint8 class indices (class_names)
     boxes: np.ndarray  # (6,4) float32 [x0,y0,x1,y1] in original pixels
     confidences: np.ndarray  # (6,) float32, mean max-probability over the part's own pixels
-    class_pixels: np.ndarray  # (9,) int64 pixel count per class
+    class_pixels: np.ndarray  # (10,) int64 pixel count per class of labels.CLASS_NAMES (0 past the model's)
+    class_names: tuple[str, ...] = CLASS_NAMES  # the model's classes (ModelConfig.class_names), a prefix
 
-    class_names = CLASS_NAMES
     part_names = PART_NAMES
 
 
@@ -68,7 +70,7 @@ class FaceResult:
     boxes: np.ndarray  # (6,4) float32 part windows [x0,y0,x1,y1] in frame pixels
     windows: np.ndarray  # (6,4,2) float32 the same windows' corners in photo pixels (TL, TR, BR, BL)
     confidences: np.ndarray  # (6,) float32
-    class_pixels: np.ndarray  # (9,) int64 pixel count per class over label_map
+    class_pixels: np.ndarray  # (10,) int64 pixel count per class of labels.CLASS_NAMES over label_map
 
     def part_crop(self, part: int) -> np.ndarray:
         """The part's window cut from the aligned frame (upright), (h,w,3) uint8; 0x0 when off the frame."""
@@ -162,6 +164,7 @@ class FaceParser:
         self.model = model.eval()  # as loaded, for inspection
         self._net = optimize_for_inference(model).to(self.device)  # what runs
         self.cfg = model.cfg
+        self.class_names = model.cfg.class_names  # 9 classes (v1, v2) or 10 (with skin)
         self.model_name = name
         self.weights_sha256 = weights_sha256
         self.precision = resolve_precision(precision, self.device)
@@ -269,8 +272,11 @@ class FaceParser:
         results = []
         for i, (w, h) in enumerate(sizes):
             labels = geometry.label_map([p[i] for p in part_probs], windows[i], w, h, self.cfg.paste_mode)
+            if self.cfg.num_classes > NUM_PART_CLASSES:  # skin: stage 1's face minus stage 2's parts
+                geometry.add_skin(labels, stage1_probs[i], w, h, self.cfg)
             counts = torch.bincount(labels.flatten().long(), minlength=NUM_CLASSES).cpu().numpy()
-            results.append(FaceParse(labels if keep_maps_on_device else labels.cpu().numpy(), boxes[i], confidences[i], counts))
+            results.append(FaceParse(labels if keep_maps_on_device else labels.cpu().numpy(), boxes[i], confidences[i], counts,
+                                     self.class_names))
         return results
 
 

@@ -15,6 +15,7 @@ FORMAT = "batch-parse/stn-icnn/1"  # the `format` key of a weights file's safete
 # name so that earlier outputs can be reproduced; "default" is what a run uses unless told.
 REGISTRY: dict[str, Path] = {
     "stn-icnn/default": WEIGHTS_DIR / "stn-icnn-v2.safetensors",
+    "stn-icnn/v3": WEIGHTS_DIR / "stn-icnn-v3.safetensors",  # + skin (10 classes)
     "stn-icnn/v2": WEIGHTS_DIR / "stn-icnn-v2.safetensors",
     "stn-icnn/v1": WEIGHTS_DIR / "stn-icnn-v1.safetensors",
 }

@@ -60,6 +60,19 @@ def save_weights(model: STNiCNN, path: str | Path, dtype: torch.dtype = torch.fl
     save_file(tensors, str(path), metadata=meta)
 
 
+def weights_class_names(path: str | Path) -> tuple[str, ...]:
+    """The classes a weights file labels (from its metadata alone, no tensors read): the output
+    schema of a job follows them (9-class v1/v2 files have no pixels_skin column)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for foreign files
+        raise WeightsError(f"{path}: not a safetensors weights file ({exc.__class__.__name__})") from None
+    if meta.get("format") != FORMAT:
+        raise WeightsError(f"{path}: not a batch-parse STN-iCNN weights file (format={meta.get('format')!r})")
+    return ModelConfig.from_json(meta["config"]).class_names
+
+
 def load_weights(path: str | Path) -> tuple[STNiCNN, dict]:
     """Build the model a weights file describes and load it (float32, eval mode)."""
     path = Path(path)

@@ -50,15 +50,21 @@ class Output:
         root = self.location.fs_path()
         return path[len(root) :].lstrip("/") if path.startswith(root) else path
 
-    def batches(self, columns: Sequence[str], files: Sequence[OutputFile] | None = None) -> Iterator[tuple[OutputFile, pa.RecordBatch]]:
-        """Every row of the files (default: all), `columns` only, a bounded number of rows at a time."""
+    def batches(self, columns: Sequence[str], files: Sequence[OutputFile] | None = None,
+                optional: Sequence[str] = ()) -> Iterator[tuple[OutputFile, pa.RecordBatch]]:
+        """Every row of the files (default: all), `columns` only, a bounded number of rows at a time.
+
+        optional: columns some files may lack (pixels_skin in 9-class files): read where present,
+        all null where not, so every batch has the same columns."""
         for file in self.files if files is None else files:
             try:
                 with self.filesystem.open_input_file(file.path) as stream:
                     parquet = pq.ParquetFile(stream)
-                    _require_columns(parquet.schema_arrow, columns, self.relative(file.path))
-                    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(columns)):
-                        yield file, batch
+                    names = parquet.schema_arrow.names
+                    required = [c for c in columns if c not in optional or c in names]
+                    _require_columns(parquet.schema_arrow, required, self.relative(file.path))
+                    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=required):
+                        yield file, _with_nulls(batch, columns)
             except OSError as exc:
                 raise StorageError(f"cannot read {self.relative(file.path)}: {describe_error(exc, self.location, self.endpoint_url)}") from exc
 
@@ -117,6 +123,14 @@ def open_output(dst: str, endpoint_url: str | None = None) -> Output:
     if not output.files:
         raise ValueError(f"no batch-parse output under {location.uri}: {len(paths)} Parquet file(s), none written by batch-parse")
     return output
+
+
+def _with_nulls(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.RecordBatch:
+    """The batch with `columns` in that order, the ones it lacks as int64 nulls (pixel counts)."""
+    if list(batch.schema.names) == list(columns):
+        return batch
+    arrays = [batch.column(c) if c in batch.schema.names else pa.nulls(batch.num_rows, pa.int64()) for c in columns]
+    return pa.RecordBatch.from_arrays(arrays, names=list(columns))
 
 
 def _is_data_file(path: str, root: str) -> bool:

@@ -11,7 +11,7 @@ import json
 
 import pyarrow as pa
 
-from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, PART_NAMES, PARTS
+from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, NUM_PART_CLASSES, PART_NAMES, PARTS
 
 SCHEMA_VERSION = 2
 METADATA_KEY = b"batch_parse"
@@ -33,12 +33,22 @@ def _part_fields() -> list[pa.Field]:
     return fields
 
 
-def _pixel_fields() -> list[pa.Field]:
-    return [pa.field(f"pixels_{c}", pa.int64()) for c in CLASS_NAMES]
+def _pixel_fields(class_names: tuple[str, ...]) -> list[pa.Field]:
+    return [pa.field(f"pixels_{c}", pa.int64()) for c in class_names]
 
 
-BASE_SCHEMA = pa.schema(
-    [
+def table_schema(class_names: tuple[str, ...] = CLASS_NAMES) -> pa.Schema:
+    """The columns of a file labelled by a model with these classes: one pixels_<class> per class.
+
+    A 9-class model's files (stn-icnn/v1, v2) have no pixels_skin column; the class list of every
+    file is in its metadata (`class_names`), so readers take the classes from there.
+    """
+    return pa.schema(_fields(class_names))
+
+
+def _fields(class_names: tuple[str, ...]) -> list[pa.Field]:
+    return [
+
         pa.field("id", pa.int64(), nullable=False),
         pa.field("key", pa.string(), nullable=False),
         pa.field("etag", pa.string()),
@@ -60,11 +70,16 @@ BASE_SCHEMA = pa.schema(
         pa.field("label_map_x", pa.int32()),
         pa.field("label_map_y", pa.int32()),
         *_part_fields(),
-        *_pixel_fields(),
+        *_pixel_fields(class_names),
         pa.field("model_version", pa.string(), nullable=False),
         pa.field("processed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
     ]
-)
+
+
+# The schema of files labelled with every class (skin included): the default model's.
+BASE_SCHEMA = table_schema(CLASS_NAMES)
+# Columns a file may lack: pixel counts of classes its model does not have.
+OPTIONAL_COLUMNS = tuple(f"pixels_{c}" for c in CLASS_NAMES[NUM_PART_CLASSES:])
 
 # Columns only in sets of human-corrected labels (`batch-parse import`, batch_parse/corrections/): the job's
 # own rows have none of them (their labels are the model's). An imported row is BASE_SCHEMA's row of
@@ -105,7 +120,7 @@ COLUMN_DOCS: dict[str, str] = {
     "<part>_box": "Axis-aligned bounds [x0, y0, x1, y1] of the part's window in original pixels (may extend past the image edge).",
     "<part>_window": "The part's window as 4 corners [x, y] in original pixels (top-left, top-right, bottom-right, bottom-left of the upright crop): a rotated rectangle when the face was tilted.",
     "<part>_confidence": "Mean stage-2 max class probability over the window pixels labelled as the part, 0..1 (0 = part not found in its window).",
-    "pixels_<class>": "Number of pixels of this face's label map with that class (background counts only the face's region). Classes: " + ", ".join(CLASS_NAMES) + ".",
+    "pixels_<class>": "Number of pixels of this face's label map with that class (background counts only the face's region). Classes: " + ", ".join(CLASS_NAMES) + " (pixels_skin only in files of models with the skin class, stn-icnn/v3 on; `class_names` in the metadata lists a file's classes).",
     "model_version": "Model name and weights hash, e.g. `stn-icnn/default@1a2b3c4d`; one output holds one model's labels (`.batch-parse/model.json`).",
     "processed_at": "UTC time the row was produced.",
     "label_source": "Only in sets `batch-parse import` writes: `human` (the label map was reviewed, and possibly corrected, in the tool named by corrected_in). The other columns are the original row's, the model's.",
@@ -135,8 +150,11 @@ def file_metadata(
     source: str | None = None,
     endpoint_url: str | None = None,
     policy: dict | None = None,
+    class_names: tuple[str, ...] = CLASS_NAMES,
 ) -> dict[bytes, bytes]:
     """Schema-level metadata written into every output file.
+
+    class_names: the model's classes (label map values index them; one pixels_<class> each).
 
     source / endpoint_url: where the labelled images were read from (an s3:// URI or a local
     folder, and the S3 endpoint), so `render` can fetch an original by its row's key.
@@ -147,8 +165,8 @@ def file_metadata(
         "schema_version": SCHEMA_VERSION,
         "model": model_name,
         "weights_sha256": weights_sha256,
-        "class_names": list(CLASS_NAMES),
-        "class_colors": [list(c) for c in CLASS_COLORS],
+        "class_names": list(class_names),
+        "class_colors": [list(c) for c in CLASS_COLORS[: len(class_names)]],
         "parts": [{"name": p.name, "classes": list(p.classes)} for p in PARTS],
         "crop_format": crop_format,
         "source": source,
@@ -163,10 +181,11 @@ def file_metadata(
 
 def output_schema(
     model_name: str, weights_sha256: str, crop_format: str, *, source: str | None = None, endpoint_url: str | None = None,
-    policy: dict | None = None,
+    policy: dict | None = None, class_names: tuple[str, ...] = CLASS_NAMES,
 ) -> pa.Schema:
-    return BASE_SCHEMA.with_metadata(
-        file_metadata(model_name, weights_sha256, crop_format, source=source, endpoint_url=endpoint_url, policy=policy)
+    return table_schema(class_names).with_metadata(
+        file_metadata(model_name, weights_sha256, crop_format, source=source, endpoint_url=endpoint_url, policy=policy,
+                      class_names=class_names)
     )
 
 
@@ -180,3 +199,14 @@ def read_metadata(schema: pa.Schema) -> dict:
     meta.setdefault("source", None)
     meta.setdefault("endpoint_url", None)
     return meta
+
+
+def file_class_names(meta: dict) -> tuple[str, ...]:
+    """A file's classes, from its metadata (files written before skin existed list their 9)."""
+    return tuple(meta.get("class_names") or CLASS_NAMES[:NUM_PART_CLASSES])
+
+
+def file_class_colors(meta: dict) -> tuple[tuple[int, int, int], ...]:
+    names = file_class_names(meta)
+    colors = meta.get("class_colors") or CLASS_COLORS
+    return tuple(tuple(c) for c in colors[: len(names)])

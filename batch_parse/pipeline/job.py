@@ -24,7 +24,7 @@ import botocore.exceptions as boto_errors
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batch_parse.model.weights import file_sha256, resolve
+from batch_parse.model.weights import file_sha256, resolve, weights_class_names
 from batch_parse.output.layout import OutputLayout
 from batch_parse.pipeline import commit, migrate, plan, ray_reaper, stages
 from batch_parse.pipeline.options import JobOptions
@@ -197,8 +197,10 @@ def _run_chain(options: JobOptions, fs, manifest_path: str, data_dir: str, model
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     device = options.device or ("cuda" if gpus > 0 else "cpu")
+    # The file's columns and class list follow the model's classes (no pixels_skin for 9-class weights).
     schema = output_schema(model_version.split("@")[0], sha, options.crop_format, source=options.source,
-                           endpoint_url=options.endpoint_url, policy=inference_policy(options))
+                           endpoint_url=options.endpoint_url, policy=inference_policy(options),
+                           class_names=weights_class_names(resolve(options.model)[1]))
     counter = start_counter()
 
     with ProgressPrinter(counter, todo):

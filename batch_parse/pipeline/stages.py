@@ -14,7 +14,7 @@ Row contract between stages:
                   face_score (NaN for whole-image), transform (6,), aligned_size (2,) w,h,
                   label_map (h,w uint8 over the photo region), label_offset (2,) x,y,
                   boxes (6,4) photo bounds, windows (6,8) photo corners, confidences (6,),
-                  class_pixels (9,), crop_<part> (h,w,3 uint8 from the aligned frame, 0x0 when none)
+                  class_pixels (10,: every class, zeros past the model's), crop_<part> (h,w,3 uint8 from the aligned frame, 0x0 when none)
     encode        the output table (schema.py)
 """
 
@@ -29,7 +29,7 @@ import pyarrow as pa
 from PIL import Image
 
 from batch_parse.faces.policy import DEFAULT_POLICY, InferencePolicy
-from batch_parse.labels import CLASS_NAMES, PART_NAMES
+from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, PART_NAMES
 from batch_parse.output.codec import encode_png
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_FETCH_ATTEMPTS, DEFAULT_MAX_BYTES, JobOptions
@@ -171,6 +171,8 @@ def _face_row(image_columns: dict, r, face_count: int) -> dict:
         "boxes": bounds.astype(np.float32),
         "windows": corners.astype(np.float32),
         "confidences": r.confidences,
+        # One count per class of labels.CLASS_NAMES (0 past the model's): encode_rows writes the
+        # columns the file's schema has (no pixels_skin for a 9-class model).
         "class_pixels": r.class_pixels,
     }
     for p, name in enumerate(PART_NAMES):
@@ -197,7 +199,7 @@ def _empty_face_row(image_columns: dict, status: str) -> dict:
         "boxes": np.full((len(PART_NAMES), 4), np.nan, np.float32),
         "windows": np.full((len(PART_NAMES), 8), np.nan, np.float32),
         "confidences": np.full(len(PART_NAMES), np.nan, np.float32),
-        "class_pixels": np.zeros(len(CLASS_NAMES), np.int64),
+        "class_pixels": np.zeros(NUM_CLASSES, np.int64),
     }
     for name in PART_NAMES:
         row[f"crop_{name}"] = _NO_CROP
@@ -270,7 +272,8 @@ def encode_rows(batch: dict[str, np.ndarray], schema: pa.Schema, model_version: 
         columns[f"{name}_window"] = per_face(batch["windows"][:, p].tolist())
         columns[f"{name}_confidence"] = per_face(batch["confidences"][:, p].astype(float).tolist())
     for c, name in enumerate(CLASS_NAMES):
-        columns[f"pixels_{name}"] = per_face(batch["class_pixels"][:, c].astype(int).tolist())
+        if f"pixels_{name}" in schema.names:  # the model's classes only (schema.table_schema)
+            columns[f"pixels_{name}"] = per_face(batch["class_pixels"][:, c].astype(int).tolist())
     columns["model_version"] = [model_version] * n
     columns["processed_at"] = [now] * n
     return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)

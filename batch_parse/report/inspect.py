@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, PART_NAMES
-from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from batch_parse.output.schema import OPTIONAL_COLUMNS, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.output.reader import Output, open_output
 
 CONFIDENCE_COLUMNS = tuple(f"{p}_confidence" for p in PART_NAMES)
@@ -129,7 +129,7 @@ def collect_stats(dst: str, endpoint_url: str | None = None) -> tuple[Output, di
     """One pass over the output's small columns: (the Output, stats per model_version)."""
     output = open_output(dst, endpoint_url)
     versions: dict[str, VersionStats] = {}
-    for file, batch in output.batches(COLUMNS):
+    for file, batch in output.batches(COLUMNS, optional=OPTIONAL_COLUMNS):
         meta = file.metadata
         signature = (meta.get("model"), meta.get("weights_sha256"), meta.get("schema_version"), meta.get("source"))
         model_versions = batch.column("model_version")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from batch_parse.labels import BACKGROUND, CLASS_COLORS, CLASS_NAMES, NUM_CLASSES, PART_NAMES, PARTS
+from batch_parse.labels import BACKGROUND, CLASS_COLORS, CLASS_NAMES, COARSE_CLASSES, NUM_CLASSES, PART_NAMES, PARTS
 
 # Pixel values past the last class mean a corrupt map: white makes them stand out.
 _PALETTE = np.full((256, 3), 255, dtype=np.uint8)
@@ -18,6 +18,11 @@ _PALETTE[:NUM_CLASSES] = CLASS_COLORS
 # A part's box takes the colour of its first class (mouth: upper_lip).
 PART_COLORS: tuple[tuple[int, int, int], ...] = tuple(CLASS_COLORS[p.classes[0]] for p in PARTS)
 NO_IMAGE_GREY = 128
+# Coarse regions (skin) cover the whole face: blended this much lighter than the parts, so the
+# face stays visible under them and the parts stand out over them.
+COARSE_ALPHA_SCALE = 0.5
+_IS_COARSE = np.zeros(256, bool)
+_IS_COARSE[list(COARSE_CLASSES)] = True
 
 TILE = 256  # panel tiles are TILE x TILE
 GAP = 8
@@ -57,21 +62,25 @@ def overlay(image: np.ndarray, label_map: np.ndarray, alpha: float = 0.5) -> np.
         raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but the label map is {label_map.shape[1]}x{label_map.shape[0]}")
     colors = colorize(label_map)
     foreground = (np.asarray(label_map) != BACKGROUND)[..., None]
-    blended = np.where(foreground, (1 - alpha) * image + alpha * colors, image)
+    a = np.where(_IS_COARSE[np.asarray(label_map, dtype=np.uint8)], alpha * COARSE_ALPHA_SCALE, alpha)[..., None]
+    blended = np.where(foreground, (1 - a) * image + a * colors, image)
     out = blended.round().astype(np.uint8)
     edge = outline_mask(label_map)
     out[edge] = colors[edge]
     return out
 
 
-def legend(font_size: int = FONT_SIZE) -> Image.Image:
-    """Class names next to their colour swatches, one per line, on white."""
+def legend(font_size: int = FONT_SIZE, class_names: Sequence[str] = CLASS_NAMES) -> Image.Image:
+    """Class names next to their colour swatches, one per line, on white.
+
+    class_names: the classes of the labels shown (a file's `class_names` metadata; 9 for v1/v2 outputs).
+    """
     font = _font(font_size)
     line = font_size + 7
-    width = 2 * line + max(int(font.getlength(name)) for name in CLASS_NAMES) + 6
-    image = Image.new("RGB", (width, line * NUM_CLASSES + 4), _PANEL_BG)
+    width = 2 * line + max(int(font.getlength(name)) for name in class_names) + 6
+    image = Image.new("RGB", (width, line * len(class_names) + 4), _PANEL_BG)
     draw = ImageDraw.Draw(image)
-    for i, (name, color) in enumerate(zip(CLASS_NAMES, CLASS_COLORS)):
+    for i, (name, color) in enumerate(zip(class_names, CLASS_COLORS)):
         y = 2 + i * line
         draw.rectangle((2, y + 2, line - 2, y + line - 4), fill=color, outline=(110, 110, 110))
         draw.text((line + 4, y + 2), name, fill=_INK, font=font)
@@ -145,6 +154,7 @@ def panel(
     note: str | None = None,
     face_box: np.ndarray | None = None,
     landmarks: np.ndarray | None = None,
+    class_names: Sequence[str] = CLASS_NAMES,
 ) -> Image.Image:
     """One face to review: original + face box, landmarks, part boxes | overlay | legend | the six part crops.
 
@@ -163,7 +173,7 @@ def panel(
     _draw_boxes(original, boxes, scale)
     _draw_face(original, face_box, landmarks, scale)
 
-    return _row_of_pictures(title, note, [_tile(original), _tile(overlaid), legend(), _crop_grid(crops, confidences)])
+    return _row_of_pictures(title, note, [_tile(original), _tile(overlaid), legend(class_names=class_names), _crop_grid(crops, confidences)])
 
 
 def _row_of_pictures(title: str, note: str | None, pictures: list[Image.Image]) -> Image.Image:
@@ -208,6 +218,7 @@ def photo_panel(
     faces: Sequence[tuple[int, np.ndarray | None, np.ndarray | None]],
     title: str,
     note: str | None = None,
+    class_names: Sequence[str] = CLASS_NAMES,
 ) -> Image.Image:
     """A photo with several faces, once: original + every face's box (numbered by face_index) and landmarks | overlay.
 
@@ -225,4 +236,4 @@ def photo_panel(
     _draw_numbered_faces(original, faces, scale)
     _draw_numbered_faces(overlaid, faces, scale)
 
-    return _row_of_pictures(title, note, [original, overlaid, legend()])
+    return _row_of_pictures(title, note, [original, overlaid, legend(class_names=class_names)])

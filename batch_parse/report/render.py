@@ -33,9 +33,9 @@ from batch_parse.output.quality import (
     parse_scores,
 )
 from batch_parse.output.reader import Output, OutputFile, open_output
-from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
+from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, file_class_names
 from batch_parse.report.overlay import panel, photo_panel
 from batch_parse.storage.fetch import FetchError, fetch_objects
 from batch_parse.storage.location import parse_location
@@ -273,7 +273,8 @@ def _render_face(row: Row, record: dict | None, original: tuple[np.ndarray | Non
     image = None if image is None else image[y0:y1, x0:x1]
     picture = panel(image, label_map, boxes - shift, row.confidences, crops, _title(row), note,
                     face_box=None if face_box is None else face_box - shift,
-                    landmarks=None if landmarks is None else landmarks - shift[:2])
+                    landmarks=None if landmarks is None else landmarks - shift[:2],
+                    class_names=file_class_names(row.file.metadata))
     relative = f"{PANELS_DIR}/{_slug(row.model_version)}/{_hex(row.id)}-{row.face_index}.png"
     (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
     picture.save(out_dir / relative)
@@ -297,7 +298,7 @@ def _render_photo(row: Row, records: list[dict], original: tuple[np.ndarray | No
     title = f"{key}   {row.face_count} faces, boxes numbered by face_index   {row.width}x{row.height}   {row.model_version}"
     relative = f"{PANELS_DIR}/{_slug(row.model_version)}/{_hex(row.id)}-photo.png"
     (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-    photo_panel(image, label_map, faces, title, note).save(out_dir / relative)
+    photo_panel(image, label_map, faces, title, note, class_names=file_class_names(row.file.metadata)).save(out_dir / relative)
     photo.panel, photo.note = relative, note
     return photo
 
@@ -406,9 +407,11 @@ td, th { border: 1px solid #ccc; padding: .2em .5em; text-align: left; }
 
 def _index_html(output: Output, selection: Selection) -> str:
     e = html.escape
+    # Every file's classes are a prefix of labels.CLASS_NAMES: the longest list covers them all.
+    names = max((file_class_names(f.metadata) for f in output.files), key=len, default=CLASS_NAMES)
     legend = "".join(
         f'<span><span class="swatch" style="background: rgb{tuple(color)}"></span>{e(name)}</span>'
-        for name, color in zip(CLASS_NAMES, CLASS_COLORS)
+        for name, color in zip(names, CLASS_COLORS)
     )
     parts = [
         "<!DOCTYPE html>",

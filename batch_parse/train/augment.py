@@ -6,6 +6,8 @@ zoom-out down to 0.4 so loosely framed photos work), shifted, sometimes mirrored
 swapped in the labels) and letterboxed, then recoloured and noised. Photos in the wild add
 what the aligned faces of real corpora look like: blur (out of focus, upscaled small faces),
 JPEG artefacts, and occluders (hands, microphones, masks) over which there is no part to label.
+For turned heads and profiles (v3): a horizontal squeeze (a face turned out of plane is narrower
+than the frontal template it was aligned to) and hard side light (one half of the face in shadow).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ _SWAP_SIDES = torch.tensor(MIRROR_CLASS, dtype=torch.long)
 # Window side = this many times the part's larger bounding-box side: room for localiser error.
 WINDOW_MARGIN = 1.6
 MIN_WINDOW_FRACTION = 0.06  # of the image side, so tiny or missing parts still get a window
+# Squeeze for turned heads: a fraction SQUEEZE_P of the samples narrowed to SQUEEZE_MIN..1 of their width.
+SQUEEZE_P = 0.25
+SQUEEZE_MIN = 0.7
 
 
 def augment(
@@ -46,9 +51,11 @@ def augment(
     flip = rnd(b) < 0.5
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     sign = torch.where(flip, -1.0, 1.0)
-    # Output pixel -> source pixel (normalised): rotate, scale, shift, then optionally mirror x.
+    # Out-of-plane squeeze: the face drawn narrower by q (the output's x reads the source 1/q as fast).
+    q = torch.where(rnd(b) < SQUEEZE_P, SQUEEZE_MIN + rnd(b) * (1 - SQUEEZE_MIN), torch.ones(b))
+    # Output pixel -> source pixel (normalised): squeeze, rotate, scale, shift, then optionally mirror x.
     theta = torch.stack(
-        [torch.stack([cos * sign, -sin * sign, shift[:, 0] * sign], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+        [torch.stack([cos * sign / q, -sin * sign, shift[:, 0] * sign], 1), torch.stack([sin / q, cos, shift[:, 1]], 1)], 1
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -75,10 +82,24 @@ def augment(
     mean = out.mean((1, 2, 3), keepdim=True)
     out = (out - mean) * contrast + mean + ((rnd(b) - 0.5) * 0.3)[:, None, None, None]
     noise = (rnd(b) * 0.04)[:, None, None, None] * torch.randn(out.shape, generator=gen)
+    out = side_light(out, gen)
     out = (out + noise).clamp(0, 1)
     out, lab = occlude(out, lab, gen)
     out = blur(out, gen)
     return jpeg(out, gen), lab
+
+
+def side_light(images: torch.Tensor, gen: torch.Generator, p: float = 0.2) -> torch.Tensor:
+    """Hard light from one side on a fraction p of the samples: the image darkens by 30-75% past a
+    soft vertical edge at a random column (a profile's far side, a face lit by a window)."""
+    b, _, _, s = images.shape
+    out = images.clone()
+    x = torch.linspace(-1, 1, s)
+    for i in torch.nonzero(torch.rand(b, generator=gen) < p).flatten().tolist():
+        edge, softness, depth, side = (torch.rand(4, generator=gen) * torch.tensor([1.2, 0.25, 0.45, 1]) + torch.tensor([-0.6, 0.05, 0.3, 0])).tolist()
+        ramp = torch.sigmoid((x - edge) / softness * (1 if side < 0.5 else -1))
+        out[i] = images[i] * (1 - depth * ramp)
+    return out
 
 
 def occlude(images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, p: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:

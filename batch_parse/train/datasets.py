@@ -1,7 +1,8 @@
-"""Readers for face-parsing datasets on disk (Helen layout, CelebAMask-HQ layout) as 9-class maps.
+"""Readers for face-parsing datasets on disk (Helen layout, CelebAMask-HQ layout) as class maps.
 
 Every reader gives (name, image HxWx3 uint8 RGB, label HxW uint8 class indices of
-batch_parse.labels) per sample, by index or by iteration, at the image's own resolution.
+batch_parse.labels, skin included: Helen's face_skin, CelebAMask's skin) per sample, by index or
+by iteration, at the image's own resolution.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from batch_parse.labels import HELEN_TO_CLASS, MIRROR_CLASS
+from batch_parse.labels import HELEN_TO_CLASS, MIRROR_CLASS, NUM_PART_CLASSES
 from batch_parse.train import teacher
 from batch_parse.train.datasets import HELEN_SPLIT_FILES, hash_split
 from batch_parse.train.facerecord import POSES, FaceRecord, pose_bucket, read_records
@@ -117,9 +117,17 @@ def mirror_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Class-exact Dice over face parts of two 9-class maps: 1 = identical, 0 = disjoint."""
+    """Class-exact Dice over face parts (classes 1-8) of two label maps: 1 = identical, 0 = disjoint.
+
+    Skin is left out: the check is about where the parts are (and skin, where present, fills what
+    they leave, so it would only dilute the score), and it stays the check v2's data was built with."""
+    a, b = _parts_only(a), _parts_only(b)
     fg = (a > 0).sum() + (b > 0).sum()
     return float(2 * ((a == b) & (a > 0)).sum() / fg) if fg else 1.0
+
+
+def _parts_only(labels: np.ndarray) -> np.ndarray:
+    return np.where(labels < NUM_PART_CLASSES, labels, 0)
 
 
 def caltech_probes(root: Path) -> dict[str, list[list[tuple[str, list[float]]]]]:

@@ -4,6 +4,8 @@ For every held-out face of the split (aligned as inference aligns it, see facepo
 
 - **F1 vs teacher** per source and per pose bucket, Helen convention (evaluate.py), on the faces
   whose teacher labels are clean (flip-consistent): a guess of the mesh is not a reference.
+  `skin` is scored against the teacher's face outline minus its parts (Helen's face_skin); a
+  model without the skin class scores 0 there.
 - **Probe hits**: each human point (Caltech's eye centres, nose, mouth centre; CFP fiducials
   reduced to one point per part) must fall on a pixel of its part (an F1 group of
   batch_parse.labels) in the label map. Reported per pose bucket and part for the model and for
@@ -47,7 +49,7 @@ def read_face(root: Path, name: str) -> np.ndarray:
 
 
 def read_teacher(root: Path, name: str) -> np.ndarray | None:
-    """The teacher's 9-class map of a face, or None where it gave none."""
+    """The teacher's class map of a face (skin included), or None where it gave none."""
     label_dir = root / "labels" / name
     return read_helen_labels(label_dir, name) if label_dir.is_dir() else None
 
@@ -108,9 +110,9 @@ def score_facepool(predict: Callable[[list[np.ndarray]], list[np.ndarray]], root
 
 
 def format_scores(scores: Scores) -> str:
-    lines = ["F1 vs teacher (clean teacher labels), overall / brows / eyes / nose / mouth, %:"]
+    lines = ["F1 vs teacher (clean teacher labels), overall / brows / eyes / nose / mouth / skin, %:"]
     for (source, pose), f1 in scores.f1().items():
-        lines.append(f"  {source:12} {pose:8} " + "  ".join(f"{g}={100 * f1[g]:.2f}" for g in ("overall", "brows", "eyes", "nose", "mouth")))
+        lines.append(f"  {source:12} {pose:8} " + "  ".join(f"{g}={100 * f1[g]:.2f}" for g in ("overall", "brows", "eyes", "nose", "mouth", "skin")))
     lines.append("probe hits (model | teacher), % of probes (count):")
     parts = [ALL, *sorted({part for _, _, part in scores.probes} - {ALL})]
     rates = scores.hit_rates()

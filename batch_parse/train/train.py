@@ -1,6 +1,8 @@
 """Training STN-iCNN in the authors' stages: A (stage 1), B (localiser), C (parts), then end to end.
 
-    a    stage-1 iCNN, cross-entropy on 128x128 inputs
+    a    stage-1 iCNN, cross-entropy on 128x128 inputs (skin included: faces whose labels
+         have no skin, e.g. a 9-class student's self-labels, score background as "background
+         or skin", since their background holds skin they never drew)
     b    localiser with A frozen, smooth L1 on part windows from the labels
     c    the four part iCNNs on windows from the labels (jittered)
     e2e  A and B frozen, C fine-tuned on the localiser's own windows, kept only if
@@ -25,8 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from batch_parse.labels import PARTS
+from batch_parse.labels import BACKGROUND, COARSE_CLASSES, NUM_PART_CLASSES, PARTS, SKIN
 from batch_parse.model.config import DEFAULT_CONFIG, ModelConfig
+from batch_parse.model.expand import with_classes
 from batch_parse.model.geometry import theta_to_windows, windows_to_theta
 from batch_parse.model.parser import FaceParser
 from batch_parse.model.stn_icnn import STNiCNN
@@ -86,20 +89,40 @@ def load_split(root: str, split: str, canvas: int, limit: int | None = None) -> 
     return images, labels
 
 
+def has_coarse(labels: torch.Tensor) -> torch.Tensor:
+    """(N,S,S) -> (N,) bool: the label map draws the coarse classes (skin). A face's skin is never
+    empty where its labeller knew the class, so a map without any is one whose labeller did not."""
+    return (labels >= NUM_PART_CLASSES).flatten(1).any(1)
+
+
 class Batches:
-    """Endless shuffled augmented batches from in-memory tensors."""
+    """Endless shuffled augmented batches from in-memory tensors (+ per image: has skin labels)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, zoom_min: float = 0.4):
         self.images, self.labels, self.batch_size, self.zoom_min = images, labels, batch_size, zoom_min
+        self.coarse = has_coarse(labels)
         self.gen = torch.Generator().manual_seed(seed)
         self.order, self.pos = torch.randperm(len(images), generator=self.gen), 0
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.pos + self.batch_size > len(self.order):
             self.order, self.pos = torch.randperm(len(self.images), generator=self.gen), 0
         idx = self.order[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
-        return augment.augment(self.images[idx].float() / 255, self.labels[idx].long(), self.gen, self.zoom_min)
+        images, labels = augment.augment(self.images[idx].float() / 255, self.labels[idx].long(), self.gen, self.zoom_min)
+        return images, labels, self.coarse[idx]
+
+
+def stage1_loss(logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy; for images whose labels lack the coarse classes (labelled False), a
+    background pixel is right if it is background or any coarse class (their log-probs summed)."""
+    logp = logits.log_softmax(1)
+    if logits.shape[1] > NUM_PART_CLASSES and not bool(labelled.all()):
+        merged = torch.logsumexp(logp[:, [BACKGROUND, *COARSE_CLASSES]], 1)
+        unlabelled = ~labelled[:, None, None]
+        logp = logp.clone()
+        logp[:, BACKGROUND] = torch.where(unlabelled, merged, logp[:, BACKGROUND])
+    return F.nll_loss(logp, target)
 
 
 def stage1_batch(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
@@ -108,12 +131,15 @@ def stage1_batch(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     return F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
 
 
-def stage_loss(model: STNiCNN, stage: str, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def stage_loss(model: STNiCNN, stage: str, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator,
+               labelled: torch.Tensor | None = None) -> torch.Tensor:
     cfg = model.cfg
     x = stage1_batch(images, cfg)
     if stage == "a":
         target = F.interpolate(labels[:, None].float(), size=x.shape[-2:], mode="nearest")[:, 0].long()
-        return F.cross_entropy(model.stage1(x), target)
+        target[target >= cfg.num_classes] = BACKGROUND  # a 9-class model learns skin as background
+        labelled = has_coarse(labels) if labelled is None else labelled
+        return stage1_loss(model.stage1(x), target, labelled)
     canvas = images.shape[-1]
     windows = augment.target_windows(labels)
     if stage == "b":
@@ -148,7 +174,8 @@ def initial_model(opts: TrainOptions, run: Path) -> STNiCNN:
     """Stage b starts from a; e2e from b's A+B and c's C; a and c from scratch (or opts.init)."""
     model = STNiCNN(DEFAULT_CONFIG)
     if opts.init:
-        model.load_state_dict(load_weights(opts.init)[0].state_dict())
+        # A 9-class init (v2) grows the skin class without changing what it predicts (expand.py).
+        model.load_state_dict(with_classes(load_weights(opts.init)[0], DEFAULT_CONFIG.num_classes).state_dict())
     if opts.stage == "b":
         a, _ = load_weights(run / "stage_a.safetensors")
         model.stage1.load_state_dict(a.stage1.state_dict())
@@ -187,9 +214,16 @@ def validation_score(model: STNiCNN, stage: str, data: str, n: int, canvas: int)
         if stage == "a":
             target = F.interpolate(labels[:, None].float(), size=probs.shape[-2:], mode="nearest")[:, 0].long()
             pred = probs.argmax(1)
-            fg = (target > 0) | (pred > 0)
-            iou = ((pred == target) & fg).sum().item() / max(1, fg.sum().item())
-            return iou, f"stage-1 part IoU {iou:.4f}"
+            # Part IoU as before skin existed (skin counts as background), so it compares with v2's.
+            t_part, p_part = (target < NUM_PART_CLASSES) * target, (pred < NUM_PART_CLASSES) * pred
+            fg = (t_part > 0) | (p_part > 0)
+            iou = ((p_part == t_part) & fg).sum().item() / max(1, fg.sum().item())
+            if model.cfg.num_classes <= SKIN:
+                return iou, f"stage-1 part IoU {iou:.4f}"
+            t_skin, p_skin = target == SKIN, pred == SKIN
+            skin = (t_skin & p_skin).sum().item() / max(1, (t_skin | p_skin).sum().item())
+            # Selected on both: the new class must be learnt without losing the parts.
+            return (iou + skin) / 2, f"stage-1 part IoU {iou:.4f} skin IoU {skin:.4f}"
         target = windows_to_theta(augment.target_windows(labels), [(canvas, canvas)] * len(images), model.cfg)
         err = F.l1_loss(model.localise(probs), target).item()
         return -err, f"theta L1 {err:.5f}"
@@ -229,8 +263,8 @@ def train_stage(opts: TrainOptions) -> Path:
     t0, seen, running = time.time(), 0, None
     while step < opts.steps:
         set_modes(model, opts.stage)
-        imgs, labs = batches.next()
-        loss = stage_loss(model, opts.stage, imgs, labs, batches.gen)
+        imgs, labs, labelled = batches.next()
+        loss = stage_loss(model, opts.stage, imgs, labs, batches.gen, labelled)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -252,10 +286,12 @@ def train_stage(opts: TrainOptions) -> Path:
     return best_path
 
 
-def export_weights(run_dir: str, out: str, fp16: bool = True) -> Path:
-    """The final model of a run (e2e if done, else the staged one) as a small shippable file."""
+def export_weights(run_dir: str, out: str, fp16: bool = True, stage: str = "e2e") -> Path:
+    """A stage's best model of a run (default the final, e2e) as a small shippable file.
+
+    stage="b": a run that stopped after the localiser (stn-icnn/v3: new A and B, C as initialised)."""
     run = Path(run_dir)
-    src = run / "stage_e2e.safetensors"
+    src = run / f"stage_{stage}.safetensors"
     model, info = load_weights(src)
     save_weights(model, out, dtype=torch.float16 if fp16 else torch.float32, info=info)
     return Path(out)
