@@ -62,3 +62,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def demo_output(tmp_path_factory) -> Path:
+    """The labelling job's real output for the bundled demo photos (local Ray, batch size 4), made
+    once for every module that reads it (exports, imports); tests copy it before changing it."""
+    import ray
+
+    from batch_parse.demo import IMAGES_DIR
+    from batch_parse.pipeline.job import connect_ray, run_job
+    from batch_parse.pipeline.options import JobOptions
+
+    dst = tmp_path_factory.mktemp("demo-output") / "labels"
+    connect_ray()
+    try:
+        summary = run_job(JobOptions(source=str(IMAGES_DIR), output=str(dst), batch_size=4))
+    finally:
+        ray.shutdown()
+    assert summary.exit_code == 0
+    return dst

@@ -84,24 +84,6 @@ def _truth(rows: list[dict]) -> Truth:
 
 
 @pytest.fixture(scope="module")
-def demo_output(tmp_path_factory) -> Path:
-    """The labelling job's real output for the bundled demo photos (local Ray, batch size 4)."""
-    import ray
-
-    from batch_parse.pipeline.job import connect_ray, run_job
-    from batch_parse.pipeline.options import JobOptions
-
-    dst = tmp_path_factory.mktemp("export") / "labels"
-    connect_ray()
-    try:
-        summary = run_job(JobOptions(source=str(IMAGES_DIR), output=str(dst), batch_size=4))
-    finally:
-        ray.shutdown()
-    assert summary.exit_code == 0
-    return dst
-
-
-@pytest.fixture(scope="module")
 def truth(demo_output) -> dict[str, Truth]:
     columns = ["id", "key", "width", "height", "status", "face_index", "face_score", "label_map", "label_map_x", "label_map_y",
                "face_box", "landmarks", *(f"{p}_crop" for p in PART_NAMES), *(f"{p}_confidence" for p in PART_NAMES)]  # fmt: skip

@@ -27,7 +27,7 @@ from batch_parse.corrections import import_corrections
 from batch_parse.corrections.helen import face_name, frame_labels
 from batch_parse.corrections.labelstudio import decode_brush
 from batch_parse.corrections.split import FaceRegion, split_photo, union
-from batch_parse.demo import IMAGES_DIR, demo_images
+from batch_parse.demo import demo_images
 from batch_parse.export import export_output
 from batch_parse.labels import CLASS_COLORS, CLASS_NAMES
 from batch_parse.output.codec import decode_label_map
@@ -37,24 +37,6 @@ GROUP = "group_canvas.jpg"
 NEW = [f.name for f in CORRECTION_FIELDS]
 REVIEWER = "reviewer@example.org"
 REVIEWED_AT = "2026-11-30T10:15:30.123456Z"
-
-
-@pytest.fixture(scope="module")
-def demo_output(tmp_path_factory) -> Path:
-    """The labelling job's real output for the bundled demo photos (local Ray, batch size 4)."""
-    import ray
-
-    from batch_parse.pipeline.job import connect_ray, run_job
-    from batch_parse.pipeline.options import JobOptions
-
-    dst = tmp_path_factory.mktemp("import") / "labels"
-    connect_ray()
-    try:
-        summary = run_job(JobOptions(source=str(IMAGES_DIR), output=str(dst), batch_size=4))
-    finally:
-        ray.shutdown()
-    assert summary.exit_code == 0
-    return dst
 
 
 def _rows(path: Path) -> dict[tuple[int, int | None], dict]:
