@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
-from batch_parse.jobspec import cron_problems, load_job_spec, spec_mapping, validate_job_spec
+from batch_parse.jobspec import (
+    cron_problems,
+    load_job_spec,
+    spec_mapping,
+    validate_job_spec,
+)
+from batch_parse.model.registry import REGISTRY
 from batch_parse.pipeline.options import JobOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,7 +258,7 @@ def test_model_must_be_a_weights_file_or_a_registry_name(tmp_path: Path):
     cases = {
         str(photo): f"model: {photo} is not a safetensors weights file (SafetensorError)",
         str(foreign): f"model: {foreign} is safetensors but not batch-parse STN-iCNN weights (format='someone-else')",
-        "stn-icnn/v9": "model: no weights named 'stn-icnn/v9' and no such file (known names: stn-icnn/default, stn-icnn/v2, stn-icnn/v1)",
+        "stn-icnn/v9": f"model: no weights named 'stn-icnn/v9' and no such file (known names: {', '.join(REGISTRY)})",
         str(tmp_path): f"model: no weights named '{tmp_path}' and no such file",
     }
     for model, message in cases.items():
