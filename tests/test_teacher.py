@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batch_parse.labels import HELEN_LABELS, HELEN_TO_CLASS
+from batch_parse.labels import HELEN_LABELS, HELEN_TO_CLASS, MIRROR_CLASS
 from batch_parse.train.datasets import HELEN_SPLIT_FILES, hash_split
 
 pytest.importorskip("mediapipe")
@@ -104,7 +104,7 @@ def test_mirrored_face_mirrors_the_label_map(labelled):
     _, dst, _ = labelled
     original = _class_map(dst, FACES[0].split(".")[0])
     mirrored = _class_map(dst, "mirrored")[:, ::-1]
-    swap = np.array([0, 2, 1, 4, 3, 5, 6, 7, 8])  # flipping the image swaps sides 1 and 2
+    swap = np.array(MIRROR_CLASS)  # flipping the image swaps sides 1 and 2
     agree = (swap[mirrored] == original).mean()
     assert agree > 0.98, agree
 
