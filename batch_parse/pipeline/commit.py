@@ -291,17 +291,10 @@ def _audit(fs: pafs.FileSystem, indexes: list[_IndexFile], uncovered_ids: np.nda
         unvouched += len(disagree)
         range_suspects = np.unique(np.concatenate([*bad, disagree])) if bad else disagree
         suspects.append(range_suspects)
-        wanted = np.isin(ids, range_suspects) | _member(ids, uncovered_ids)
+        wanted = np.isin(ids, range_suspects) | id_ranges.is_member(ids, uncovered_ids)
         pulled.update(where[wanted].tolist())
     found = np.unique(np.concatenate(suspects)) if suspects else np.empty(0, np.int64)
     return _Audit(found.astype(np.int64), pulled, file_rows, unvouched)
-
-
-def _member(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
-    if not len(sorted_ids) or not len(ids):
-        return np.zeros(len(ids), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return sorted_ids[pos] == ids
 
 
 def _read_all_keys(fs: pafs.FileSystem, files: list[DataFile], fence: Fence, state: CommitState) -> dict[str, _Keys]:
@@ -353,7 +346,7 @@ def _judge(fs: pafs.FileSystem, files: list[tuple[DataFile, _Keys, bool]], suspe
     faces = np.concatenate([k.faces for _, k, _ in files])
     counts = np.concatenate([k.counts for _, k, _ in files])
     codes = np.concatenate([k.codes for _, k, _ in files])
-    judged = _member(ids, suspects)
+    judged = id_ranges.is_member(ids, suspects)
     drop = np.zeros(len(ids), dtype=bool)
     sub = np.flatnonzero(judged)
     sub_drop, state.duplicates_removed, incomplete_ids = rows_to_drop(ids[sub], faces[sub], counts[sub])

@@ -65,3 +65,11 @@ def read_ranges(fs: pafs.FileSystem, paths: Sequence[str], lo: int, hi: int, col
 
 def sort_by_id(table: pa.Table) -> pa.Table:
     return table.take(pa.array(np.argsort(table["id"].to_numpy(), kind="stable")))
+
+
+def is_member(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Per id, whether it is in `sorted_ids` (sorted int64): one vectorised binary search."""
+    if sorted_ids.size == 0 or ids.size == 0:
+        return np.zeros(ids.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.size - 1)
+    return sorted_ids[pos] == ids

@@ -184,7 +184,7 @@ def _anti_join(parts: list[str], done: DoneIds, partial: str, fs: pafs.FileSyste
             order = np.argsort(ids, kind="stable")
             ids = ids[order]
             first = np.r_[True, ids[1:] != ids[:-1]] if len(ids) else np.zeros(0, dtype=bool)
-            keep = ~_is_member(ids[first], done.ids_in_range(lo, hi))
+            keep = ~id_ranges.is_member(ids[first], done.ids_in_range(lo, hi))
             rows = listed.take(pa.array(order[first][keep]))
             stats.written += rows.num_rows
             if rows.num_rows:
@@ -223,14 +223,6 @@ def _sorted_ids(exclude_ids: set[int] | np.ndarray | None) -> np.ndarray:
     if isinstance(exclude_ids, np.ndarray):
         return np.unique(exclude_ids.astype(np.int64, copy=False))
     return np.unique(np.fromiter(exclude_ids, dtype=np.int64, count=len(exclude_ids)))
-
-
-def _is_member(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
-    if sorted_ids.size == 0:
-        return np.zeros(ids.shape, dtype=bool)
-    pos = np.searchsorted(sorted_ids, ids)
-    pos[pos == sorted_ids.size] = 0
-    return sorted_ids[pos] == ids
 
 
 def _fs_path(path_or_uri: str) -> str:
