@@ -3,6 +3,7 @@
     python benchmarks/peer_speed.py                                # 48 photos a set, threads 1 and 2, 2 rounds
     python benchmarks/peer_speed.py --images 16 --rounds 1 --threads 1   # a quick look
     python benchmarks/peer_speed.py --agreement --images 100       # also: our labels vs all-fp32 labels
+    python benchmarks/peer_speed.py --onnx                         # also: ours through onnxruntime
 
 Photo sets (the first --images of each, sorted by path): `in-the-wild` = facepool/caltech_webfaces
 (several faces a photo, 10 px to full-frame), `profiles` = facepool/cfp */profile/ (turned heads),
@@ -32,6 +33,7 @@ import argparse
 import io
 import os
 import sys
+import tempfile
 import time
 import types
 from collections import Counter
@@ -170,11 +172,17 @@ class BiSeNetRunner:
 class OursRunner:
     """stages.FaceParseActor + stages.encode_rows on one batch, with per-stage seconds."""
 
-    def __init__(self, faces: str, precision: str, schema, model_version: str):
+    def __init__(self, faces: str, precision: str, schema, model_version: str, onnx_dir: Path | None = None):
         from batch_parse.model import load_parser
 
         self.actor = stages.FaceParseActor(MODEL, "cpu", torch.get_num_threads(), policy=InferencePolicy(faces=faces))
         self.actor.parser = load_parser(MODEL, device="cpu", precision=precision)
+        if onnx_dir is not None:  # the exported graphs in onnxruntime, behind the same glue
+            from batch_parse.onnx import load_onnx
+
+            detector, self.actor.parser = load_onnx(onnx_dir)
+            if self.actor.detector is not None:
+                self.actor.detector = detector
         self.schema, self.model_version = schema, model_version
         self.phases: Counter = Counter()
         self.faces = 0
@@ -261,6 +269,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bisenet-batches", default="1", help="BiSeNet batch sizes to try; the best is the baseline (default 1)")
     p.add_argument("--precision", default="auto", help="our parser's precision (auto, fp32, mixed, bf16)")
     p.add_argument("--agreement", action="store_true", help="also print our labels' agreement with all-fp32 labels")
+    p.add_argument("--onnx", action="store_true",
+                   help="also run ours through onnxruntime (`batch-parse export-onnx` graphs, exported to a temp dir)")
     args = p.parse_args(argv)
     try:
         args.threads = [int(t) for t in args.threads.split(",")]
@@ -287,6 +297,13 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads[0])
     runners = {"face-first": OursRunner("all", args.precision, schema, model_version),
                "whole-image": OursRunner("whole-image", args.precision, schema, model_version)}
+    if args.onnx:
+        from batch_parse.onnx import export_onnx
+
+        onnx_dir = Path(tempfile.mkdtemp(prefix="peer-speed-onnx-"))
+        export_onnx(onnx_dir, MODEL)
+        for mode, faces in (("face-first", "all"), ("whole-image", "whole-image")):
+            runners[f"{mode} onnx"] = OursRunner(faces, args.precision, schema, model_version, onnx_dir)
     precision = runners["face-first"].actor.parser.precision
     print(f"peer speed: torch {torch.__version__}, {os.cpu_count()} cores, our precision {precision}, "
           f"{args.images} photos a set, batch {args.batch_size}, {args.rounds} round(s); load average at start "
@@ -357,12 +374,22 @@ def report(threads, args, files, seconds, faces, stage_s, peers, loads) -> None:
         base = max(photos / seconds[f"bisenet-{b}", name] for b in peers)
         ratio = photos / seconds[method, name] / base
         print(f"target {method} on {name} >= {target:.0f}x BiSeNet: {ratio:.2f}x ({'met' if ratio >= target else 'NOT met'})")
+    if ("face-first onnx", next(iter(files))) in seconds:
+        print("onnxruntime (the exported graphs, same glue code; ratios vs BiSeNet, and vs torch in brackets):")
+        for name, fs in files.items():
+            photos = len(fs) * n_rounds
+            base = max(photos / seconds[f"bisenet-{b}", name] for b in peers)
+            cells = []
+            for mode in ("face-first", "whole-image"):
+                rate = photos / seconds[f"{mode} onnx", name]
+                cells.append(f"{mode} {rate:.2f} img/s {rate / base:.2f}x ({seconds[mode, name] / seconds[f'{mode} onnx', name]:.2f}x)")
+            print(f"  {name:<12} " + "   ".join(cells))
     print("where the time goes (share of each method's wall time):")
     for name in files:
-        for method in ("face-first", "whole-image"):
-            print(f"  {name:<12} {method:<12} {shares(stage_s[method, name], OUR_STAGES)}")
+        for method in [m for m in ("face-first", "whole-image", "face-first onnx", "whole-image onnx") if (m, name) in stage_s]:
+            print(f"  {name:<12} {method:<17} {shares(stage_s[method, name], OUR_STAGES)}")
         b = max(peers, key=lambda b: -seconds[f"bisenet-{b}", name])
-        print(f"  {name:<12} {'BiSeNet b' + str(b):<12} {shares(stage_s[f'bisenet-{b}', name], BISENET_STAGES)}")
+        print(f"  {name:<12} {'BiSeNet b' + str(b):<17} {shares(stage_s[f'bisenet-{b}', name], BISENET_STAGES)}")
 
 
 if __name__ == "__main__":

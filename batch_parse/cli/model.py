@@ -1,7 +1,8 @@
-"""Model verbs of `batch-parse`: train, eval, convert."""
+"""Model verbs of `batch-parse`: train, eval, convert, export-onnx."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import click
 from batch_parse.cli.policy import policy_from, policy_options
 from batch_parse.cli.redact import echo
 from batch_parse.faces.policy import WHOLE_IMAGE, InferencePolicy
-from batch_parse.pipeline.options import DEFAULT_MODEL
+from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 
 DEFAULT_STEPS = {"a": 900, "b": 400, "c": 450, "e2e": 160}  # what stn-icnn/v1 was trained with from scratch on 2 CPU cores
 
@@ -129,4 +130,41 @@ def convert(checkpoints, out, fp16) -> None:
     echo(f"wrote {path} (load it with --model {path})")
 
 
-COMMANDS = [train, evaluate, convert]
+@click.command(name="export-onnx")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Registry name or .safetensors path.")
+@click.option("--detector/--no-detector", default=True, show_default=True, help="Also export MTCNN's three networks.")
+@click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset.")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Run the export in onnxruntime on the demo photos and compare its labels with torch's.")
+def export_onnx(out_dir, model, detector, opset, check) -> None:
+    """Write the detector and parser networks as ONNX graphs into OUT_DIR, with a manifest.
+
+    Six graphs (stage1, localiser, parts, mtcnn_pnet/rnet/onet) and batch-parse-onnx.json: every
+    input and output, the model config, each file's sha256 and licences. Run them with
+    `batch_parse.onnx.load_onnx(OUT_DIR)`, or in any ONNX runtime around your own glue.
+    """
+    from batch_parse.model.registry import weights_problem
+
+    if problem := weights_problem(model):
+        raise click.BadParameter(problem, param_hint="--model")
+    for module in ("onnx",) + (("onnxruntime",) if check else ()):
+        if importlib.util.find_spec(module) is None:
+            raise click.ClickException(f"{module} is not installed; install it with: pip install 'batch-parse[onnx]'")
+    from batch_parse.onnx.export import export_onnx as export
+
+    manifest = export(out_dir, model=model, detector=detector, opset=opset)
+    sizes = sum(f.stat().st_size for f in Path(out_dir).glob("*.onnx"))
+    echo(f"wrote {manifest} and {len(json.loads(manifest.read_text())['graphs'])} graphs ({sizes / 1e6:.0f} MB)")
+    if check:
+        from batch_parse.demo import demo_images
+        from batch_parse.onnx.runtime import compare_with_torch
+        from batch_parse.pipeline.decode import decode_image
+
+        images = [decode_image(p.read_bytes(), DEFAULT_MAX_PIXELS) for p in demo_images()]
+        result = compare_with_torch(out_dir, images, model)
+        echo(f"onnxruntime check on {len(images)} demo photos: {result['faces_onnx']} faces found "
+             f"(torch {result['faces_torch']}), {100 * result['pixel_agreement']:.3f}% of label pixels as torch's")
+
+
+COMMANDS = [train, evaluate, convert, export_onnx]

@@ -159,12 +159,15 @@ def pick_device(device: str | None) -> torch.device:
 
 
 class FaceParser:
-    def __init__(self, model: STNiCNN, name: str, weights_sha256: str, device: str | None = None, precision: str = "auto"):
+    def __init__(self, model: STNiCNN | None, name: str, weights_sha256: str, device: str | None = None, precision: str = "auto",
+                 nets=None):
+        """nets: something else that answers stage1 / localise / parse_parts and has a cfg (the
+        onnxruntime graphs, batch_parse.onnx.runtime); model is then None."""
         self.device = pick_device(device)
-        self.model = model.eval()  # as loaded, for inspection
-        self._net = optimize_for_inference(model).to(self.device)  # what runs
-        self.cfg = model.cfg
-        self.class_names = model.cfg.class_names  # 9 classes (v1, v2) or 10 (with skin)
+        self.model = model.eval() if model is not None else None  # as loaded, for inspection
+        self._net = nets if nets is not None else optimize_for_inference(model).to(self.device)  # what runs
+        self.cfg = self._net.cfg
+        self.class_names = self.cfg.class_names  # 9 classes (v1, v2) or 10 (with skin)
         self.model_name = name
         self.weights_sha256 = weights_sha256
         self.precision = resolve_precision(precision, self.device)
