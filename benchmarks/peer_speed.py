@@ -230,6 +230,41 @@ def shares(seconds: dict[str, float], names) -> str:
     return "  ".join(f"{n} {100 * seconds.get(n, 0.0) / total:.0f}%" for n in names)
 
 
+# ---- arithmetic: why a ratio can or cannot be reached ----
+
+
+def gigaflops(run, *inputs) -> float:
+    """FLOPs (2 x multiply-adds of convolutions and matmuls, torch's own counter) of one call, in G."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        run(*inputs)
+    return counter.get_total_flops() / 1e9
+
+
+def arithmetic(bisenet: torch.nn.Module) -> tuple[dict[str, float], float]:
+    """Our parser's GFLOPs per face by stage (the network the job runs), and BiSeNet's per photo."""
+    from batch_parse.model import load_parser
+
+    parser = load_parser(MODEL, device="cpu", precision="fp32")
+    net, cfg = parser._net, parser.cfg
+    s1, ps = cfg.stage1_size, cfg.part_size
+    ours = {"stage1": gigaflops(net.stage1, torch.rand(1, 3, s1, s1)),
+            "localiser": gigaflops(net.localise, torch.rand(1, cfg.num_classes, s1, s1).softmax(1)),
+            "stage2": gigaflops(net.parse_parts, torch.rand(1, cfg.num_parts, 3, ps, ps))}
+    return ours, gigaflops(lambda x: bisenet(x)[0], torch.rand(1, 3, BISENET_SIZE, BISENET_SIZE))
+
+
+def report_arithmetic(ours: dict[str, float], theirs: float, files, faces, n_rounds: int) -> None:
+    per_face = sum(ours.values())
+    print(f"arithmetic: ours {per_face:.2f} GFLOP a face (" + ", ".join(f"{k} {v:.2f}" for k, v in ours.items())
+          + f"), BiSeNet {theirs:.2f} GFLOP a photo. At BiSeNet's FLOP/s, with no detector, face-first could reach at most:")
+    for name, fs in files.items():
+        per_photo = faces["face-first", name] / (len(fs) * n_rounds)
+        ceiling = theirs / (per_face * per_photo) if per_photo else float("inf")
+        print(f"  {name:<12} {per_photo:.2f} faces a photo -> {ceiling:.2f}x (whole-image: {theirs / per_face:.2f}x)")
+
+
 # ---- label agreement ----
 
 
@@ -290,6 +325,7 @@ def main(argv=None) -> None:
     files = photo_sets(args.images, args.sets)
     decoded = {name: [decode_image(f.read_bytes(), 50_000_000) for f in fs] for name, fs in files.items()}
     bisenet = load_bisenet()
+    flops = arithmetic(bisenet)
     model_name, weights = resolve(MODEL)
     sha = file_sha256(weights)
     model_version = f"{model_name}@{sha[:8]}"
@@ -348,6 +384,7 @@ def main(argv=None) -> None:
                         stage_s.setdefault((method, name), Counter()).update({k: after[k] - before[k] for k in after})
                 loads.append(os.getloadavg()[0])
         report(threads, args, files, seconds, faces, stage_s, peers, loads)
+        report_arithmetic(*flops, files, faces, args.rounds)
     if args.agreement:
         torch.set_num_threads(args.threads[0])
         agreement(decoded, args.precision)

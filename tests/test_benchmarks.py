@@ -53,7 +53,7 @@ PEER_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "peer_speed.p
 
 def test_peer_speed_quick_run_prints_ratios_shares_and_agreement():
     command = [sys.executable, str(PEER_SCRIPT), "--images", "2", "--rounds", "1", "--threads", "1", "--batch-size", "2",
-               "--sets", "profiles,tight-crops", "--agreement"]
+               "--sets", "profiles,tight-crops", "--agreement", "--onnx"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
@@ -63,6 +63,12 @@ def test_peer_speed_quick_run_prints_ratios_shares_and_agreement():
         assert re.search(rf"^  {name}\s+face-first\s+detect \d+%  align \d+%  stage1 \d+%", out, re.M), out
         assert re.search(rf"^  {name}\s+face-first\s+\d+ faces: [\d.]+% of pixels agree, [\d.]+% of face-part pixels$", out, re.M), out
     assert re.search(r"^target whole-image on tight-crops >= 4x BiSeNet: [\d.]+x \((met|NOT met)\)$", out, re.M), out
+    for name in ("profiles", "tight-crops"):
+        assert re.search(rf"^  {name}\s+face-first [\d.]+ img/s [\d.]+x \([\d.]+x\)\s+whole-image [\d.]+ img/s", out, re.M), out
+        assert re.search(rf"^  {name}\s+[\d.]+ faces a photo -> [\d.]+x \(whole-image: [\d.]+x\)$", out, re.M), out
+    flops = re.search(r"^arithmetic: ours ([\d.]+) GFLOP a face \(stage1 ([\d.]+), localiser ([\d.]+), stage2 ([\d.]+)\), "
+                      r"BiSeNet ([\d.]+) GFLOP a photo", out, re.M)
+    assert flops and abs(float(flops[1]) - sum(map(float, flops.groups()[1:4]))) < 0.02 and float(flops[5]) > 10, out
 
 
 def test_peer_speed_without_the_peer_code_is_one_line(tmp_path):
