@@ -82,3 +82,14 @@ def test_peer_speed_without_the_peer_code_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, str(PEER_SCRIPT), "--images", "1"], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: BiSeNet peer code not found: {tmp_path / 'peers' / 'bisenet'} must hold face-parsing.PyTorch's model.py and resnet.py"
+
+
+def test_cfp_probes_scores_every_model_and_both_swaps():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cfp_probes.py"
+    done = subprocess.run([sys.executable, str(script), "--limit", "3"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = re.findall(r"^  (.+?)\s+(frontal|profile)\s+([\d.]+)((?:\s+[\d.]+){5})$", done.stdout, re.M)
+    names = {name for name, _, _, _ in rows}
+    assert names == {"stn-icnn/v2", "stn-icnn/v3", "stn-icnn/v2 + stn-icnn/v3's localiser",
+                     "stn-icnn/v3 + stn-icnn/v2's localiser"}, done.stdout
+    assert all(0 <= float(v) <= 100 for _, _, total, cells in rows for v in [total, *cells.split()]), done.stdout
