@@ -242,11 +242,8 @@ def gigaflops(run, *inputs) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def arithmetic(bisenet: torch.nn.Module) -> tuple[dict[str, float], float]:
+def arithmetic(parser, bisenet: torch.nn.Module) -> tuple[dict[str, float], float]:
     """Our parser's GFLOPs per face by stage (the network the job runs), and BiSeNet's per photo."""
-    from batch_parse.model import load_parser
-
-    parser = load_parser(MODEL, device="cpu", precision="fp32")
     net, cfg = parser._net, parser.cfg
     s1, ps = cfg.stage1_size, cfg.part_size
     ours = {"stage1": gigaflops(net.stage1, torch.rand(1, 3, s1, s1)),
@@ -325,7 +322,6 @@ def main(argv=None) -> None:
     files = photo_sets(args.images, args.sets)
     decoded = {name: [decode_image(f.read_bytes(), 50_000_000) for f in fs] for name, fs in files.items()}
     bisenet = load_bisenet()
-    flops = arithmetic(bisenet)
     model_name, weights = resolve(MODEL)
     sha = file_sha256(weights)
     model_version = f"{model_name}@{sha[:8]}"
@@ -341,6 +337,7 @@ def main(argv=None) -> None:
         for mode, faces in (("face-first", "all"), ("whole-image", "whole-image")):
             runners[f"{mode} onnx"] = OursRunner(faces, args.precision, schema, model_version, onnx_dir)
     precision = runners["face-first"].actor.parser.precision
+    flops = arithmetic(runners["face-first"].actor.parser, bisenet)
     print(f"peer speed: torch {torch.__version__}, {os.cpu_count()} cores, our precision {precision}, "
           f"{args.images} photos a set, batch {args.batch_size}, {args.rounds} round(s); load average at start "
           + " ".join(f"{x:.1f}" for x in os.getloadavg()))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from batch_parse.model.icnn import ICNN
+from batch_parse.model.icnn import ICNN, _downsample
 
 # Per output phase (0 even, 1 odd): which 5x5 taps land on coarse offsets -1, 0, +1.
 _PHASE_TAPS = (((0, 1), (2, 3), (4,)), ((0,), (1, 2), (3, 4)))
@@ -105,10 +105,6 @@ class UpMixConv(nn.Module):
             out[..., W - 1] -= d[:, :c]
             out[..., W - 2] -= d[:, c:]
         return out
-
-
-def _downsample(x: torch.Tensor) -> torch.Tensor:
-    return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
 class _Node(nn.Module):

@@ -10,7 +10,6 @@ package docstring for the six files.
 
 from __future__ import annotations
 
-import copy
 import json
 import warnings
 from pathlib import Path
@@ -86,24 +85,25 @@ def export_onnx(out_dir: str | Path, model: str = "stn-icnn/default", detector: 
     cfg = loaded.cfg
     # Without the polyphase rewrite: its in-place adds into strided views do not trace into ONNX
     # (labels came out 93% right), and a plain 5x5 convolution graph is what other runtimes optimise.
+    # One copy for the three graphs: _export only changes its memory format, the same for each.
     net = optimize_for_inference(loaded, polyphase=False).float()
     s1, ps, classes = cfg.stage1_size, cfg.part_size, cfg.num_classes
     batch = {0: "faces"}
     graphs: dict[str, dict] = {}
     with torch.inference_mode():
         path = out / "stage1.onnx"
-        _export(copy.deepcopy(net.stage1), torch.rand(2, 3, s1, s1), path, ["image"], ["logits"],
+        _export(net.stage1, torch.rand(2, 3, s1, s1), path, ["image"], ["logits"],
                 {"image": batch, "logits": batch}, opset)
         graphs["stage1"] = _describe(path, {"image": f"(faces,3,{s1},{s1}) float32 RGB 0..1, the frame resized (see geometry.stage1_input)"},
                                      {"logits": f"(faces,{classes},{s1},{s1}) float32 stage-1 logits ({', '.join(cfg.class_names)})"})
         path = out / "localiser.onnx"
-        _export(_Localiser(copy.deepcopy(net)), torch.rand(2, classes, s1, s1).softmax(1), path, ["stage1_probs"], ["theta"],
+        _export(_Localiser(net), torch.rand(2, classes, s1, s1).softmax(1), path, ["stage1_probs"], ["theta"],
                 {"stage1_probs": batch, "theta": batch}, opset)
         graphs["localiser"] = _describe(path, {"stage1_probs": f"(faces,{classes},{s1},{s1}) float32 softmax of stage1's logits"},
                                         {"theta": f"(faces,{cfg.num_parts},2,3) float32 part windows (geometry.theta_to_windows)"})
         path = out / "parts.onnx"
         part_outputs = [f"{part}_logits" for part in PART_NAMES]
-        _export(_Parts(copy.deepcopy(net)), torch.rand(2, cfg.num_parts, 3, ps, ps), path, ["crops"], part_outputs,
+        _export(_Parts(net), torch.rand(2, cfg.num_parts, 3, ps, ps), path, ["crops"], part_outputs,
                 {"crops": batch, **{o: batch for o in part_outputs}}, opset)
         graphs["parts"] = _describe(path, {"crops": f"(faces,{cfg.num_parts},3,{ps},{ps}) float32 RGB 0..1, parts in the order {', '.join(PART_NAMES)}"},
                                     {o: f"(faces,1+k,{ps},{ps}) float32 logits: background then the part's classes" for o in part_outputs})

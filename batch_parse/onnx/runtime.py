@@ -108,10 +108,9 @@ def compare_with_torch(folder: str | Path, images: list[np.ndarray], model: str 
     from batch_parse.faces import load_detector
     from batch_parse.model import load_parser
 
-    onnx_detector, onnx_parser = load_onnx(folder)
-    manifest = read_manifest(folder)
-    torch_parser = load_parser(model or manifest["model"]["name"], device="cpu", precision="fp32")
-    if torch_parser.weights_sha256 != manifest["model"]["weights_sha256"]:
+    onnx_detector, onnx_parser = load_onnx(folder)  # its name and weights hash are the manifest's
+    torch_parser = load_parser(model or onnx_parser.model_name, device="cpu", precision="fp32")
+    if torch_parser.weights_sha256 != onnx_parser.weights_sha256:
         raise OnnxError(f"{folder} was exported from other weights than {torch_parser.model_name}")
     faces = load_detector("mtcnn", device="cpu").detect(images) if onnx_detector is not None else None
     onnx_faces = onnx_detector.detect(images) if onnx_detector is not None else None
