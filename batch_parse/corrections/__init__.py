@@ -96,6 +96,7 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
     for target in targets:
         if str(target).startswith("s3://"):
             raise ValueError(f"{target} must be a local folder")
+        _refuse_inside(target, original)
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise ValueError(f"{target} exists and is not an empty folder: import into a new one")
     faces = open_output(original, endpoint_url)
@@ -211,6 +212,22 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
             shutil.rmtree(out, ignore_errors=True)  # the second move failed: neither stays
         raise
     return result
+
+
+def _refuse_inside(target: Path, original: str) -> None:
+    """Corrections never go inside the output they correct: a run would read them as its own rows
+    (and remove the human rows as duplicates of the model's), and readers of the output would see
+    every reviewed face twice. Their place is a folder of their own (README: exactly-once)."""
+    if original.startswith("s3://"):
+        return  # OUT is local (checked above): it cannot be inside an S3 output
+    root = Path(original).resolve()
+    if root.name == DATA_DIR and (root.parent / STATE_DIR).is_dir():
+        root = root.parent  # ORIGINAL given as its data/ folder: the output is the folder above
+    where = target.resolve()
+    if where == root or root in where.parents:
+        raise ValueError(f"{target} is inside the output {original}: a run would take the corrections for its own rows "
+                         f"and readers would see every reviewed face twice; import into a folder outside it "
+                         f"(e.g. {root.parent / (root.name + '-corrected')})")
 
 
 def _staging(target: Path) -> Path:

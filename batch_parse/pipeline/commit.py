@@ -61,7 +61,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batch_parse.output.errors import RETRYABLE
-from batch_parse.output.schema import METADATA_KEY, STATUS_ERROR
+from batch_parse.output.schema import CORRECTION_FIELDS, LABEL_SOURCE_HUMAN, METADATA_KEY, STATUS_ERROR
 from batch_parse.storage import id_ranges
 
 MAX_INDEX_FILES = 16
@@ -139,8 +139,12 @@ class CommitState:
     changed_files: int = 0  # indexed data files found changed or gone (touched, copied, truncated, deleted)
     unvouched_images: int = 0  # images whose index entries disagreed (duplicates or missing rows)
     foreign: list[str] = field(default_factory=list)  # valid Parquet files in data/ that are not ours (left alone)
+    corrections: list[str] = field(default_factory=list)  # human corrections (batch-parse import rows) in data/ (left alone)
+    not_parquet: list[str] = field(default_factory=list)  # *.parquet files in data/ that are not Parquet at all (left alone)
+    adopted: list[str] = field(default_factory=list)  # our rows whose file lost our metadata: checked, metadata restored
     retry_cleared: Counter = field(default_factory=Counter)  # error_code -> retryable error rows removed to redo them
     retryable_kept: Counter = field(default_factory=Counter)  # error_code -> retryable error rows left (not retrying)
+    template: _Template | None = None  # where an adopted file's schema and metadata come from
 
 
 @dataclass
@@ -151,6 +155,7 @@ class _Keys:
     faces: np.ndarray  # face_index, _NO_FACE for an image's one no_face/error row
     counts: np.ndarray  # face_count
     codes: np.ndarray  # retryable error code, or None
+    adopted: bool = False  # our columns and rows, but not our metadata (rewritten by pandas & co): restore it
 
 
 def data_files(fs: pafs.FileSystem, data_dir: str) -> list[str]:
@@ -185,14 +190,17 @@ def remove_partial_rewrites(fs: pafs.FileSystem, data_dir: str, fence: Fence = _
 
 
 def recover(fs: pafs.FileSystem, data_dir: str, index_dir: str, retry_errors: bool = False,
-            fence: Fence = _unfenced) -> CommitState:
+            fence: Fence = _unfenced, schema: pa.Schema | None = None) -> CommitState:
     """Bring an output to a consistent state, seal what was checked, and return what it holds.
 
     retry_errors: also remove retryable error rows (their images are then not done, and redone).
     fence: called before every change to the output; raises if the run no longer holds its lease.
+    schema: the run's output schema, for a file of our rows that lost its metadata when no other
+    data file has it (normally another data file's schema is used: same output, same model).
     """
     data = _data_files(fs, data_dir)
     state = CommitState(index=CommittedIndex(fs))
+    state.template = _Template(fs, data, schema)
     indexes = _read_indexes(fs, index_dir, data, fence)
     state.changed_files = sum(int(f.stale.sum()) for f in indexes)
 
@@ -298,7 +306,8 @@ def _audit(fs: pafs.FileSystem, indexes: list[_IndexFile], uncovered_ids: np.nda
 
 
 def _read_all_keys(fs: pafs.FileSystem, files: list[DataFile], fence: Fence, state: CommitState) -> dict[str, _Keys]:
-    """Key columns of `files`; unfinished files are deleted (fenced), foreign ones noted and left alone."""
+    """Key columns of `files`; unfinished files are deleted (fenced); foreign files, human corrections
+    and files that are not Parquet at all are noted and left alone."""
     with ThreadPoolExecutor(max_workers=SCAN_THREADS) as pool:
         found = list(pool.map(lambda d: _read_keys(fs, d.path), files))
     state.scanned += sum(not isinstance(keys, str) for keys in found)  # unfinished ones were read too
@@ -308,30 +317,132 @@ def _read_all_keys(fs: pafs.FileSystem, files: list[DataFile], fence: Fence, sta
             fence()
             fs.delete_file(d.path)
             state.removed_incomplete.append(d.path)
-        elif isinstance(keys, str):  # "foreign"
+        elif keys == FOREIGN:
             state.foreign.append(d.path)
+        elif keys == CORRECTIONS:
+            state.corrections.append(d.path)
+        elif keys == NOT_PARQUET:
+            state.not_parquet.append(d.path)
+        elif keys.adopted and not _adopt(fs, d.path, state.template, fence):
+            state.foreign.append(d.path)  # another model's rows, or columns we cannot restore: not ours to change
         else:
+            if keys.adopted:
+                state.adopted.append(d.path)
             out[d.name] = keys
     return out
 
 
+@dataclass
+class _Template:
+    """The schema (with our metadata) a file of our rows gets back: another data file's, else the run's."""
+
+    fs: pafs.FileSystem
+    data: dict[str, DataFile]
+    fallback: pa.Schema | None
+    found: pa.Schema | None = None
+
+    def schema(self) -> pa.Schema | None:
+        if self.found is None:
+            for d in sorted(self.data.values(), key=lambda d: d.name):
+                try:
+                    with self.fs.open_input_file(d.path) as f:
+                        schema = pq.read_schema(f)
+                except (pa.ArrowInvalid, OSError):
+                    continue
+                meta = schema.metadata or {}
+                if METADATA_KEY in meta and not _is_corrections(meta, schema.names):
+                    self.found = schema
+                    break
+            else:
+                self.found = self.fallback
+        return self.found
+
+
+def _adopt(fs: pafs.FileSystem, path: str, template: _Template | None, fence: Fence) -> bool:
+    """Give a file of our rows that lost our metadata (pandas `to_parquet`, polars, DuckDB) its schema
+    and metadata back, in place; False (left alone) when its rows are another model's or its columns
+    do not cast to ours. Every row and every extra column of the user's is kept."""
+    schema = template.schema() if template is not None else None
+    if schema is None:
+        return False
+    meta = json.loads(schema.metadata[METADATA_KEY])
+    version = f"{meta.get('model')}@{str(meta.get('weights_sha256'))[:8]}"
+    with fs.open_input_file(path) as f:
+        table = pq.read_table(f)
+    if pc.any(pc.not_equal(table["model_version"], version)).as_py():
+        return False
+    try:
+        restored = _restore(table, schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return False
+    fence()
+    _replace(fs, path, restored)
+    return True
+
+
+def _restore(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` in our schema: our columns cast to our types (missing ones null), the user's own columns
+    kept after them; pandas' index columns dropped (row labels, not data)."""
+    n = table.num_rows
+    columns = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type) for f in schema]
+    fields = list(schema)
+    for name in table.column_names:
+        if name not in schema.names and not name.startswith("__index_level_"):
+            columns.append(table[name])
+            fields.append(table.schema.field(name))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=schema.metadata))
+
+
+FOREIGN, CORRECTIONS, NOT_PARQUET = "foreign", "corrections", "not_parquet"
+# What marks a row as ours when its file lost our metadata (pandas, polars, DuckDB rewrites keep columns, not it).
+_OUR_COLUMNS = [*_KEY_COLUMNS, "key", "model_version"]
+_PARQUET_MAGIC = b"PAR1"
+
+
 def _read_keys(fs: pafs.FileSystem, path: str) -> _Keys | str | None:
-    """The key columns of a data file; None if it is an unfinished write (no valid footer), "foreign"
-    if it is a complete Parquet file that batch-parse did not write."""
+    """The key columns of a data file; None if it is an unfinished write (starts as Parquet, no valid
+    footer). Left alone, by what they are: FOREIGN, a complete Parquet file that batch-parse did not
+    write; CORRECTIONS, human rows `batch-parse import` wrote (label_source = human); NOT_PARQUET, a
+    file that does not even start as Parquet (a user's file named .parquet: never an unfinished write
+    of ours). A file with our columns but without our metadata (rewritten by pandas & co) is ours
+    by its rows: its keys are read, marked `adopted`."""
     try:
         with fs.open_input_file(path) as f:
+            head = f.read(len(_PARQUET_MAGIC))
+            if head and head != _PARQUET_MAGIC[: len(head)]:
+                return NOT_PARQUET
+            f.seek(0)
             parquet = pq.ParquetFile(f)
-            metadata = parquet.schema_arrow.metadata or {}
-            if METADATA_KEY not in metadata or any(c not in parquet.schema_arrow.names for c in _KEY_COLUMNS):
-                return "foreign"
+            schema = parquet.schema_arrow
+            metadata = schema.metadata or {}
+            if _is_corrections(metadata, schema.names):
+                return CORRECTIONS
+            adopted = METADATA_KEY not in metadata
+            if any(c not in schema.names for c in (_OUR_COLUMNS if adopted else _KEY_COLUMNS)):
+                return FOREIGN
             table = parquet.read(columns=_KEY_COLUMNS)
     except (pa.ArrowInvalid, OSError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowInvalid) and "Parquet" not in str(exc):
             raise  # a storage error is not evidence of an unfinished write: never delete on it
         return None
-    faces = table["face_index"].fill_null(_NO_FACE).to_numpy().astype(np.int64)
-    codes = pc.if_else(_retryable_mask(table), table["error_code"], None).to_numpy(zero_copy_only=False)
-    return _Keys(table["id"].to_numpy(), faces, table["face_count"].to_numpy().astype(np.int64), codes)
+    try:
+        faces = table["face_index"].fill_null(_NO_FACE).to_numpy().astype(np.int64)
+        codes = pc.if_else(_retryable_mask(table), table["error_code"], None).to_numpy(zero_copy_only=False)
+        keys = _Keys(table["id"].to_numpy().astype(np.int64), faces, table["face_count"].to_numpy().astype(np.int64), codes, adopted)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError, ValueError):
+        return FOREIGN  # our column names, other types: not rows we can vouch for
+    return keys
+
+
+def _is_corrections(metadata: dict, names: list[str]) -> bool:
+    """Rows `batch-parse import` wrote: its metadata says label_source human, or (metadata lost) its columns do."""
+    raw = metadata.get(METADATA_KEY)
+    if raw is not None:
+        try:
+            return json.loads(raw).get("label_source") == LABEL_SOURCE_HUMAN
+        except (ValueError, AttributeError):
+            return False
+    return all(f.name in names for f in CORRECTION_FIELDS)
 
 
 def _judge(fs: pafs.FileSystem, files: list[tuple[DataFile, _Keys, bool]], suspects: np.ndarray, retry_errors: bool,
@@ -427,9 +538,13 @@ def _rewrite_without(fs: pafs.FileSystem, path: str, keep: np.ndarray) -> None:
     if kept.num_rows == 0:
         fs.delete_file(path)
         return
+    _replace(fs, path, kept)
+
+
+def _replace(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
     # Write beside, then replace: the file is never half-written under its committed name.
     tmp = path.rsplit("/", 1)[0] + "/" + _REWRITE_PREFIX + path.rsplit("/", 1)[1]
-    pq.write_table(kept, tmp, filesystem=fs)
+    pq.write_table(table, tmp, filesystem=fs)
     fs.move(tmp, path)
 
 

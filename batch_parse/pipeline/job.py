@@ -105,12 +105,15 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     adopted, unfinished = commit.publish_staged(fs, layout.staging_root, data_dir, fence)
     summary.adopted_files, summary.leftovers_removed = adopted, summary.leftovers_removed + unfinished
     with summary.timed("recovery"):
-        before = commit.recover(fs, data_dir, index_dir, retry_errors=options.retry_errors, fence=fence)
+        before = commit.recover(fs, data_dir, index_dir, retry_errors=options.retry_errors, fence=fence,
+                                schema=run_schema(options, model_version, sha))
     summary.recovered_incomplete = len(before.removed_incomplete)
     summary.duplicates_removed = before.duplicates_removed
     summary.incomplete_images_redone = before.incomplete_images
     summary.changed_files, summary.unvouched_images = before.changed_files, before.unvouched_images
-    summary.foreign_files = [layout.location.join("data", p[len(data_dir) + 1 :]) for p in before.foreign]
+    shown = lambda paths: [layout.location.join("data", p[len(data_dir) + 1 :]) for p in paths]  # noqa: E731
+    summary.foreign_files, summary.correction_files = shown(before.foreign), shown(before.corrections)
+    summary.not_parquet_files, summary.adopted_rows_files = shown(before.not_parquet), shown(before.adopted)
     summary.retried, summary.not_retried = before.retry_cleared, before.retryable_kept
     summary.data_files, summary.data_files_read = len(before.files), before.scanned
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -197,10 +200,7 @@ def _run_chain(options: JobOptions, fs, manifest_path: str, data_dir: str, model
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     device = options.device or ("cuda" if gpus > 0 else "cpu")
-    # The file's columns and class list follow the model's classes (no pixels_skin for 9-class weights).
-    schema = output_schema(model_version.split("@")[0], sha, options.crop_format, source=options.source,
-                           endpoint_url=options.endpoint_url, policy=inference_policy(options),
-                           class_names=weights_class_names(resolve(options.model)[1]))
+    schema = run_schema(options, model_version, sha)
     counter = start_counter()
 
     with ProgressPrinter(counter, todo):
@@ -242,6 +242,14 @@ def _run_chain(options: JobOptions, fs, manifest_path: str, data_dir: str, model
                 max_rows_per_file=options.rows_per_file,
             )
         )
+
+
+def run_schema(options: JobOptions, model_version: str, sha: str):
+    """The schema (and metadata) of the files this run writes: the file's columns and class list
+    follow the model's classes (no pixels_skin for 9-class weights)."""
+    return output_schema(model_version.split("@")[0], sha, options.crop_format, source=options.source,
+                         endpoint_url=options.endpoint_url, policy=inference_policy(options),
+                         class_names=weights_class_names(resolve(options.model)[1]))
 
 
 def inference_policy(options: JobOptions) -> dict:

@@ -43,6 +43,9 @@ class JobSummary:
     changed_files: int = 0  # indexed data files found changed or gone since (touched, copied, truncated, deleted)
     unvouched_images: int = 0  # images whose index entries disagreed (duplicates or missing rows): re-checked
     foreign_files: list[str] = field(default_factory=list)  # Parquet files in data/ not written by batch-parse
+    correction_files: list[str] = field(default_factory=list)  # human corrections (import rows) found in data/
+    not_parquet_files: list[str] = field(default_factory=list)  # *.parquet in data/ that are not Parquet at all
+    adopted_rows_files: list[str] = field(default_factory=list)  # our rows whose file had lost our metadata
 
     def integrity_lines(self) -> list[str]:
         """What the run found changed in the output since it was last sealed, and did about it."""
@@ -62,6 +65,17 @@ class JobSummary:
             examples = ", ".join(self.foreign_files[:3])
             out.append(f"ignored:  {len(self.foreign_files)} Parquet file(s) in data/ not written by batch-parse (left as they are), "
                        f"e.g. {examples}")
+        if self.correction_files:
+            out.append(f"ignored:  {len(self.correction_files)} file(s) of human corrections in data/ (batch-parse import rows, "
+                       f"left as they are, never counted as done), e.g. {', '.join(self.correction_files[:3])}: move them out "
+                       "of data/ (readers of data/ would see those faces twice)")
+        if self.not_parquet_files:
+            out.append(f"ignored:  {len(self.not_parquet_files)} file(s) in data/ named .parquet that are not Parquet "
+                       f"(left as they are), e.g. {', '.join(self.not_parquet_files[:3])}: rename or move them")
+        if self.adopted_rows_files:
+            out.append(f"recovered: {len(self.adopted_rows_files)} data file(s) had batch-parse's rows without its metadata "
+                       f"(rewritten by another tool), e.g. {', '.join(self.adopted_rows_files[:3])}: checked like the run's "
+                       "own, metadata restored")
         return out
 
     @contextmanager

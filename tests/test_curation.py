@@ -1,0 +1,146 @@
+"""Exactly-once that survives hand curation (issue 25): each case as a user does it to a real output.
+
+Every case starts from a real `batch-parse run` output (the demo photos, a group photo with 4 faces,
+labelled once per session by conftest's demo_output, copied per test), does what a person curating
+the dataset does (imports corrections, prunes rows with pandas, copies data/, links folders, ...),
+reruns the real job on it, and checks the rule of the README's "Exactly-once whatever happens to
+the output": no user's row deleted, no duplicate and no partial image seen by a reader. Each test
+prints its row counts before and after (pytest -s shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from batch_parse.cli.main import cli
+from batch_parse.demo import IMAGES_DIR
+from batch_parse.export import export_output
+
+GROUP = "group_canvas.jpg"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray for the module's reruns (each run_job would otherwise start and stop its own)."""
+    import ray
+
+    from batch_parse.pipeline.job import connect_ray
+
+    connect_ray()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def out(demo_output, tmp_path) -> Path:
+    """A copy of the demo's real output, this test's to change (timestamps kept: the index still covers it)."""
+    copy = tmp_path / "labels"
+    shutil.copytree(demo_output, copy)
+    return copy
+
+
+def _run(source: Path, output: Path):
+    from batch_parse.pipeline.job import run_job
+    from batch_parse.pipeline.options import JobOptions
+
+    summary = run_job(JobOptions(source=str(source), output=str(output), batch_size=4))
+    print("\n".join(summary.lines()))
+    return summary
+
+
+def _keys(folder: Path) -> Counter:
+    """(id, face_index) -> how many rows of every Parquet file under `folder` hold it (pandas' view of it)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(folder)
+    return Counter(zip(frame["id"].tolist(), frame["face_index"].fillna(-1).astype(int).tolist()))
+
+
+def _labelstudio_review(output: Path, tmp_path: Path) -> Path:
+    """Label Studio's JSON export after a reviewer accepted every prediction (as test_import does)."""
+    export_output(str(output), tmp_path / "ls", "labelstudio")
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    reviewed = [{"id": i + 1, "data": t["data"], "predictions": [i + 1],
+                 "annotations": [{"id": 100 + i, "result": t["predictions"][0]["result"], "was_cancelled": False,
+                                  "completed_by": {"id": 7, "email": "r@example.org"},
+                                  "updated_at": "2026-11-30T10:15:30Z"}]} for i, t in enumerate(tasks)]  # fmt: skip
+    path = tmp_path / "project-1.json"
+    path.write_text(json.dumps(reviewed))
+    return path
+
+
+# --- case 1: human corrections are never deleted --------------------------------------------------
+
+
+def test_import_into_the_original_output_is_refused(out, tmp_path):
+    src = _labelstudio_review(out, tmp_path)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    for target in (out / "data" / "corr", out / "corrected", out, out / ".batch-parse" / "x"):
+        result = CliRunner().invoke(cli, ["import", str(src), str(target), "--from", "labelstudio", "--original", str(out)])
+        assert result.exit_code == 1, result.output
+        line = result.output.strip()
+        assert "\n" not in line and f"{target} is inside the output {out}" in line and "import into a folder outside it" in line
+    # ORIGINAL given as its data/ folder: the output is still the folder above.
+    result = CliRunner().invoke(cli, ["import", str(src), str(out / "corr"), "--from", "labelstudio", "--original", str(out / "data")])
+    assert result.exit_code == 1 and "is inside the output" in result.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written
+
+
+def test_corrections_put_in_data_by_hand_are_never_deleted(out, tmp_path, ray_local):
+    """The issue's case: corrections inside data/ were removed as duplicates by the next run. Now a run
+    leaves them where they are, says so, and counts only its own rows as done."""
+    src = _labelstudio_review(out, tmp_path)
+    corrected = tmp_path / "labels-corrected"
+    result = CliRunner().invoke(cli, ["import", str(src), str(corrected), "--from", "labelstudio", "--original", str(out)])
+    assert result.exit_code == 0, result.output
+    human = out / "data" / "corr" / "corrections.parquet"
+    human.parent.mkdir()
+    shutil.copy(corrected / "data" / "corrections.parquet", human)  # what `import OUT/data/corr` used to write
+    model_rows = sum(_keys(out / "data" / name).total() for name in [p.name for p in (out / "data").glob("*.parquet")])
+    human_rows = pq.read_metadata(human).num_rows
+    summary = _run(IMAGES_DIR, out)
+    assert summary.exit_code == 0 and summary.duplicates_removed == 0 and summary.listed == summary.already_done
+    assert human.exists() and pq.read_table(human).num_rows == human_rows
+    assert any(line.startswith("ignored:  1 file(s) of human corrections in data/") and "data/corr/corrections.parquet" in line
+               for line in summary.lines())
+    after_model = sum(pq.read_metadata(p).num_rows for p in (out / "data").glob("*.parquet"))
+    print(f"case 1: model rows {model_rows} -> {after_model}, human rows {human_rows} -> {pq.read_table(human).num_rows} (kept)")
+    assert after_model == model_rows
+
+
+# --- case 3: a file pruned with pandas is reconciled, not left beside a relabelled copy ------------
+
+
+def test_a_pandas_pruned_file_is_recognised_by_its_rows(out, ray_local):
+    import pandas as pd
+
+    files = sorted((out / "data").glob("*.parquet"))
+    target = next(p for p in files if GROUP in pq.read_table(p, columns=["key"])["key"].to_pylist())
+    frame = pd.read_parquet(target)
+    before = _keys(out / "data")
+    group = frame[frame["key"] == GROUP]
+    assert len(group) == 4 and group["face_count"].iloc[0] == 4
+    pruned = frame.drop(group[group["face_index"] == 3].index)  # one face's row dropped, as a user would
+    pruned.to_parquet(target)  # pandas' file: our columns, not our metadata, and its index as a column
+    assert b"batch_parse" not in (pq.read_schema(target).metadata or {})
+    summary = _run(IMAGES_DIR, out)
+    assert summary.exit_code == 0 and summary.foreign_files == []
+    assert any(line.startswith("recovered: 1 data file(s) had batch-parse's rows without its metadata") for line in summary.lines())
+    after = _keys(out / "data")
+    print(f"case 3: rows before the prune {before.total()}, after it {before.total() - 1}, after the rerun {after.total()} "
+          f"({sum(c > 1 for c in after.values())} duplicated (id, face_index))")
+    assert max(after.values()) == 1 and set(after) == set(before)  # the group photo relabelled once, whole
+    assert b"batch_parse" in pq.read_schema(target).metadata  # a file every reader takes as ours again
+    import batch_parse
+
+    assert batch_parse.open_output(str(out)).count_rows() == before.total()
+    again = _run(IMAGES_DIR, out)
+    assert again.listed == again.already_done and again.data_files_read == 0
