@@ -144,3 +144,29 @@ def test_a_pandas_pruned_file_is_recognised_by_its_rows(out, ray_local):
     assert batch_parse.open_output(str(out)).count_rows() == before.total()
     again = _run(IMAGES_DIR, out)
     assert again.listed == again.already_done and again.data_files_read == 0
+
+
+# --- case 2: a copy of only data/ is checked against the source before anything counts as done ----
+
+
+def test_a_copied_data_folder_refuses_another_source(out, tmp_path, face_jpegs):
+    new = tmp_path / "new"
+    shutil.copytree(out / "data", new / "data")  # the README calls data/ the dataset: users copy just that
+    other = tmp_path / "other-photos"
+    other.mkdir()
+    for name, data in zip(["group_canvas.jpg", "hopper.jpg", "unseen.jpg"], face_jpegs(3)):
+        (other / name).write_bytes(data)  # two names the first source has, with other photos in them
+    rows = _keys(new / "data").total()
+    for args in (["run", str(other), str(new)], ["run", str(other), str(new), "--dry-run"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        line = result.output.strip()
+        assert "\n" not in line and f"{new}/data/" in line and f"holds labels of source {IMAGES_DIR}" in line
+        assert f"refusing source {other}: use another output" in line
+    print(f"case 2: rows in the copied data/ {rows} -> {_keys(new / 'data').total()}, none counted done for {other}")
+    assert _keys(new / "data").total() == rows and not (new / ".batch-parse" / "source.json").exists()
+    # The same copy run with its own source: every photo done, nothing relabelled, and the source recorded.
+    result = CliRunner().invoke(cli, ["run", str(IMAGES_DIR), str(new)])
+    assert result.exit_code == 0, result.output
+    assert "11 images listed, 11 already done" in result.output
+    assert json.loads((new / ".batch-parse" / "source.json").read_text())["source"] == str(IMAGES_DIR)

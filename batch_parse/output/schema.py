@@ -151,6 +151,7 @@ def file_metadata(
     endpoint_url: str | None = None,
     policy: dict | None = None,
     class_names: tuple[str, ...] = CLASS_NAMES,
+    source_record: dict | None = None,
 ) -> dict[bytes, bytes]:
     """Schema-level metadata written into every output file.
 
@@ -160,6 +161,8 @@ def file_metadata(
     folder, and the S3 endpoint), so `render` can fetch an original by its row's key.
     policy: the inference choices of the run (faces mode, detector, min_face, threshold): they
     belong to the job, not to the weights file, so they are recorded with the output.
+    source_record: the source as the output records it (source_identity.canonical_source), so a
+    data file copied on its own still says which corpus its ids belong to.
     """
     meta = {
         "schema_version": SCHEMA_VERSION,
@@ -171,6 +174,7 @@ def file_metadata(
         "crop_format": crop_format,
         "source": source,
         "endpoint_url": endpoint_url,
+        **({"source_record": source_record} if source_record else {}),
         **(policy or {}),
         # Self-describing files: what each column means, and how v1 readers move to this schema.
         "columns": COLUMN_DOCS,
@@ -181,11 +185,11 @@ def file_metadata(
 
 def output_schema(
     model_name: str, weights_sha256: str, crop_format: str, *, source: str | None = None, endpoint_url: str | None = None,
-    policy: dict | None = None, class_names: tuple[str, ...] = CLASS_NAMES,
+    policy: dict | None = None, class_names: tuple[str, ...] = CLASS_NAMES, source_record: dict | None = None,
 ) -> pa.Schema:
     return table_schema(class_names).with_metadata(
         file_metadata(model_name, weights_sha256, crop_format, source=source, endpoint_url=endpoint_url, policy=policy,
-                      class_names=class_names)
+                      class_names=class_names, source_record=source_record)
     )
 
 

@@ -64,6 +64,42 @@ def claim_source(fs: pafs.FileSystem, output: Location, source: Location, endpoi
     return True
 
 
+def file_source(meta: dict) -> dict | None:
+    """The source a data file's metadata names, as the output records sources; None where the file
+    cannot say (written before files carried `source_record`, with a relative folder or none)."""
+    record = meta.get("source_record")
+    if isinstance(record, dict) and isinstance(record.get("source"), str):
+        return {"source": record["source"], "endpoint": record.get("endpoint")}
+    raw = meta.get("source")
+    if not isinstance(raw, str) or not raw:
+        return None
+    if raw.startswith("s3://"):
+        endpoint = meta.get("endpoint_url")
+        return {"source": raw.rstrip("/"), "endpoint": urlparse(endpoint).netloc.lower() if endpoint else "aws"}
+    return {"source": os.path.realpath(raw), "endpoint": None} if os.path.isabs(raw) else None
+
+
+def data_file_check(output: Location, source: Location, endpoint_url: str | None, model_version: str, sha256: str):
+    """A check of each data file's own metadata against this run's source and weights (commit.recover
+    calls it on every file no index covers, before any of its rows counts as done): a `data/` copied
+    on its own, without `.batch-parse/`, must not lend another corpus's labels to this source's keys.
+    The check raises ValueError naming the file and what to do."""
+    mine = canonical_source(source, endpoint_url)
+
+    def check(name: str, meta: dict) -> None:
+        where = output.join("data", name)
+        theirs = file_source(meta)
+        if theirs is not None and {**theirs, "source": theirs["source"].rstrip("/")} != {**mine, "source": mine["source"].rstrip("/")}:
+            raise ValueError(f"{where} holds labels of source {_describe(theirs)} (its metadata); refusing source "
+                             f"{_describe(mine)}: use another output, or run it with the source it was labelled from")
+        sha = meta.get("weights_sha256")
+        if isinstance(sha, str) and sha != sha256:
+            raise ValueError(f"{where} holds labels of {meta.get('model')}@{sha[:8]} (its metadata); refusing {model_version}: "
+                             "use another output for these weights, or the model that wrote it (--model)")
+
+    return check
+
+
 def record_source(fs: pafs.FileSystem, output: Location, source: Location, endpoint_url: str | None) -> None:
     """Write the output's source record (the caller holds the lease and found no record)."""
     path = OutputLayout(output).source_file

@@ -80,6 +80,7 @@ _NO_FACE = -1
 _KEY_COLUMNS = ["id", "face_index", "face_count", "status", "error_code"]
 
 Fence = Callable[[], None]
+FileCheck = Callable[[str, dict], None]
 
 
 def _unfenced() -> None:
@@ -145,6 +146,7 @@ class CommitState:
     retry_cleared: Counter = field(default_factory=Counter)  # error_code -> retryable error rows removed to redo them
     retryable_kept: Counter = field(default_factory=Counter)  # error_code -> retryable error rows left (not retrying)
     template: _Template | None = None  # where an adopted file's schema and metadata come from
+    check: FileCheck | None = None  # recover's `check`
 
 
 @dataclass
@@ -156,6 +158,7 @@ class _Keys:
     counts: np.ndarray  # face_count
     codes: np.ndarray  # retryable error code, or None
     adopted: bool = False  # our columns and rows, but not our metadata (rewritten by pandas & co): restore it
+    meta: dict | None = None  # the file's batch_parse metadata (None for an adopted file)
 
 
 def data_files(fs: pafs.FileSystem, data_dir: str) -> list[str]:
@@ -190,17 +193,20 @@ def remove_partial_rewrites(fs: pafs.FileSystem, data_dir: str, fence: Fence = _
 
 
 def recover(fs: pafs.FileSystem, data_dir: str, index_dir: str, retry_errors: bool = False,
-            fence: Fence = _unfenced, schema: pa.Schema | None = None) -> CommitState:
+            fence: Fence = _unfenced, schema: pa.Schema | None = None, check: FileCheck | None = None) -> CommitState:
     """Bring an output to a consistent state, seal what was checked, and return what it holds.
 
     retry_errors: also remove retryable error rows (their images are then not done, and redone).
     fence: called before every change to the output; raises if the run no longer holds its lease.
     schema: the run's output schema, for a file of our rows that lost its metadata when no other
     data file has it (normally another data file's schema is used: same output, same model).
+    check: called with (name in data/, metadata) of every data file no index covers before its rows
+    count; raises (ValueError) to stop the run with nothing changed (another source's or model's file).
     """
     data = _data_files(fs, data_dir)
     state = CommitState(index=CommittedIndex(fs))
     state.template = _Template(fs, data, schema)
+    state.check = check
     indexes = _read_indexes(fs, index_dir, data, fence)
     state.changed_files = sum(int(f.stale.sum()) for f in indexes)
 
@@ -311,6 +317,10 @@ def _read_all_keys(fs: pafs.FileSystem, files: list[DataFile], fence: Fence, sta
     with ThreadPoolExecutor(max_workers=SCAN_THREADS) as pool:
         found = list(pool.map(lambda d: _read_keys(fs, d.path), files))
     state.scanned += sum(not isinstance(keys, str) for keys in found)  # unfinished ones were read too
+    if state.check is not None:  # before anything is changed: a file of another corpus stops the run here
+        for d, keys in zip(files, found):
+            if isinstance(keys, _Keys) and keys.meta is not None:
+                state.check(d.name, keys.meta)
     out = {}
     for d, keys in zip(files, found):
         if keys is None:
@@ -428,10 +438,19 @@ def _read_keys(fs: pafs.FileSystem, path: str) -> _Keys | str | None:
     try:
         faces = table["face_index"].fill_null(_NO_FACE).to_numpy().astype(np.int64)
         codes = pc.if_else(_retryable_mask(table), table["error_code"], None).to_numpy(zero_copy_only=False)
-        keys = _Keys(table["id"].to_numpy().astype(np.int64), faces, table["face_count"].to_numpy().astype(np.int64), codes, adopted)
+        keys = _Keys(table["id"].to_numpy().astype(np.int64), faces, table["face_count"].to_numpy().astype(np.int64), codes, adopted,
+                     None if adopted else _json_or_none(metadata[METADATA_KEY]))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError, ValueError):
         return FOREIGN  # our column names, other types: not rows we can vouch for
     return keys
+
+
+def _json_or_none(raw: bytes) -> dict | None:
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def _is_corrections(metadata: dict, names: list[str]) -> bool:
@@ -707,8 +726,10 @@ class CommittedView:
         return self.index.size + len(self.uncovered_done)
 
 
-def read_committed(fs: pafs.FileSystem, data_dir: str, index_dir: str, staging_root: str | None = None) -> CommittedView:
-    """The output's committed images, read-only (see CommittedView); with `staging_root`, its staged files too."""
+def read_committed(fs: pafs.FileSystem, data_dir: str, index_dir: str, staging_root: str | None = None,
+                   check: FileCheck | None = None) -> CommittedView:
+    """The output's committed images, read-only (see CommittedView); with `staging_root`, its staged
+    files too; `check` as recover's, on the data files no index covers."""
     data = _data_files(fs, data_dir)
     indexes = _read_indexes(fs, index_dir, data, _unfenced, delete_unusable=False)
     covers = {c["name"]: c for f in indexes for c, ok in zip(f.covers, f.valid) if ok}
@@ -716,6 +737,10 @@ def read_committed(fs: pafs.FileSystem, data_dir: str, index_dir: str, staging_r
     uncovered = [d for name, d in sorted(data.items()) if name not in covers]
     with_retryable = [data[name] for name, c in sorted(covers.items()) if c.get("retryable")]
     keys = _read_keys_quietly(fs, uncovered + with_retryable)
+    if check is not None:
+        for d in uncovered:
+            if isinstance(keys[d.path], _Keys) and keys[d.path].meta is not None:
+                check(d.name, keys[d.path].meta)
     view.uncovered_files = len(uncovered)
     view.unfinished_files = sum(keys[d.path] is None for d in uncovered)
     view.foreign_files = sum(isinstance(keys[d.path], str) for d in uncovered)

@@ -32,11 +32,11 @@ from batch_parse.pipeline.progress import ProgressPrinter, start_counter
 from batch_parse.output.schema import output_schema
 from batch_parse.pipeline.summary import JobSummary
 from batch_parse.output import lease
-from batch_parse.storage.location import Location
+from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.manifest import remove_partial_manifests
 from batch_parse.storage.s3 import StorageError, abort_unfinished_uploads, check_access, describe_error, pyarrow_filesystem
 from batch_parse.output.model_identity import claim_model
-from batch_parse.output.source_identity import claim_source, record_source
+from batch_parse.output.source_identity import canonical_source, claim_source, data_file_check, record_source
 
 
 def connect_ray() -> None:
@@ -106,7 +106,8 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     summary.adopted_files, summary.leftovers_removed = adopted, summary.leftovers_removed + unfinished
     with summary.timed("recovery"):
         before = commit.recover(fs, data_dir, index_dir, retry_errors=options.retry_errors, fence=fence,
-                                schema=run_schema(options, model_version, sha))
+                                schema=run_schema(options, model_version, sha),
+                                check=data_file_check(output, source, options.endpoint_url, model_version, sha))
     summary.recovered_incomplete = len(before.removed_incomplete)
     summary.duplicates_removed = before.duplicates_removed
     summary.incomplete_images_redone = before.incomplete_images
@@ -246,10 +247,12 @@ def _run_chain(options: JobOptions, fs, manifest_path: str, data_dir: str, model
 
 def run_schema(options: JobOptions, model_version: str, sha: str):
     """The schema (and metadata) of the files this run writes: the file's columns and class list
-    follow the model's classes (no pixels_skin for 9-class weights)."""
+    follow the model's classes (no pixels_skin for 9-class weights); each file names its source as
+    the output records it, so a data file checks on its own (source_identity.data_file_check)."""
     return output_schema(model_version.split("@")[0], sha, options.crop_format, source=options.source,
                          endpoint_url=options.endpoint_url, policy=inference_policy(options),
-                         class_names=weights_class_names(resolve(options.model)[1]))
+                         class_names=weights_class_names(resolve(options.model)[1]),
+                         source_record=canonical_source(parse_location(options.source), options.endpoint_url))
 
 
 def inference_policy(options: JobOptions) -> dict:

@@ -25,7 +25,7 @@ from batch_parse.storage.listing import iter_objects
 from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.manifest import DoneIds, ManifestStats, write_manifest
 from batch_parse.storage.s3 import check_access, pyarrow_filesystem
-from batch_parse.output.source_identity import claim_source
+from batch_parse.output.source_identity import claim_source, data_file_check
 
 
 def check_locations(options: JobOptions) -> tuple[Location, Location]:
@@ -133,8 +133,8 @@ def dry_run(options: JobOptions) -> DryRun:
     fs = pyarrow_filesystem(output, options.endpoint_url)
     layout = OutputLayout(output)
     claim_source(fs, output, source, options.endpoint_url, record=False)  # reads only: raises on another source
-    legacy = _check_model(fs, output, layout, options.model)
-    view = commit.read_committed(fs, layout.data_dir, layout.index_dir, layout.staging_root)
+    legacy, check = _check_model(fs, output, source, layout, options)
+    view = commit.read_committed(fs, layout.data_dir, layout.index_dir, layout.staging_root, check=check)
     done = _Done(view, options.retry_errors)
     with tempfile.TemporaryDirectory(prefix="batch-parse-dry-run-") as scratch:
         stats = list_todo(options, source, pafs.LocalFileSystem(), f"{scratch}/manifest.parquet", done)
@@ -148,14 +148,17 @@ def dry_run(options: JobOptions) -> DryRun:
     return result
 
 
-def _check_model(fs: pafs.FileSystem, output: Location, layout: OutputLayout, model: str) -> list[str]:
-    """Refuse other weights as the run would (model.json); the legacy folders of these weights."""
+def _check_model(fs: pafs.FileSystem, output: Location, source: Location, layout: OutputLayout,
+                 options: JobOptions) -> tuple[list[str], commit.FileCheck]:
+    """Refuse other weights as the run would (model.json); the legacy folders of these weights, and
+    the run's check of each uncovered data file's own source and weights."""
     # model.weights imports torch: only once the arguments are checked
     from batch_parse.model.weights import file_sha256, resolve
     from batch_parse.pipeline.migrate import legacy_folders
     from batch_parse.output.model_identity import claim_model
 
-    name, path = resolve(model)
+    name, path = resolve(options.model)
     sha = file_sha256(path)
     claim_model(fs, output, f"{name}@{sha[:8]}", sha, record=False)  # reads only: raises on other weights
-    return legacy_folders(fs, layout, sha)
+    check = data_file_check(output, source, options.endpoint_url, f"{name}@{sha[:8]}", sha)
+    return legacy_folders(fs, layout, sha), check
