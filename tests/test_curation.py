@@ -15,6 +15,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -170,3 +172,51 @@ def test_a_copied_data_folder_refuses_another_source(out, tmp_path, face_jpegs):
     assert result.exit_code == 0, result.output
     assert "11 images listed, 11 already done" in result.output
     assert json.loads((new / ".batch-parse" / "source.json").read_text())["source"] == str(IMAGES_DIR)
+
+
+# --- case 6: a torn output is never read or exported as complete ---------------------------------
+
+
+def _tear(out: Path) -> tuple[Path, Path]:
+    """What a SIGKILL between two moves from staging to data/ leaves: the group photo's faces 0-2
+    published in data/, its face 3 still in the run's staging folder (the file it was written in)."""
+    target = next(p for p in sorted((out / "data").glob("*.parquet")) if GROUP in pq.read_table(p, columns=["key"])["key"].to_pylist())
+    table = pq.read_table(target)
+    last = pa.compute.and_(pa.compute.equal(table["key"], GROUP), pa.compute.equal(table["face_index"], 3))
+    staged = out / ".batch-parse" / "staging" / "20261206T000000000000Z-4242" / "b-000000-0.parquet"
+    staged.parent.mkdir(parents=True)
+    pq.write_table(table.filter(last), staged)
+    published = out / "data" / "a-000000-0.parquet"
+    pq.write_table(table.filter(pa.compute.invert(last)), published)
+    target.unlink()
+    return published, staged
+
+
+def test_export_and_open_output_skip_the_images_of_a_torn_output(out, tmp_path, ray_local):
+    import warnings
+
+    import batch_parse
+
+    whole = export_output(str(out), tmp_path / "whole", "coco")
+    rows = batch_parse.open_output(str(out)).count_rows()
+    _tear(out)
+    torn = export_output(str(out), tmp_path / "torn", "coco")
+    assert (torn.images, torn.faces, torn.incomplete) == (whole.images - 1, whole.faces - 4, 1)
+    assert any(n.startswith("left out 1 image(s) with only some of their faces") and GROUP in n for n in torn.notes)
+    coco = json.loads((tmp_path / "torn" / "annotations.json").read_text())
+    assert GROUP not in [i["file_name"] for i in coco["images"]]
+    with pytest.warns(UserWarning, match=r"1 image\(s\) have only some of their faces in the output"):
+        faces = batch_parse.open_output(str(out))
+    assert faces.incomplete_images == 1 and faces.count_rows() == rows - 4
+    assert GROUP not in faces.to_table(columns=["key"])["key"].to_pylist()
+    with pytest.warns(UserWarning):
+        assert batch_parse.open_output(str(out / "data")).count_rows() == rows - 4
+    print(f"case 6: torn output: export {whole.images} -> {torn.images} image(s) (1 left out, said), "
+          f"open_output {rows} -> {faces.count_rows()} row(s)")
+    summary = _run(IMAGES_DIR, out)  # publishes the staged face: the photo is whole again, nothing relabelled
+    assert summary.exit_code == 0 and summary.adopted_files == 1 and summary.listed == summary.already_done
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        faces = batch_parse.open_output(str(out))
+    assert faces.incomplete_images == 0 and faces.count_rows() == rows
+    assert export_output(str(out), tmp_path / "after", "coco").images == whole.images

@@ -29,6 +29,7 @@ class ExportResult:
     faces: int = 0
     parts: int = 0  # part masks: COCO annotations, Label Studio results, CVAT objects
     copied: int = 0
+    incomplete: int = 0  # images left out: only some of their faces in the output (a torn publish)
     files: list[str] = field(default_factory=list)  # relative to out
     notes: list[str] = field(default_factory=list)
 
@@ -83,7 +84,8 @@ def export_output(dst: str, out: str | os.PathLike, fmt: str, *, where: str | No
         if progress is not None:
             progress(rows_read, total, result.images)
 
-    photos = iter_photos(output, condition, limit, columns=module.COLUMNS, progress=advance)
+    incomplete: list = []
+    photos = iter_photos(output, condition, limit, columns=module.COLUMNS, progress=advance, incomplete=incomplete)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -96,6 +98,11 @@ def export_output(dst: str, out: str | os.PathLike, fmt: str, *, where: str | No
             for child in out.iterdir():
                 shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
         raise
+    if incomplete:
+        result.incomplete = len(incomplete)
+        result.notes.append(f"left out {len(incomplete)} image(s) with only some of their faces in {dst} (e.g. "
+                            f"{incomplete[0].key}): a run was interrupted while publishing; the next run of the same "
+                            "command labels them again, then export again")
     if result.images == 0:
         result.notes.append("no image matched" + (f" --where {condition}" if condition else "") + ": the export is empty")
     return result

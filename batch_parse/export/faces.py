@@ -141,22 +141,25 @@ class Photo:
 
 
 def iter_photos(output: Output, where: Where | None = None, limit: int | None = None,
-                columns: Sequence[str] = (), progress=None) -> Iterator[Photo]:
-    """The output's photos with at least one face (or a no_face row) that `where` keeps, at most `limit`.
+                columns: Sequence[str] = (), progress=None, incomplete: list[Photo] | None = None) -> Iterator[Photo]:
+    """The output's complete photos with at least one face (or a no_face row) that `where` keeps, at most `limit`.
 
     columns: extra columns to read for each face, in Face.columns (raw values: crops stay bytes).
     progress(rows_read): called after every batch.
+    incomplete: receives the photos with only some of their rows in the output (a torn output: the
+    next run redoes them), which are never yielded: a 4-face photo is not exported as a 3-face one.
     """
     wanted = list(dict.fromkeys((*PHOTO_COLUMNS, *FACE_COLUMNS, *columns, *(where.columns if where else ()))))
-    exportable = (photo for photo in _assembled_photos(output, wanted, where, columns, progress) if _exportable(photo))
+    photos = _assembled_photos(output, wanted, where, columns, progress, incomplete if incomplete is not None else [])
+    exportable = (photo for photo in photos if _exportable(photo))
     for photo in itertools.islice(exportable, limit):
         photo.faces.sort(key=lambda f: f.index)
         yield photo
 
 
 def _assembled_photos(output: Output, wanted: list[str], where: Where | None, columns: Sequence[str],
-                      progress) -> Iterator[Photo]:
-    """Every photo once all its rows are read (faces may span files), then those with rows missing."""
+                      progress, incomplete: list[Photo]) -> Iterator[Photo]:
+    """Every photo once all its rows are read (faces may span files); those with rows missing go to `incomplete`."""
     pending: dict[int, tuple[Photo, int]] = {}  # id -> (photo so far, rows of it still to come)
     for file in output.files:
         for batch in _file_batches(output, file, wanted):
@@ -177,9 +180,8 @@ def _assembled_photos(output: Output, wanted: list[str], where: Where | None, co
                     yield photo
             if progress is not None:
                 progress(batch.num_rows)
-    # Images with rows missing (a torn output the job would redo): export what is there.
-    for photo, _ in pending.values():
-        yield photo
+    # Images with rows missing (a torn output the job will redo): said, never exported in part.
+    incomplete.extend(photo for photo, _ in pending.values())
 
 
 def _file_batches(output: Output, file: OutputFile, columns: list[str]) -> Iterator[pa.RecordBatch]:

@@ -10,20 +10,25 @@
 
 Only files batch-parse wrote are in it (foreign Parquet files are left out, and listed in
 `foreign`); the class names and colours come from the files' own metadata, so outputs of
-models with other classes read the same way.
+models with other classes read the same way. Images with only some of their faces in data/ (a
+run killed while it published its files: the next run redoes them) are left out, counted in
+`incomplete_images`, with a warning: a reader never sees a 4-face photo as a 3-face one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import warnings
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from batch_parse.output.codec import decode_crop, decode_label_map, place_label_map
-from batch_parse.output.layout import DATA_DIR
+from batch_parse.output.layout import DATA_DIR, STATE_DIR
 from batch_parse.output.reader import Output
 from batch_parse.output.reader import open_output as _scan
 
@@ -36,9 +41,15 @@ class FaceDataset:
     dataset: ds.Dataset
     metadata: dict  # batch_parse metadata of the files: class_names, class_colors, parts, model, ...
     output: Output
+    incomplete_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # left out: a torn output
+
+    @property
+    def incomplete_images(self) -> int:
+        """Images left out because only some of their faces are in the output (the next run redoes them)."""
+        return len(self.incomplete_ids)
 
     def __getattr__(self, name: str):
-        if name in ("dataset", "metadata", "output"):  # not set yet: never recurse
+        if name in ("dataset", "metadata", "output", "incomplete_ids"):  # not set yet: never recurse
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
@@ -79,6 +90,9 @@ class FaceDataset:
         import ray
 
         dataset = ray.data.read_parquet(self.files, filesystem=self.output.filesystem)
+        if self.incomplete_images:
+            torn = set(self.incomplete_ids.tolist())
+            dataset = dataset.filter(lambda row: row["id"] not in torn)
         return dataset.select_columns(list(columns)) if columns else dataset
 
     def to_hf(self, columns: Sequence[str] | None = None):
@@ -117,7 +131,28 @@ def open_output(path: str, endpoint_url: str | None = None) -> FaceDataset:
     first = output.files[0]  # one model per data/ folder: any file's metadata describes them all
     schema = schema.with_metadata(first.schema.metadata if first.schema is not None else None)
     dataset = ds.dataset([f.path for f in output.files], schema=schema, format="parquet", filesystem=output.filesystem)
-    return FaceDataset(dataset, first.metadata, output)
+    torn = _torn(output)
+    if torn.size:
+        dataset = dataset.filter(~pc.field("id").isin(pa.array(torn, pa.int64())))
+        warnings.warn(f"{output.location.uri}: {torn.size} image(s) have only some of their faces in the output (a run was "
+                      "interrupted while publishing): left out; the next run of the same command labels them again",
+                      stacklevel=2)
+    return FaceDataset(dataset, first.metadata, output, torn)
+
+
+def _torn(output: Output) -> np.ndarray:
+    """Ids of the images the output holds only in part (commit.torn_images), for its data folder."""
+    from batch_parse.pipeline.commit import torn_images
+
+    location = output.location
+    if [f.path for f in output.files] == [location.fs_path()]:
+        return np.empty(0, np.int64)  # one file given: nothing beside it to complete its images
+    data_dir = location.fs_path(DATA_DIR)
+    if any(f.path.startswith(data_dir + "/") for f in output.files):
+        return torn_images(output.filesystem, data_dir, location.fs_path(STATE_DIR, "index"))
+    root = location.fs_path()  # the data folder itself, or a folder of data files
+    parent = root.rsplit("/", 1)[0] if root.rsplit("/", 1)[-1] == DATA_DIR else root
+    return torn_images(output.filesystem, root, f"{parent}/{STATE_DIR}/index")
 
 
 __all__ = ["FaceDataset", "open_output"]

@@ -762,6 +762,40 @@ def read_committed(fs: pafs.FileSystem, data_dir: str, index_dir: str, staging_r
     return view
 
 
+def torn_images(fs: pafs.FileSystem, data_dir: str, index_dir: str) -> np.ndarray:
+    """Sorted ids of the images a reader of `data_dir` would see only in part, read-only.
+
+    A run publishes its files into data/ one at a time, and a kill between two moves leaves an
+    image with some of its faces in data/ and the rest in staging until the next run (which
+    removes it and labels it again). Such rows are in files no index covers yet, so only those
+    are read (their key columns); a settled output costs the index footers alone.
+    """
+    data = _data_files(fs, data_dir)
+    if not data:
+        return np.empty(0, np.int64)
+    indexes = _read_indexes(fs, index_dir, data, _unfenced, delete_unusable=False)
+    covered = {c["name"] for f in indexes for c, ok in zip(f.covers, f.valid) if ok}
+    keys = [k for k in _read_keys_quietly(fs, [d for n, d in sorted(data.items()) if n not in covered]).values()
+            if isinstance(k, _Keys)]
+    if not keys:
+        return np.empty(0, np.int64)
+    ids, faces, counts = (np.concatenate([getattr(k, a) for k in keys]) for a in ("ids", "faces", "counts"))
+    _, _, incomplete = rows_to_drop(ids, faces, counts)
+    if not incomplete.size or not indexes:
+        return np.sort(incomplete).astype(np.int64)
+    # An image may also have rows in covered files (a file touched since indexed, beside an untouched
+    # one): add the rows the index vouches for there before calling it torn.
+    rows = Counter(ids[np.isin(ids, incomplete)].tolist())
+    for f in indexes:
+        with fs.open_input_file(f.path) as stream:
+            t = pq.read_table(stream, columns=["id", "file", "rows"], filters=[("id", "in", incomplete.tolist())])
+        valid = f.valid[t["file"].to_numpy()]
+        for i, r in zip(t["id"].to_numpy()[valid].tolist(), t["rows"].to_numpy()[valid].tolist()):
+            rows[i] += r
+    need = {i: max(int(c), 1) for i, c in zip(ids.tolist(), counts.tolist())}
+    return np.array(sorted(i for i in incomplete.tolist() if rows[i] != need[i]), np.int64)
+
+
 def _read_keys_quietly(fs: pafs.FileSystem, files: list[DataFile]) -> dict[str, _Keys | str | None]:
     """_read_keys of each file by path; a file gone meanwhile (published, rewritten) reads as unfinished."""
 
