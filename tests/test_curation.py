@@ -220,3 +220,31 @@ def test_export_and_open_output_skip_the_images_of_a_torn_output(out, tmp_path, 
         faces = batch_parse.open_output(str(out))
     assert faces.incomplete_images == 0 and faces.count_rows() == rows
     assert export_output(str(out), tmp_path / "after", "coco").images == whole.images
+
+
+# --- case 5: a photo reached by two paths is labelled once, and the skip is said ----------------
+
+
+def test_a_folder_symlink_does_not_re_key_labelled_photos(tmp_path, face_jpegs, ray_local):
+    src, labels = tmp_path / "src", tmp_path / "labels"
+    (src / "zz").mkdir(parents=True)
+    for i, data in enumerate(face_jpegs(3)):
+        (src / "zz" / f"p{i}.jpg").write_bytes(data)
+    first = CliRunner().invoke(cli, ["run", str(src), str(labels), "--faces", "whole-image", "--batch-size", "4"])
+    assert first.exit_code == 0, first.output
+    before = _keys(labels / "data")
+    (src / "aa").symlink_to("zz")  # sorts before zz: the walk used to take aa/ and skip zz/ silently
+    (src / "zz" / "same.jpg").symlink_to("p0.jpg")  # a photo linked beside itself
+    (src / "outside").symlink_to(tmp_path / "elsewhere")  # a folder outside the source: its only path, followed
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "e.jpg").write_bytes(face_jpegs(4)[3])
+    dry = CliRunner().invoke(cli, ["run", str(src), str(labels), "--dry-run"])
+    assert dry.exit_code == 0 and "to do:    1 image(s)" in dry.output and "2 second path(s) by symlink" in dry.output, dry.output
+    again = CliRunner().invoke(cli, ["run", str(src), str(labels), "--faces", "whole-image", "--batch-size", "4"])
+    assert again.exit_code == 0, again.output
+    assert "4 images listed, 3 already done" in again.output
+    assert "skipped:  2 symlink(s) to a folder or photo the source holds by its real path (labelled once, there), " \
+           "e.g. aa -> zz; zz/same.jpg -> zz/p0.jpg" in again.output
+    after = pads.dataset(labels / "data", format="parquet").to_table(columns=["key"])["key"].to_pylist()
+    print(f"case 5: rows {before.total()} for 3 photos; after `ln -s zz aa` and a rerun {len(after)} rows for 4 photos")
+    assert sorted(after) == ["outside/e.jpg", "zz/p0.jpg", "zz/p1.jpg", "zz/p2.jpg"]

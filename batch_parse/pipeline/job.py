@@ -125,6 +125,7 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     summary.listed, summary.already_done = manifest.listed, manifest.excluded
     summary.skipped_non_image = manifest.skipped_non_image
     summary.skipped_unreadable, summary.unreadable_examples = manifest.skipped_unreadable, manifest.unreadable_examples
+    summary.skipped_second_path, summary.second_path_examples = manifest.skipped_second_path, manifest.second_path_examples
     summary.non_image_examples, summary.skipped_system, summary.system_examples = (
         manifest.non_image_examples, manifest.skipped_system, manifest.system_examples)
     source_recorded, model_recorded = recorded

@@ -98,10 +98,11 @@ class DryRun:
             out.append(f"kept:     {self.retryable} image(s) with retryable error rows (--no-retry-errors)")
         skipped = [f"{s.skipped_non_image} non-image" if s.skipped_non_image else "",
                    f"{s.skipped_system} system" if s.skipped_system else "",
-                   f"{s.skipped_unreadable} unreadable" if s.skipped_unreadable else ""]
+                   f"{s.skipped_unreadable} unreadable" if s.skipped_unreadable else "",
+                   f"{s.skipped_second_path} second path(s) by symlink" if s.skipped_second_path else ""]
         if any(skipped):
-            total = s.skipped_non_image + s.skipped_system + s.skipped_unreadable
-            examples = (s.non_image_examples + s.system_examples + s.unreadable_examples)[:3]
+            total = s.skipped_non_image + s.skipped_system + s.skipped_unreadable + s.skipped_second_path
+            examples = (s.non_image_examples + s.system_examples + s.unreadable_examples + s.second_path_examples)[:3]
             out.append(f"skipped:  {total} ({', '.join(k for k in skipped if k)}), e.g. {', '.join(examples)}")
         if self.uncovered_files:
             out.append(f"checks:   {self.uncovered_files} data file(s) not yet indexed; the run checks them first"
@@ -117,7 +118,8 @@ class DryRun:
         s = self.stats
         return {"source": self.source, "output": self.output, "listed": s.listed, "done": s.excluded, "to_do": s.written,
                 "retryable": self.retryable, "retry_errors": self.retry_errors,
-                "skipped": {"non_image": s.skipped_non_image, "system": s.skipped_system, "unreadable": s.skipped_unreadable},
+                "skipped": {"non_image": s.skipped_non_image, "system": s.skipped_system, "unreadable": s.skipped_unreadable,
+                            "second_path": s.skipped_second_path},
                 "uncovered_files": self.uncovered_files, "unfinished_files": self.unfinished_files,
                 "staged_files": self.staged_files, "legacy_folders": self.legacy_folders, "notes": self.notes}
 

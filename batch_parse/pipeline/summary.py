@@ -22,6 +22,8 @@ class JobSummary:
     system_examples: list[str] = field(default_factory=list)
     skipped_unreadable: int = 0  # local entries that are no readable file: symlink loops, sockets, ...
     unreadable_examples: list[str] = field(default_factory=list)  # "key: reason"
+    skipped_second_path: int = 0  # symlinks to folders or photos the source holds by their real path
+    second_path_examples: list[str] = field(default_factory=list)  # "link -> real key"
     rows_ok: int = 0  # face rows
     images_ok: int = 0  # images with at least one face row
     no_face: int = 0  # images decoded without a face found (one row each)
@@ -116,6 +118,9 @@ class JobSummary:
         if self.skipped_unreadable:
             examples = "; ".join(self.unreadable_examples[:3])
             out.append(f"skipped:  {self.skipped_unreadable} unreadable entries (not files we can read), e.g. {examples}")
+        if self.skipped_second_path:
+            out.append(f"skipped:  {self.skipped_second_path} symlink(s) to a folder or photo the source holds by its real "
+                       f"path (labelled once, there), e.g. {'; '.join(self.second_path_examples[:3])}")
         if self.leftovers_removed:
             out.append(f"recovered: removed {self.leftovers_removed} partial manifest(s), rewrite(s) or unfinished upload(s) of an interrupted run")
         if self.recovered_incomplete:

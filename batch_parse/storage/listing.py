@@ -73,6 +73,9 @@ class ListingStats:
     skipped_unreadable: int = 0
     unreadable_reasons: Counter = field(default_factory=Counter)
     unreadable_examples: list[str] = field(default_factory=list)  # "key: reason"
+    # Local folders only: symlinks to a folder or photo the source holds by its real path (walked there).
+    skipped_second_path: int = 0
+    second_path_examples: list[str] = field(default_factory=list)  # "link -> its real key"
 
 
 class ObjectListing:
@@ -100,7 +103,11 @@ class ObjectListing:
 
     def _images_only(self, walk: Iterator[tuple[str, ObjectInfo | Unreadable]]) -> Iterator[ObjectInfo]:
         for relative, info in walk:
-            if is_system_key(relative) or isinstance(info, _SystemFolder):
+            if isinstance(info, _SecondPath):
+                self.stats.skipped_second_path += 1
+                if len(self.stats.second_path_examples) < EXAMPLES_KEPT:
+                    self.stats.second_path_examples.append(f"{relative} -> {info.reason}")
+            elif is_system_key(relative) or isinstance(info, _SystemFolder):
                 self.stats.skipped_system += 1
                 if len(self.stats.system_examples) < EXAMPLES_KEPT:
                     self.stats.system_examples.append(relative)
@@ -148,6 +155,12 @@ def _is_system_folder(name: str) -> bool:
 
 class _SystemFolder(Unreadable):
     """A local system folder, skipped whole (counted once, not walked: it may hold thousands, or be unreadable)."""
+
+
+class _SecondPath(Unreadable):
+    """A symlink to a folder or photo inside the source: it is walked by its real path (the reason
+    holds that key), so the link is skipped. Ids are hashes of keys: a photo under two keys would be
+    two images, labelled twice, and a new link would re-key photos already labelled."""
 
 
 def _walk_s3(location: Location, endpoint_url: str | None, page_size: int) -> Iterator[tuple[str, ObjectInfo]]:
@@ -272,6 +285,7 @@ def _walk_local(root: str) -> Iterator[tuple[str, ObjectInfo | Unreadable]]:
         what = "is not a folder" if os.path.exists(root) else "does not exist"
         raise StorageError(f"source folder {what}: {root}")
     seen_dirs: set[tuple[int, int]] = set()
+    real_root = os.path.realpath(root)
 
     def walk(folder: str, relative: str, folder_stat: os.stat_result) -> Iterator[tuple[str, ObjectInfo | Unreadable]]:
         # Symlinked folders are followed (datasets are often assembled that way) but only once.
@@ -303,6 +317,13 @@ def _walk_local(root: str) -> Iterator[tuple[str, ObjectInfo | Unreadable]]:
             except OSError as exc:
                 yield key, Unreadable(_reason(exc))
                 continue
+            if entry.is_symlink():
+                real = os.path.realpath(entry.path)
+                if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+                    # Inside the source: reached by its real path. Links that leave the source (a
+                    # dataset assembled from folders elsewhere) are followed: that is their only path.
+                    yield key, _SecondPath(os.path.relpath(real, real_root).replace(os.sep, "/") if real != real_root else ".")
+                    continue
             if stat.S_ISDIR(info.st_mode):
                 if _is_system_folder(entry.name):
                     yield f"{key}/", _SystemFolder("system folder")

@@ -79,6 +79,8 @@ class ManifestStats:
     system_examples: list[str] = field(default_factory=list)
     skipped_unreadable: int = 0  # symlink loops, dangling links, sockets, unreadable folders (listing)
     unreadable_examples: list[str] = field(default_factory=list)  # "key: reason"
+    skipped_second_path: int = 0  # symlinks to what the source holds by its real path (listing)
+    second_path_examples: list[str] = field(default_factory=list)  # "link -> real key"
     list_seconds: float = 0.0  # listing, into sorted parts
     exclude_seconds: float = 0.0  # the anti-join against the done ids
 
@@ -138,6 +140,8 @@ def write_manifest(
         stats.system_examples = list(objects.stats.system_examples)
         stats.skipped_unreadable = objects.stats.skipped_unreadable
         stats.unreadable_examples = list(objects.stats.unreadable_examples)
+        stats.skipped_second_path = objects.stats.skipped_second_path
+        stats.second_path_examples = list(objects.stats.second_path_examples)
     return stats
 
 
