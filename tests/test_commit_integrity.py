@@ -8,6 +8,7 @@ absent from both data and index (so the next run redoes it), and that a second r
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -164,3 +165,21 @@ def test_staged_files_are_published_complete_and_unfinished_ones_dropped(tmp_pat
     with pytest.raises(RuntimeError):
         commit.publish_staged(FS, str(staging), str(tmp_path / "data"), fence=lost)
     assert (staging / "z.parquet").exists() and not (tmp_path / "data" / "z.parquet").exists()
+
+
+def test_an_index_edited_to_agree_with_itself_loses_to_the_data(tmp_path):
+    """Image 2's entry removed and a.parquet's cover lowered by its one row: entries and covers agree,
+    and only the index's checksum (written at close) says it is not what batch-parse wrote."""
+    _sealed_output(tmp_path)
+    (path,) = (tmp_path / ".batch-parse" / "index").iterdir()
+    table = pq.read_table(path)
+    record = json.loads(table.schema.metadata[b"batch_parse_index"])
+    for cover in record["covers"]:
+        if cover["name"] == "a.parquet":
+            cover["rows"] -= 1
+    pruned = table.filter(pa.compute.not_equal(table["id"], 2))
+    meta = {**pq.read_metadata(path).metadata, b"batch_parse_index": json.dumps(record).encode()}
+    pq.write_table(pruned.replace_schema_metadata(meta), path)  # keeps the checksum written for the old content
+    state = _recover(tmp_path)
+    assert state.edited_index_files == 1 and _indexed(state) == [1, 2, 3]
+    _assert_consistent(tmp_path, [1, 2, 3])

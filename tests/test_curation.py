@@ -248,3 +248,29 @@ def test_a_folder_symlink_does_not_re_key_labelled_photos(tmp_path, face_jpegs, 
     after = pads.dataset(labels / "data", format="parquet").to_table(columns=["key"])["key"].to_pylist()
     print(f"case 5: rows {before.total()} for 3 photos; after `ln -s zz aa` and a rerun {len(after)} rows for 4 photos")
     assert sorted(after) == ["outside/e.jpg", "zz/p0.jpg", "zz/p1.jpg", "zz/p2.jpg"]
+
+
+# --- case 4: an index edited to agree with itself loses to the data --------------------------------
+
+
+def test_an_index_edited_to_agree_with_itself_loses_to_the_data(out, ray_local):
+    (path,) = (out / ".batch-parse" / "index").glob("*.parquet")
+    table = pq.read_table(path)
+    group_id = pads.dataset(out / "data", format="parquet").to_table(
+        columns=["id"], filter=pads.field("key") == GROUP)["id"][0].as_py()
+    entries = table.filter(pa.compute.equal(table["id"], group_id))
+    record = json.loads(table.schema.metadata[b"batch_parse_index"])
+    for position, rows in zip(entries["file"].to_pylist(), entries["rows"].to_pylist()):
+        record["covers"][position]["rows"] -= rows  # the cover's row count lowered by the same amount
+    meta = {**pq.read_metadata(path).metadata, b"batch_parse_index": json.dumps(record).encode()}
+    pq.write_table(table.filter(pa.compute.not_equal(table["id"], group_id)).replace_schema_metadata(meta), path)
+    before = _keys(out / "data")
+    summary = _run(IMAGES_DIR, out)
+    assert summary.exit_code == 0 and summary.edited_index_files == 1
+    assert summary.listed == summary.already_done  # the group photo is done: its rows are in the data
+    assert any(line.startswith("checked:  1 index file(s) in .batch-parse/index changed since written") for line in summary.lines())
+    after = _keys(out / "data")
+    print(f"case 4: rows {before.total()} -> {after.total()}, {sum(c > 1 for c in after.values())} duplicated (id, face_index)")
+    assert after == before
+    again = _run(IMAGES_DIR, out)
+    assert again.data_files_read == 0 and again.edited_index_files == 0 and again.listed == again.already_done

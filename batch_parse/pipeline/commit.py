@@ -46,6 +46,7 @@ state is the output itself, which users can copy, prune or inspect without break
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections import Counter
@@ -74,6 +75,11 @@ INDEX_SCHEMA = pa.schema([
     pa.field("faces", pa.int32(), nullable=False),  # the image's face_count (0: its one no_face/error row)
 ])  # fmt: skip
 _INDEX_META = b"batch_parse_index"
+# A digest of an index file's entries and covers, written at close: an index edited by hand (even
+# to agree with itself: an image's entries removed and its file's row count lowered to match) no
+# longer matches it, and loses to the data (its files are read again). Index files without one
+# (written before it existed) are trusted as before.
+_CHECKSUM_META = b"batch_parse_index_checksum"
 _REWRITE_PREFIX = "_rewrite-"
 # Rows of no_face / error images have a null face_index and face_count 0: they are the image's one row.
 _NO_FACE = -1
@@ -106,6 +112,7 @@ class _IndexFile:
     covers: list[dict]
     valid: np.ndarray  # per covers position: the entries vouch for their images
     stale: np.ndarray  # per covers position: the file changed or is gone, and no newer index covers it
+    checksum: int | None = None  # _checksum of its entries and covers as written; None: an older index file
 
 
 @dataclass
@@ -139,6 +146,7 @@ class CommitState:
     incomplete_images: int = 0  # images with only some faces present, whose rows were removed
     changed_files: int = 0  # indexed data files found changed or gone (touched, copied, truncated, deleted)
     unvouched_images: int = 0  # images whose index entries disagreed (duplicates or missing rows)
+    edited_index_files: int = 0  # index files whose entries or covers no longer match their checksum
     foreign: list[str] = field(default_factory=list)  # valid Parquet files in data/ that are not ours (left alone)
     corrections: list[str] = field(default_factory=list)  # human corrections (batch-parse import rows) in data/ (left alone)
     not_parquet: list[str] = field(default_factory=list)  # *.parquet files in data/ that are not Parquet at all (left alone)
@@ -215,11 +223,17 @@ def recover(fs: pafs.FileSystem, data_dir: str, index_dir: str, retry_errors: bo
     uncovered_ids = np.unique(np.concatenate([k.ids for k in keys.values()])) if keys else np.empty(0, np.int64)
 
     # Which covered files hold images the index cannot vouch for; covered files whose entries do not
-    # add up to their row count are not covered after all (read in full, their images suspect).
+    # add up to their row count, and every file an index file edited since written covers, are not
+    # covered after all (read in full, their images suspect): an index that disagrees loses to the data.
+    distrusted: set[str] = set()
     while True:
         audit = _audit(fs, indexes, uncovered_ids)
+        edited = [f for f, digest in zip(indexes, audit.checksums)
+                  if f.checksum is not None and digest != f.checksum and f.path not in distrusted]
+        distrusted.update(f.path for f in edited)
+        state.edited_index_files += len(edited)
         miscounted = [(f, i) for f, counts in zip(indexes, audit.file_rows) for i in np.flatnonzero(f.valid)
-                      if counts[i] != f.covers[i].get("rows", -1)]
+                      if f in edited or counts[i] != f.covers[i].get("rows", -1)]
         if not miscounted:
             break
         for f, i in miscounted:
@@ -227,7 +241,7 @@ def recover(fs: pafs.FileSystem, data_dir: str, index_dir: str, retry_errors: bo
         more = [data[f.covers[i]["name"]] for f, i in miscounted if f.covers[i]["name"] in data]
         keys.update(_read_all_keys(fs, more, fence, state))
         uncovered_ids = np.unique(np.concatenate([uncovered_ids, *(keys[d.name].ids for d in more if d.name in keys)]))
-        state.changed_files += len(miscounted)
+        state.changed_files += sum(f not in edited for f, _ in miscounted)  # an edited index is said apart
     state.unvouched_images = audit.unvouched
 
     covered_covers = {c["name"]: c for f in indexes for c, ok in zip(f.covers, f.valid) if ok}
@@ -269,6 +283,7 @@ class _Audit:
     pulled: set[str]  # covered data files holding a suspect or an uncovered id
     file_rows: list[np.ndarray]  # per index file, per cover: rows its valid entries add up to
     unvouched: int  # images whose valid entries disagree
+    checksums: list[int]  # per index file: _checksum of its entries and covers as read now
 
 
 def _audit(fs: pafs.FileSystem, indexes: list[_IndexFile], uncovered_ids: np.ndarray) -> _Audit:
@@ -277,12 +292,14 @@ def _audit(fs: pafs.FileSystem, indexes: list[_IndexFile], uncovered_ids: np.nda
     file_rows = [np.zeros(len(f.covers), dtype=np.int64) for f in indexes]
     names = [np.array([c["name"] for c in f.covers], dtype=object) for f in indexes]
     total = sum(f.rows for f in indexes)
+    sums = [0 for _ in indexes]
     for lo, hi in id_ranges.ranges(id_ranges.range_count(total)) if indexes else []:
         tables = id_ranges.read_ranges(fs, [f.path for f in indexes], lo, hi, INDEX_SCHEMA.names)
         ids, rows, faces, where, bad = [], [], [], [], []
         for k, (f, t) in enumerate(zip(indexes, tables)):
             if not t.num_rows:
                 continue
+            sums[k] = (sums[k] + _entries_sum(*(t[name].to_numpy() for name in INDEX_SCHEMA.names))) % 2**64
             pos = t["file"].to_numpy()
             valid, stale = f.valid[pos], f.stale[pos]
             bad.append(t["id"].to_numpy()[stale])
@@ -308,7 +325,27 @@ def _audit(fs: pafs.FileSystem, indexes: list[_IndexFile], uncovered_ids: np.nda
         wanted = np.isin(ids, range_suspects) | id_ranges.is_member(ids, uncovered_ids)
         pulled.update(where[wanted].tolist())
     found = np.unique(np.concatenate(suspects)) if suspects else np.empty(0, np.int64)
-    return _Audit(found.astype(np.int64), pulled, file_rows, unvouched)
+    checksums = [_checksum(s, f.covers) for s, f in zip(sums, indexes)]
+    return _Audit(found.astype(np.int64), pulled, file_rows, unvouched, checksums)
+
+
+def _entries_sum(ids: np.ndarray, files: np.ndarray, rows: np.ndarray, faces: np.ndarray) -> int:
+    """An order-free digest of index entries (summed per id range as the audit reads them): each entry
+    mixed by splitmix64's finaliser, the mixes added mod 2^64. Not a defence against forgery, a
+    check that what a person or a tool rewrote is what batch-parse wrote."""
+    x = (ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + files.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+         + rows.astype(np.uint64) * np.uint64(0x165667B19E3779F9) + faces.astype(np.uint64) * np.uint64(0x27D4EB2F165667C5))
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return int(x.sum(dtype=np.uint64))  # numpy arrays wrap mod 2^64 (its scalars would warn: sums go through int)
+
+
+def _checksum(entries: int, covers: list[dict]) -> int:
+    digest = hashlib.blake2b(json.dumps(covers, sort_keys=True).encode(), digest_size=8).digest()
+    return int(entries) ^ int.from_bytes(digest, "big")
 
 
 def _read_all_keys(fs: pafs.FileSystem, files: list[DataFile], fence: Fence, state: CommitState) -> dict[str, _Keys]:
@@ -584,7 +621,8 @@ def _read_indexes(fs: pafs.FileSystem, index_dir: str, data: dict[str, DataFile]
             record = json.loads(meta.metadata[_INDEX_META])
             if record.get("format") != INDEX_FORMAT or meta.schema.to_arrow_schema().names != INDEX_SCHEMA.names:
                 return None
-            return path, meta.num_rows, record["covers"]
+            checksum = meta.metadata.get(_CHECKSUM_META)
+            return path, meta.num_rows, record["covers"], None if checksum is None else int(checksum, 16)
         except (pa.ArrowInvalid, KeyError, TypeError, ValueError, AttributeError):
             return None  # killed while it was written, or written by an older batch-parse
 
@@ -595,8 +633,8 @@ def _read_indexes(fs: pafs.FileSystem, index_dir: str, data: dict[str, DataFile]
         fence()
     for path in unusable:
         fs.delete_file(path)
-    indexes = [_IndexFile(path, rows, covers, np.ones(len(covers), bool), np.zeros(len(covers), bool))
-               for path, rows, covers in filter(None, footers)]
+    indexes = [_IndexFile(path, rows, covers, np.ones(len(covers), bool), np.zeros(len(covers), bool), checksum)
+               for path, rows, covers, checksum in filter(None, footers)]
     return _mark(fs, indexes, data, delete=False)
 
 
@@ -634,15 +672,18 @@ def _write_index(fs: pafs.FileSystem, index_dir: str, covers: list[dict], chunks
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     path = f"{index_dir}/{stamp}-{uuid.uuid4().hex[:8]}.parquet"
     schema = INDEX_SCHEMA.with_metadata({_INDEX_META: json.dumps({"format": INDEX_FORMAT, "covers": covers}).encode()})
-    rows = 0
+    rows, entries = 0, 0
     with pq.ParquetWriter(path, schema, filesystem=fs) as writer:
         for ids, files, counts, faces in chunks:
             order = np.lexsort((files, ids))
             table = pa.table([pa.array(a[order], f.type) for a, f in zip((ids, files, counts, faces), INDEX_SCHEMA)], schema=schema)
             writer.write_table(table, row_group_size=id_ranges.ROW_GROUP_ROWS)
             rows += len(ids)
+            entries = (entries + _entries_sum(*(table[name].to_numpy() for name in INDEX_SCHEMA.names))) % 2**64
+        checksum = _checksum(entries, covers)
+        writer.add_key_value_metadata({_CHECKSUM_META: f"{checksum:016x}".encode()})
     n = len(covers)
-    return _IndexFile(path, rows, covers, np.ones(n, bool), np.zeros(n, bool))
+    return _IndexFile(path, rows, covers, np.ones(n, bool), np.zeros(n, bool), checksum)
 
 
 def _compact(fs: pafs.FileSystem, index_dir: str, indexes: list[_IndexFile], fence: Fence, force: bool = False) -> list[_IndexFile]:

@@ -112,6 +112,7 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     summary.duplicates_removed = before.duplicates_removed
     summary.incomplete_images_redone = before.incomplete_images
     summary.changed_files, summary.unvouched_images = before.changed_files, before.unvouched_images
+    summary.edited_index_files = before.edited_index_files
     shown = lambda paths: [layout.location.join("data", p[len(data_dir) + 1 :]) for p in paths]  # noqa: E731
     summary.foreign_files, summary.correction_files = shown(before.foreign), shown(before.corrections)
     summary.not_parquet_files, summary.adopted_rows_files = shown(before.not_parquet), shown(before.adopted)

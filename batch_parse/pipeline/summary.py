@@ -44,6 +44,7 @@ class JobSummary:
     adopted_files: int = 0  # complete data files a killed or fenced-off run had labelled but not published
     changed_files: int = 0  # indexed data files found changed or gone since (touched, copied, truncated, deleted)
     unvouched_images: int = 0  # images whose index entries disagreed (duplicates or missing rows): re-checked
+    edited_index_files: int = 0  # index files changed since written (their checksum): their data files re-read
     foreign_files: list[str] = field(default_factory=list)  # Parquet files in data/ not written by batch-parse
     correction_files: list[str] = field(default_factory=list)  # human corrections (import rows) found in data/
     not_parquet_files: list[str] = field(default_factory=list)  # *.parquet in data/ that are not Parquet at all
@@ -61,6 +62,9 @@ class JobSummary:
                        "truncated or deleted): their images re-checked")
         if self.unvouched_images:
             out.append(f"checked:  {self.unvouched_images} image(s) whose index entries disagreed (duplicates or missing rows): re-checked")
+        if self.edited_index_files:
+            out.append(f"checked:  {self.edited_index_files} index file(s) in .batch-parse/index changed since written "
+                       "(their checksum): the data files they cover were read again, the data wins")
         if self.duplicates_removed:
             out.append(f"recovered: removed {self.duplicates_removed} duplicate (id, face_index) row(s)")
         if self.foreign_files:
