@@ -11,6 +11,7 @@ prints its row counts before and after (pytest -s shows them).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -274,3 +275,142 @@ def test_an_index_edited_to_agree_with_itself_loses_to_the_data(out, ray_local):
     assert after == before
     again = _run(IMAGES_DIR, out)
     assert again.data_files_read == 0 and again.edited_index_files == 0 and again.listed == again.already_done
+
+
+# --- case 7: every message names the file and what to do -----------------------------------------
+
+
+def _one_line(result, *parts: str) -> str:
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert "\n" not in line and "unexpected" not in line and "Traceback" not in line, line
+    for part in parts:
+        assert part in line, line
+    return line
+
+
+@pytest.mark.parametrize("body, problem", [
+    ('{"holder": "h", "expires_unix": null}', "expires_unix is null, not a finite number"),
+    ('{"holder": "h", "expires_unix": "abc"}', 'expires_unix is "abc", not a finite number'),
+    ('{"holder": "h", "expires_unix": NaN}', "expires_unix is NaN, not a finite number"),
+    ('{"holder": "h", "expires_unix": Infinity}', "expires_unix is Infinity, not a finite number"),
+    ('{"holder": "h", "expires_unix": 1e30, "pid": "12a", "host": "x"}', 'pid is "12a", not a whole number'),
+])
+def test_a_bad_lease_is_one_line_naming_the_file(tmp_path, face_jpegs, body, problem):
+    src, labels = tmp_path / "src", tmp_path / "labels"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(face_jpegs(1)[0])
+    (labels / ".batch-parse").mkdir(parents=True)
+    lease = labels / ".batch-parse" / "lease.json"
+    lease.write_text(body)
+    for args in (["run", str(src), str(labels)], ["progress", str(labels)]):
+        _one_line(CliRunner().invoke(cli, args), f"lease file {lease} is not a lease record ({problem}",
+                  "remove it if no run is writing to this output")
+    assert lease.read_text() == body  # never removed by us: a live run may own it
+
+
+def test_a_damaged_manifest_in_progress_is_one_line_naming_it(out):
+    manifests = out / ".batch-parse" / "manifests"
+    manifests.mkdir(parents=True, exist_ok=True)
+    latest = manifests / "29990101T000000000000Z.parquet"  # the newest by name: the one progress reads
+    latest.write_bytes(b"PAR1 not really")
+    _one_line(CliRunner().invoke(cli, ["progress", str(out)]), f"manifest {out}/.batch-parse/manifests/{latest.name} "
+              "is not a batch-parse manifest", "remove it")
+    pq.write_table(pa.table({"key": ["a.jpg"]}), latest)  # Parquet, another schema
+    _one_line(CliRunner().invoke(cli, ["progress", str(out)]), f"{latest.name} is not a batch-parse manifest", "remove it")
+    pq.write_table(pa.table({"id": ["a"]}), latest)  # an id column of text
+    _one_line(CliRunner().invoke(cli, ["progress", str(out)]), "its id column is string", "remove it")
+    latest.unlink()
+    assert CliRunner().invoke(cli, ["progress", str(out)]).exit_code == 0
+
+
+def test_import_values_out_of_range_are_one_line(out, tmp_path):
+    src = _labelstudio_review(out, tmp_path)
+    tasks = json.loads(src.read_text())
+    group = next(i for i, t in enumerate(tasks) if t["data"]["key"] == GROUP)
+
+    def rect(task):
+        return next(r for r in task["annotations"][0]["result"] if r["type"] == "rectanglelabels")
+
+    cases = [
+        (lambda t: t[0]["data"].update(batch_parse_id=2**70), "data.batch_parse_id 1180591620717411303424 is not an id"),
+        (lambda t: t[0]["data"].update(batch_parse_id=str(2**70)), "is not an id batch-parse gives (0 to 2^63-1)"),
+        (lambda t: t[0]["data"].update(batch_parse_id=-5), "data.batch_parse_id -5 is not an id"),
+        (lambda t: t[0]["data"].update(batch_parse_id=True), "has no data.batch_parse_id"),
+        (lambda t: rect(t[group])["value"].update(x="abc"), 'rectangle x is "abc", not a percent of the image'),
+        (lambda t: rect(t[group])["value"].update(x=1e308), "rectangle x is 1e+308, not a percent of the image"),
+        (lambda t: rect(t[group])["value"].update(width=float("nan")), "rectangle width is NaN, not a percent"),
+        (lambda t: rect(t[group]).update(value=[1, 2]), "value is [1, 2], not an object"),
+    ]
+    for n, (change, message) in enumerate(cases):
+        edited = json.loads(json.dumps(tasks))
+        change(edited)
+        path = tmp_path / f"bad-{n}.json"
+        path.write_text(json.dumps(edited))
+        target = tmp_path / f"corrected-{n}"
+        _one_line(CliRunner().invoke(cli, ["import", str(path), str(target), "--from", "labelstudio", "--original", str(out)]),
+                  message)
+        assert not target.exists()
+
+
+def test_onnx_manifests_are_checked_before_anything_is_read(tmp_path):
+    from batch_parse.model.config import ModelConfig
+    from batch_parse.model.weights import file_sha256
+    from batch_parse.onnx.export import FORMAT, MANIFEST
+    from batch_parse.onnx.runtime import OnnxError, read_manifest
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    graphs = {}
+    for name in ("stage1", "localiser", "parts"):
+        (folder / f"{name}.onnx").write_bytes(name.encode())
+        graphs[name] = {"file": f"{name}.onnx", "sha256": file_sha256(folder / f"{name}.onnx")}
+    good = {"format": FORMAT, "detector": None, "graphs": graphs,
+            "model": {"name": "stn-icnn/default", "weights_sha256": "0" * 64, "config": json.loads(ModelConfig().to_json())}}
+    (folder / MANIFEST).write_text(json.dumps(good))
+    assert isinstance(read_manifest(folder)["_config"], ModelConfig)
+    (tmp_path / "secret").write_text("not a graph")
+    outside = {**graphs, "parts": {"file": str(tmp_path / "secret"), "sha256": file_sha256(tmp_path / "secret")}}
+    up = {**graphs, "parts": {"file": "../secret", "sha256": file_sha256(tmp_path / "secret")}}
+    cases = [
+        ({k: v for k, v in good.items() if k != "graphs"}, "`graphs` is null, not the graphs by name"),
+        ({**good, "graphs": [1]}, "`graphs` is [1], not the graphs by name"),
+        ({**good, "graphs": {**graphs, "parts": 1}}, "graph parts is 1, not"),
+        ({**good, "graphs": {k: v for k, v in graphs.items() if k != "parts"}}, "names no graph parts"),
+        ({**good, "detector": "mtcnn"}, "names no graph mtcnn_pnet, mtcnn_rnet, mtcnn_onet"),
+        ({**good, "graphs": outside}, f"graph parts names '{tmp_path / 'secret'}', not a file in {folder}"),
+        ({**good, "graphs": up}, "graph parts names '../secret', not a file in"),
+        ({**good, "model": {**good["model"], "config": {"icnn": 5}}}, "the model config does not build"),
+        ({**good, "model": {**good["model"], "config": {"stage1_size": 1, "colour": 2}}}, "the model config does not build"),
+        ({**good, "model": None}, "no model record"),
+    ]
+    for manifest, message in cases:
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+        with pytest.raises(OnnxError, match=re.escape(message)) as caught:
+            read_manifest(folder)
+        assert str(folder / MANIFEST) in str(caught.value) and "export again" in str(caught.value)
+
+
+def test_a_file_in_data_that_is_not_parquet_is_never_deleted(out, tmp_path):
+    from batch_parse.pipeline import commit
+
+    notes = out / "data" / "notes.parquet"
+    notes.write_text("my notes, not a table")
+    empty_write = out / "data" / "killed-0.parquet"  # what a kill leaves: Parquet's magic, no footer
+    empty_write.write_bytes(next((out / "data").glob("*-0.parquet")).read_bytes()[:300])
+    import pyarrow.fs as pafs
+
+    state = commit.recover(pafs.LocalFileSystem(), str(out / "data"), str(out / ".batch-parse" / "index"))
+    assert notes.read_text() == "my notes, not a table" and state.not_parquet == [str(notes)]
+    assert not empty_write.exists() and state.removed_incomplete == [str(empty_write)]
+
+
+def test_cvat_export_of_a_key_with_a_line_break_is_one_line(out, tmp_path):
+    target = next(p for p in sorted((out / "data").glob("*.parquet")) if "hopper.jpg" in pq.read_table(p, columns=["key"])["key"].to_pylist())
+    table = pq.read_table(target)
+    keys = [k.replace("hopper.jpg", "hop\nper.jpg") for k in table["key"].to_pylist()]
+    pq.write_table(table.set_column(table.schema.get_field_index("key"), "key", pa.array(keys)), target)
+    result = CliRunner().invoke(cli, ["export", str(out), str(tmp_path / "cvat"), "--to", "cvat"])
+    _one_line(result, "key 'hop\\nper.jpg' holds a line break, which CVAT's item list (default.txt) cannot hold",
+              "--copy-images")
+    assert not (tmp_path / "cvat").exists() or not any((tmp_path / "cvat").iterdir())

@@ -12,6 +12,7 @@ region wins where two overlap); a pixel counts as painted where the mask's alpha
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -72,10 +73,15 @@ def read_tasks(path: Path) -> tuple[list[Task], int]:
             raise ValueError(f"{path}: {where} is not a Label Studio task (no data/annotations): give the file of Export > JSON")
         raw_id = data.get("batch_parse_id")
         try:
+            if isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)):
+                raise TypeError
             image_id = int(raw_id)
         except (TypeError, ValueError):
             raise ValueError(f"{path}: {where} has no data.batch_parse_id (key {data.get('key')!r}): "
                              "its tasks were not made by `batch-parse export --to labelstudio`") from None
+        if not 0 <= image_id < 2**63:  # ids are 63-bit hashes of keys (storage/manifest.object_id)
+            raise ValueError(f"{path}: {where}: data.batch_parse_id {raw_id} is not an id batch-parse gives (0 to 2^63-1): "
+                             "restore the value `batch-parse export --to labelstudio` wrote")
         annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
         if not annotations:
             skipped += 1
@@ -164,6 +170,9 @@ def drawn(task: Task, width: int, height: int, faces: list[FaceRegion], class_na
         value = result.get("value") or {}
         if kind not in (BRUSH, RECTANGLE):
             continue
+        if not isinstance(value, dict):
+            raise ValueError(f"{task.where} (key {task.key!r}) result {number}: value is {_shown(value)}, not an object "
+                             "as Label Studio writes it: export the project again")
         size = (result.get("original_width"), result.get("original_height"))
         if None not in size and size != (width, height):
             raise ValueError(f"{task.where} (key {task.key!r}) result {number}: drawn on a {size[0]}x{size[1]} image, "
@@ -171,8 +180,9 @@ def drawn(task: Task, width: int, height: int, faces: list[FaceRegion], class_na
         named = RESULT_ID.match(str(result.get("id", "")))
         face = positions.get(int(named.group(1))) if named else None
         if kind == RECTANGLE:
-            x, y = value.get("x", 0) * width / 100, value.get("y", 0) * height / 100
-            boxes.append((face, [x, y, x + value.get("width", 0) * width / 100, y + value.get("height", 0) * height / 100]))
+            x, y, w, h = (_percent(value, name, f"{task.where} (key {task.key!r}) result {number}") for name in ("x", "y", "width", "height"))
+            x, y = x * width / 100, y * height / 100
+            boxes.append((face, [x, y, x + w * width / 100, y + h * height / 100]))
             continue
         if value.get("format") != "rle" or not isinstance(value.get("rle"), list):
             raise ValueError(f"{task.where} (key {task.key!r}) result {number}: a brush region not in RLE format")
@@ -196,6 +206,24 @@ def drawn(task: Task, width: int, height: int, faces: list[FaceRegion], class_na
             taken.add(face)
         out.boxes[face] = box
     return out
+
+
+def _shown(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# A rectangle's values are percents of the image; a box dragged past the edge goes a little beyond
+# 0-100, but nothing a face box can be lies outside this (1e308 would become an infinite face_box).
+_PERCENT_LIMIT = 1000.0
+
+
+def _percent(value: dict, name: str, where: str) -> float:
+    v = value.get(name, 0)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > _PERCENT_LIMIT:
+        raise ValueError(f"{where}: rectangle {name} is {_shown(v)}, not a percent of the image (a finite number, "
+                         f"within +-{_PERCENT_LIMIT:g}): fix the box in Label Studio and export again")
+    return float(v)
 
 
 def _best_overlap(box: list[float], faces: list[FaceRegion], taken: set[int]) -> int | None:

@@ -77,6 +77,10 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
                 result.copied += 1
             else:
                 item = posixpath.splitext(safe_relative(photo.key))[0]
+                if any(c in item for c in "\r\n\x85\u2028\u2029"):
+                    # default.txt is one item per line: a line break in a name would make two items.
+                    raise ValueError(f"key {photo.key!r} holds a line break, which CVAT's item list (default.txt) cannot "
+                                     "hold: export with --copy-images (copies are named with %0A), or leave it out with --where")
             if item in items:
                 raise ValueError(f"{items[item]} and {photo.key} would be the same CVAT item {item!r}: export them apart (--where key ...)")
             items[item] = photo.key

@@ -23,6 +23,10 @@ from batch_parse.model.weights import file_sha256
 from batch_parse.onnx.export import FORMAT, MANIFEST
 
 
+PARSER_GRAPHS = ("stage1", "localiser", "parts")  # the graphs export.py writes for the parser
+DETECTOR_GRAPHS = ("mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet")  # and for the detector, unless --no-detector
+
+
 class OnnxError(ValueError):
     """An export folder that is missing, foreign, or altered since it was written (one line)."""
 
@@ -62,7 +66,14 @@ class OnnxParserNets:
 
 
 def read_manifest(folder: str | Path) -> dict:
-    """The export's manifest, checked: our format, and every graph file present with its recorded sha256."""
+    """The export's manifest, checked: our format, a model record whose config builds, the graphs the
+    model needs, each a file directly in the folder with its recorded sha256.
+
+    What a manifest promises: each graph file is, byte for byte, the one written beside it (its
+    sha256), so a graph damaged or swapped after export is refused. It does not authenticate: whoever
+    can write the folder can rewrite a graph and its sha256 together. Trust an export folder as you
+    trust code; `compare_with_torch` checks one against the torch weights it names.
+    """
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
@@ -73,8 +84,31 @@ def read_manifest(folder: str | Path) -> dict:
         raise OnnxError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise OnnxError(f"{path} is not a {FORMAT} manifest")
-    for name, graph in manifest["graphs"].items():
+    again = "export again with `batch-parse export-onnx`"
+    model = manifest.get("model")
+    if not (isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("weights_sha256"), str)
+            and isinstance(model.get("config"), dict)):
+        raise OnnxError(f"{path}: no model record (name, weights_sha256, config): {again}")
+    try:
+        manifest["_config"] = ModelConfig.from_json(json.dumps(model["config"]))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise OnnxError(f"{path}: the model config does not build ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+                        f"{again}") from None
+    graphs = manifest.get("graphs")
+    if not isinstance(graphs, dict):
+        raise OnnxError(f"{path}: `graphs` is {json.dumps(graphs)[:40]}, not the graphs by name: {again}")
+    needed = PARSER_GRAPHS + (DETECTOR_GRAPHS if manifest.get("detector") == "mtcnn" else ())
+    missing = [name for name in needed if name not in graphs]
+    if missing:
+        raise OnnxError(f"{path} names no graph {', '.join(missing)}: {again}")
+    root = folder.resolve()
+    for name, graph in graphs.items():
+        if not (isinstance(graph, dict) and isinstance(graph.get("file"), str) and isinstance(graph.get("sha256"), str)):
+            raise OnnxError(f"{path}: graph {name} is {json.dumps(graph)[:40]}, not {{\"file\": ..., \"sha256\": ...}}: {again}")
         file = folder / graph["file"]
+        # Graphs are files of the export folder itself: never a path that reads elsewhere (`/etc/...`, `../`).
+        if Path(graph["file"]).name != graph["file"] or file.resolve().parent != root:
+            raise OnnxError(f"{path}: graph {name} names {graph['file']!r}, not a file in {folder}: {again}")
         if not file.is_file():
             raise OnnxError(f"{file} is missing (graph {name} of {path})")
         if file_sha256(file) != graph["sha256"]:
@@ -88,8 +122,7 @@ def load_onnx(folder: str | Path, threads: int | None = None) -> tuple[FaceDetec
     manifest = read_manifest(folder)
     threads = threads or torch.get_num_threads()
     sessions = {name: _Session(folder / graph["file"], threads) for name, graph in manifest["graphs"].items()}
-    model = manifest["model"]
-    cfg = ModelConfig.from_json(json.dumps(model["config"]))
+    model, cfg = manifest["model"], manifest["_config"]
     parser = FaceParser(None, model["name"], model["weights_sha256"], device="cpu", precision="fp32",
                         nets=OnnxParserNets(sessions, cfg))
     detector = None

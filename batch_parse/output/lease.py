@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -246,11 +247,29 @@ def _process_identity(pid: int) -> tuple[str | None, str | None]:
 def _parse(body: bytes, where: str) -> dict:
     try:
         record = json.loads(body)
-        if isinstance(record, dict):
-            return record
     except ValueError:
-        pass
-    raise StorageError(f"lease file {where} is unreadable: remove it if no run is writing to this output")
+        record = None
+    if not isinstance(record, dict):
+        raise StorageError(f"lease file {where} is unreadable: remove it if no run is writing to this output")
+    problem = _bad_field(record)
+    if problem:
+        # A NaN or infinite expiry would compare as never expired: the output blocked for good.
+        raise StorageError(f"lease file {where} is not a lease record ({problem}): remove it if no run is writing to this output")
+    return record
+
+
+def _bad_field(record: dict) -> str | None:
+    """What makes a lease record unusable, or None. JSON NaN and Infinity parse as floats: refused too."""
+    expires = record.get("expires_unix")
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or not math.isfinite(expires):
+        return f"expires_unix is {json.dumps(expires)}, not a finite number of seconds"
+    pid = record.get("pid")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+        return f"pid is {json.dumps(pid)}, not a whole number"
+    for name in ("host", "holder", "pid_namespace", "process_start", "token"):
+        if record.get(name) is not None and not isinstance(record[name], str):
+            return f"{name} is {json.dumps(record[name])}, not text"
+    return None
 
 
 def _iso(t: float) -> str:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -108,10 +109,20 @@ def progress(output_uri: str, endpoint_url: str | None = None) -> Progress:
     manifest = latest_manifest(fs, layout.manifests_dir)
     wanted = np.empty(0, np.int64)
     if manifest is not None:
-        with fs.open_input_file(manifest) as f:
-            wanted = np.unique(pq.read_table(f, columns=["id"])["id"].to_numpy())
         name = manifest.rsplit("/", 1)[-1]
-        result.manifest, result.manifest_time = output.join(".batch-parse", "manifests", name), _stamp_time(name)
+        shown = output.join(".batch-parse", "manifests", name)
+        try:
+            with fs.open_input_file(manifest) as f:
+                ids = pq.read_table(f, columns=["id"])["id"]
+            if not pa.types.is_integer(ids.type):
+                raise TypeError(f"its id column is {ids.type}")
+            wanted = np.unique(ids.to_numpy().astype(np.int64))
+        except (pa.ArrowInvalid, TypeError, KeyError, ValueError) as exc:
+            # A manifest only says what a run set out to do: a damaged one costs the "latest run" counts, nothing else.
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"manifest {shown} is not a batch-parse manifest ({detail}): remove it (the next run writes "
+                             "a new one; committed rows are kept)") from None
+        result.manifest, result.manifest_time = shown, _stamp_time(name)
         result.set_out = len(wanted)
     counts = Counter()
     # One id range at a time, as the run reads the index: memory holds one range of done ids.
