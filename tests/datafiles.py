@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+@functools.cache
+def _default_weights() -> tuple[str, str]:
+    """(name, sha256) of the default model: files a run checks must be of the weights it runs with."""
+    from batch_parse.model.weights import file_sha256, resolve
+    from batch_parse.pipeline.options import DEFAULT_MODEL
+
+    name, path = resolve(DEFAULT_MODEL)
+    return name, file_sha256(path)
+
+
 def data_file(path: Path, rows: list[tuple]) -> None:
-    """A data file with the real schema: rows of (id, face_index or None, face_count, status, error_code)."""
+    """A data file with the real schema and the default model's metadata: rows of (id, face_index or
+    None, face_count, status, error_code)."""
     from batch_parse.output.schema import output_schema
 
-    schema = output_schema("stn-icnn/default", "0" * 64, "jpeg")
+    schema = output_schema(*_default_weights(), "jpeg")
     n = len(rows)
     values = {
         "id": pa.array([r[0] for r in rows], pa.int64()), "key": pa.array([f"k{r[0]}.jpg" for r in rows]),

@@ -455,11 +455,16 @@ def _read_keys(fs: pafs.FileSystem, path: str) -> _Keys | str | None:
     by its rows: its keys are read, marked `adopted`."""
     try:
         with fs.open_input_file(path) as f:
-            head = f.read(len(_PARQUET_MAGIC))
-            if head and head != _PARQUET_MAGIC[: len(head)]:
-                return NOT_PARQUET
-            f.seek(0)
-            parquet = pq.ParquetFile(f)
+            try:
+                parquet = pq.ParquetFile(f)
+            except pa.ArrowInvalid:
+                # No footer: an unfinished write of ours starts with Parquet's magic (written first);
+                # anything else is a user's file that merely has the name.
+                f.seek(0)
+                head = f.read(len(_PARQUET_MAGIC))
+                if head and head != _PARQUET_MAGIC[: len(head)]:
+                    return NOT_PARQUET
+                raise
             schema = parquet.schema_arrow
             metadata = schema.metadata or {}
             if _is_corrections(metadata, schema.names):
