@@ -117,6 +117,16 @@ def test_corrections_put_in_data_by_hand_are_never_deleted(out, tmp_path, ray_lo
     after_model = sum(pq.read_metadata(p).num_rows for p in (out / "data").glob("*.parquet"))
     print(f"case 1: model rows {model_rows} -> {after_model}, human rows {human_rows} -> {pq.read_table(human).num_rows} (kept)")
     assert after_model == model_rows
+    # Readers see the model's rows once, and say what they left out.
+    import batch_parse
+
+    shutil.copytree(corrected, out / "corrected")  # the other place: OUT/corrected/data/corrections.parquet
+    exported = export_output(str(out), tmp_path / "coco", "coco")
+    assert exported.faces == model_rows and any(n.startswith("left out 2 file(s) of human corrections") for n in exported.notes)
+    report = CliRunner().invoke(cli, ["inspect", str(out)])
+    assert report.exit_code == 0 and "skipped 2 file(s) of human corrections among the model's rows" in report.output
+    with pytest.warns(UserWarning, match=r"left out 1 file\(s\) of human corrections"):
+        assert batch_parse.open_output(str(out)).count_rows() == model_rows
 
 
 # --- case 3: a file pruned with pandas is reconciled, not left beside a relabelled copy ------------

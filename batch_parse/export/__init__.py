@@ -98,11 +98,14 @@ def export_output(dst: str, out: str | os.PathLike, fmt: str, *, where: str | No
             for child in out.iterdir():
                 shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
         raise
+    if output.corrections:
+        result.notes.append(f"left out {len(output.corrections)} file(s) of human corrections among the model's rows "
+                            f"(e.g. {output.relative(output.corrections[0])}): move them out of data/ and export them on their own")
     if incomplete:
         result.incomplete = len(incomplete)
         result.notes.append(f"left out {len(incomplete)} image(s) with only some of their faces in {dst} (e.g. "
                             f"{incomplete[0].key}): a run was interrupted while publishing; the next run of the same "
-                            "command labels them again, then export again")
+                            "command completes them (publishes the rest or labels them again), then export again")
     if result.images == 0:
         result.notes.append("no image matched" + (f" --where {condition}" if condition else "") + ": the export is empty")
     return result

@@ -131,11 +131,15 @@ def open_output(path: str, endpoint_url: str | None = None) -> FaceDataset:
     first = output.files[0]  # one model per data/ folder: any file's metadata describes them all
     schema = schema.with_metadata(first.schema.metadata if first.schema is not None else None)
     dataset = ds.dataset([f.path for f in output.files], schema=schema, format="parquet", filesystem=output.filesystem)
+    if output.corrections:
+        warnings.warn(f"{output.location.uri}: left out {len(output.corrections)} file(s) of human corrections among the "
+                      f"model's rows (e.g. {output.relative(output.corrections[0])}): move them out of data/ and open them "
+                      "on their own", stacklevel=2)
     torn = _torn(output)
     if torn.size:
         dataset = dataset.filter(~pc.field("id").isin(pa.array(torn, pa.int64())))
         warnings.warn(f"{output.location.uri}: {torn.size} image(s) have only some of their faces in the output (a run was "
-                      "interrupted while publishing): left out; the next run of the same command labels them again",
+                      "interrupted while publishing): left out; the next run of the same command completes them",
                       stacklevel=2)
     return FaceDataset(dataset, first.metadata, output, torn)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from batch_parse.output.schema import read_metadata
+from batch_parse.output.schema import LABEL_SOURCE_HUMAN, read_metadata
 from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.s3 import StorageError, describe_error, pyarrow_filesystem
 
@@ -44,6 +44,7 @@ class Output:
     filesystem: pafs.FileSystem
     files: list[OutputFile]
     foreign: list[str]  # Parquet files without batch-parse metadata, left out of `files`
+    corrections: list[str] = field(default_factory=list)  # human corrections found among model rows, left out
 
     def relative(self, path: str) -> str:
         """A file's path under the output location, for messages."""
@@ -122,6 +123,12 @@ def open_output(dst: str, endpoint_url: str | None = None) -> Output:
     )
     if not output.files:
         raise ValueError(f"no batch-parse output under {location.uri}: {len(paths)} Parquet file(s), none written by batch-parse")
+    human = [f for f in output.files if f.metadata.get("label_source") == LABEL_SOURCE_HUMAN]
+    if human and len(human) < len(output.files):
+        # Corrections put beside the model's rows (by hand: `import` refuses it) would show every
+        # reviewed face twice: the model's rows are the output, the corrections are named apart.
+        output.files = [f for f in output.files if f.metadata.get("label_source") != LABEL_SOURCE_HUMAN]
+        output.corrections = [f.path for f in human]
     return output
 
 

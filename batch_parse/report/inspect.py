@@ -152,6 +152,9 @@ def inspect_output(dst: str, endpoint_url: str | None = None) -> list[str]:
     ]
     if output.foreign:
         lines.append(f"skipped {len(output.foreign)} Parquet file(s) not written by batch-parse, e.g. {output.relative(output.foreign[0])}")
+    if output.corrections:
+        lines.append(f"skipped {len(output.corrections)} file(s) of human corrections among the model's rows, e.g. "
+                     f"{output.relative(output.corrections[0])}: move them out of data/ and read them on their own")
     for version in sorted(versions):
         lines += [""] + _version_lines(version, versions[version])
     return lines
