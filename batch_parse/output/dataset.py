@@ -127,6 +127,7 @@ def open_output(path: str, endpoint_url: str | None = None) -> FaceDataset:
     if any(f.path.startswith(data_root + "/") for f in output.files):
         # OUTPUT given: its data/ is the dataset (older per-model folders beside it are not this model's rows).
         output.files = [f for f in output.files if f.path.startswith(data_root + "/")]
+        output.corrections = [c for c in output.corrections if c.startswith(data_root + "/")]
     schema = pa.unify_schemas([f.schema for f in output.files if f.schema is not None], promote_options="permissive")
     first = output.files[0]  # one model per data/ folder: any file's metadata describes them all
     schema = schema.with_metadata(first.schema.metadata if first.schema is not None else None)
