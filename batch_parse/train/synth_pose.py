@@ -58,10 +58,12 @@ DETECTOR_SHIFT = {"far_eye": 0.11, "far_mouth": 0.11, "nose": -0.07}
 # The yaw axis lies a little behind the mesh's deepest points: those are the cheeks in front of
 # the ears, and the neck the head turns on is behind them. As a fraction of the ear-to-ear width.
 AXIS_BEHIND = 0.10
-# Anchor rings outside the oval: scale about the oval's centre, and the share of the oval's
-# depth (relative to the axis) each keeps when rotating. The last ring is fixed (depth None).
-# Each ring samples the input part of the way from the oval to the frame's edge (last number).
-RINGS: tuple[tuple[float, float | None, float], ...] = ((1.25, 0.6, 0.5), (1.7, 0.25, 0.85), (8.0, None, 1.0))
+# Anchor rings outside the oval: how far each lies from the oval to the frame's edge (along rays
+# from the oval's centre), and the share of the oval's depth (relative to the axis) it keeps
+# when rotating; None: fixed. Beyond the edge, one more fixed ring at OUTER_SCALE times the oval
+# keeps the frame covered however the re-framing moves it.
+RINGS: tuple[tuple[float, float | None], ...] = ((0.35, 0.6), (0.7, 0.25), (1.0, None))
+OUTER_SCALE = 8.0
 # Triangles' signs are taken with a little slack so that pixels on a shared edge are drawn.
 _EDGE_EPS = 1e-6
 
@@ -145,7 +147,7 @@ def _band_triangles() -> np.ndarray:
     _, oval, holes = _topology()
     n = len(oval)
     first = MESH_POINTS + len(holes)
-    loops = [oval] + [first + k * n + np.arange(n) for k in range(len(RINGS))]
+    loops = [oval] + [first + k * n + np.arange(n) for k in range(len(RINGS) + 1)]
     tris = []
     for inner, outer in zip(loops, loops[1:]):
         for i in range(n):
@@ -169,9 +171,9 @@ def _rotation(yaw_deg: float, pitch_deg: float) -> np.ndarray:
     return pitch @ yaw
 
 
-def _vertices(mesh: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(where each vertex samples the input, its 3-D position relative to the head's centre) for
-    the extended vertex list: mesh points, hole centres, anchor rings."""
+def _vertices(mesh: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the extended vertex list (mesh points, hole centres, anchor rings): where each vertex
+    samples the input, its 3-D position relative to the head's centre, and whether it stays put."""
     _, oval, holes = _topology()
     pts = np.asarray(mesh, np.float64).copy()
     pts[:, :2] -= 0.5  # continuous pixels -> pixel-index coordinates
@@ -184,46 +186,48 @@ def _vertices(mesh: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np
     mid = oval_pts[:, :2].mean(axis=0)
     ray = oval_pts[:, :2] - mid
     # How far each ray from the oval's centre through an oval point runs before it leaves the
-    # frame, in units of that oval point (>= 1: an oval point past the frame samples its edge).
+    # frame, in units of that oval point (1 where the oval itself reaches past the frame).
     limits = np.where(ray > 0, (np.array([width - 1, height - 1]) - mid) / np.where(ray > 0, ray, 1), np.inf)
     limits = np.minimum(limits, np.where(ray < 0, -mid / np.where(ray < 0, ray, -1), np.inf))
-    to_edge = np.maximum(limits.min(axis=1), 1.0)
-    samples, positions = [face[:, :2]], [face]
-    for scale, depth, texture in RINGS:
-        xy = mid + scale * ray
-        # The rings sample the frame's own margin (hair, background), however far they reach,
-        # so their stretch shows that texture rather than the frame's edge pixels smeared out.
-        samples.append(mid + (1 + (to_edge[:, None] - 1) * texture) * ray)
-        # A ring keeps a share of the oval's depth relative to the axis; the fixed ring gets
-        # none here, as it is placed after the rotation (turn_face).
-        z = centre[2] + (oval_pts[:, 2] - centre[2]) * (depth or 0.0)
-        positions.append(np.column_stack([xy, z]))
-    return np.concatenate(samples), np.concatenate(positions) - centre
+    to_edge = np.maximum(limits.min(axis=1), 1.0)[:, None]
+    samples, positions, fixed = [face[:, :2]], [face], [np.zeros(len(face), bool)]
+    for where, depth in RINGS:
+        xy = mid + (1 + (to_edge - 1) * where) * ray
+        samples.append(xy)
+        positions.append(np.column_stack([xy, centre[2] + (oval_pts[:, 2] - centre[2]) * (depth or 0.0)]))
+        fixed.append(np.full(len(oval), depth is None))
+    # The outer ring samples where it is: an identity map inside the frame (its corners, which the
+    # frame-edge ring cuts off), the frame's edge pixels repeated outside it.
+    far = mid + np.maximum(OUTER_SCALE, 2 * to_edge) * ray
+    samples.append(far)
+    positions.append(np.column_stack([far, np.full(len(oval), centre[2])]))
+    fixed.append(np.ones(len(oval), bool))
+    return np.concatenate(samples), np.concatenate(positions) - centre, np.concatenate(fixed)
 
 
-def turn_face(image: np.ndarray, mesh: np.ndarray, labels: np.ndarray, yaw_deg: float, pitch_deg: float = 0.0) -> TurnedFace:
+def turn_face(image: np.ndarray, mesh: np.ndarray, labels: np.ndarray, yaw_deg: float, pitch_deg: float = 0.0,
+              reframe: bool = True) -> TurnedFace:
     """The face of an aligned frame turned by yaw_deg (and pitch_deg), re-framed as inference
     frames a detected face of that pose. image (H, W, 3) uint8; mesh (478, 3) as
     teacher.mesh_rgb gives it for this image; labels (H, W) uint8 class map of this image.
 
-    The rotation is relative to the input's own pose (yaw 0 gives back the input up to
-    resampling). The output has the input's size."""
+    The rotation is relative to the input's own pose: yaw 0 with reframe=False gives back the
+    input up to resampling (reframe=False keeps the input's frame, for checks and figures). The
+    output has the input's size."""
     height, width = labels.shape
     if image.shape[:2] != (height, width) or mesh.shape != (MESH_POINTS, 3):
         raise ValueError(f"image {image.shape}, labels {labels.shape} and mesh {mesh.shape} do not match")
     face_tris, _, _ = _topology()
     bands = _band_triangles()
-    src, rel = _vertices(mesh, height, width)
+    src, rel, fixed = _vertices(mesh, height, width)
     centre_xy = src[0] - rel[0, :2]
     turned = rel @ _rotation(yaw_deg, pitch_deg).T
-    n_rings = len(RINGS)
-    ring_len = len(_topology()[1])
-    fixed = slice(len(rel) - ring_len, len(rel))  # the outer ring: not rotated, behind everything
+    # The fixed rings stay where they are, behind everything that turns.
     turned[fixed, :2] = rel[fixed, :2]
     turned[fixed, 2] = np.abs(rel[:, :2]).max() * 10
     xy = turned[:, :2] + centre_xy
     five = _detector_points(xy, yaw_deg, height)
-    frame = _frame(five, height)
+    frame = _frame(five, height) if reframe else np.eye(2, 3)
     out_xy = xy @ frame[:, :2].T + frame[:, 2]
     scale = math.sqrt(abs(np.linalg.det(frame[:, :2])))
     depth = turned[:, 2] * scale
