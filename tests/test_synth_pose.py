@@ -4,8 +4,15 @@ staying, the nose moving with the turn, labels that match the pixels, mirror sym
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from batch_parse.faces.align import TEMPLATE
 from batch_parse.labels import CLASS_COLORS, MIRROR_CLASS, SKIN
@@ -164,3 +171,20 @@ def test_uncovered_pixels_take_the_nearest_covered_one():
     assert (filled >= 0).all()
     assert filled[0, 0] == 7 and filled[3, 4] == 9 and filled[1, 1] == 7 and filled[2, 4] == 9
     assert (f1[filled == 7] == 0.25).all() and (f2[filled == 9] == 1.0).all()
+
+
+SHEET = Path(__file__).resolve().parents[1] / "benchmarks" / "synth_pose_sheet.py"
+
+
+def test_contact_sheet_script_draws_the_sheet_and_measures(tmp_path):
+    out = tmp_path / "sheet.png"
+    command = [sys.executable, str(SHEET), "--faces", "1", "--check-detector", "2", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    with Image.open(out) as sheet:
+        assert sheet.size == (9 * 112, 112)  # 4 yaws x (face, overlay) + a real profile
+    assert re.search(r"^speed at 256 px, 1 thread, 9 turns: CPU median [\d.]+ ms", done.stdout, re.M), done.stdout
+    for yaw in (0, 30, 60, 80):
+        assert re.search(rf"^  yaw {yaw:>2}: (found \d/2  eye_left [+-][\d.]+,[+-][\d.]+|no face found)", done.stdout, re.M), done.stdout
+    bad = subprocess.run([sys.executable, str(SHEET), "--faces", "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and bad.stderr.strip() == "error: --faces must be >= 1 and --check-detector >= 0"

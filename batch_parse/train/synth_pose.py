@@ -9,13 +9,14 @@ the same per-triangle affine map, with a z-buffer and back-face culling, so the 
 vanish behind the nose exactly where the pixels do. The labels therefore never disagree with the
 rendered image, whatever the pose.
 
-What is outside the face oval (hair, ears, neck, background) has no mesh: three rings of anchor
-points, scaled copies of the oval, carry it. The inner two rotate with the head at a fraction of
-the oval's depth (hair and ears move with the head, but less than the face); the outer one stays
-put and lies far outside the frame. Because the outer ring is fixed and every triangle keeps its
-orientation or is culled, every output pixel is covered by some front-facing triangle (newly
-exposed areas show the nearest stretched hair or background, never black). That region is
-labelled background.
+What is outside the face oval (hair, ears, neck, background) has no mesh: rings of anchor
+points on rays from the oval's centre carry it. Two lie in the frame's margin and rotate with the
+head at a fraction of the oval's depth (hair and ears move with it, but less than the face); one
+on the frame's edge and one far outside stay put. At yaw 0 every vertex samples where it lies, so
+the input comes back unchanged. Because the outer rings are fixed and every triangle keeps its
+orientation or is culled, every output pixel is covered by a front-facing triangle: newly exposed
+areas show stretched hair or background (the frame's edge pixels beyond it), never black. That
+region is labelled background.
 
 The turned face is then re-framed as inference frames a detected face: five detector-like points
 (eye centres, nose tip, mouth corners from the mesh) fitted to the alignment TEMPLATE
@@ -51,9 +52,10 @@ NOSE = (1, 4)
 MOUTH_CORNERS = (61, 291)
 # Where MTCNN puts its points on turned faces, relative to the mesh's projected points, in frame
 # sides per unit of (1 - cos yaw), towards the turn: the far eye and far mouth corner, hidden or
-# foreshortened, are marked near the silhouette, the nose a little inside its tip. Measured on
-# 21 CFP frontal faces turned to 30/60/80 degrees (benchmarks/synth_pose_sheet.py --check-detector),
-# set so that MTCNN agrees with the shifted points in the frame they make.
+# foreshortened, are marked near the silhouette, the nose a little inside its tip. Fitted on 21
+# CFP frontal faces turned to 30/60/80 degrees so that MTCNN agrees with the shifted points in the
+# frame they make: `benchmarks/synth_pose_sheet.py --check-detector 24` leaves every mean offset
+# within 0.03 of the frame's side (without the shift: far eye +0.10, far mouth corner +0.11 at 80).
 DETECTOR_SHIFT = {"far_eye": 0.11, "far_mouth": 0.11, "nose": -0.07}
 # The yaw axis lies a little behind the mesh's deepest points: those are the cheeks in front of
 # the ears, and the neck the head turns on is behind them. As a fraction of the ear-to-ear width.
