@@ -18,7 +18,7 @@ from batch_parse.faces.align import TEMPLATE
 from batch_parse.labels import CLASS_COLORS, MIRROR_CLASS, SKIN
 
 pytest.importorskip("mediapipe")
-from batch_parse.train.synth_pose import TurnedFace, _fill_nearest, turn_face  # noqa: E402
+from batch_parse.train.synth_pose import TurnedFace, _fill_nearest, mesh_yaw, turn_face  # noqa: E402
 from meshed_faces import MeshedFace, cfp_frontal_photos, meshed_faces  # noqa: E402
 
 EYE_1, EYE_2, NOSE = 3, 4, 5
@@ -102,6 +102,20 @@ def test_nose_moves_towards_the_turn(faces):
         assert abs(offsets[0]) < 0.05 * side and offsets == sorted(offsets), (face.name, offsets)
         left = turn_face(face.image, face.mesh, face.labels, -60)
         assert _centre_x(left.labels, NOSE) < _centre_x(left.labels, SKIN) - 0.05 * side
+
+
+def test_turned_mesh_has_the_new_yaw_and_carries_the_points(faces):
+    for face in faces:
+        for yaw in (-60, 30, 80):
+            out = turn_face(face.image, face.mesh, face.labels, yaw)
+            assert out.mesh.shape == (478, 3)
+            assert abs(mesh_yaw(out.mesh) - mesh_yaw(face.mesh) - yaw) < 3, (face.name, yaw)
+            # The detector-like points sit on the turned mesh's near eye and mouth corner.
+            near_eye, near_mouth = (0, 3) if yaw > 0 else (1, 4)
+            irises = out.mesh[[468, 473], :2] - 0.5
+            corners = out.mesh[[61, 291], :2] - 0.5
+            assert np.linalg.norm(irises - out.landmarks[near_eye], axis=1).min() < 0.01 * face.image.shape[0]
+            assert np.linalg.norm(corners - out.landmarks[near_mouth], axis=1).min() < 0.01 * face.image.shape[0]
 
 
 def test_pitch_moves_the_nose_down(faces):

@@ -74,6 +74,16 @@ class TurnedFace(NamedTuple):
     image: np.ndarray  # (H, W, 3) uint8, the turned face in its own aligned frame
     labels: np.ndarray  # (H, W) uint8, the input's classes carried by the same map
     landmarks: np.ndarray  # (5, 2) float64 detector-like points in that frame (align's order)
+    mesh: np.ndarray  # (478, 3) the turned mesh in that frame, as teacher.mesh_rgb lays it out
+    #                   (z on x's scale, relative to the head's centre)
+
+
+def mesh_yaw(mesh: np.ndarray) -> float:
+    """A mesh's yaw in turn_face's convention (degrees; positive = the image-right ear point is
+    the farther), from the ear points' depths: for choosing turns from the input's own pose."""
+    ears = np.asarray(mesh, np.float64)[list(EAR_POINTS)]
+    left, right = ears[np.argsort(ears[:, 0])]
+    return math.degrees(math.atan2(right[2] - left[2], right[0] - left[0]))
 
 
 @functools.cache
@@ -213,9 +223,11 @@ def turn_face(image: np.ndarray, mesh: np.ndarray, labels: np.ndarray, yaw_deg: 
     frames a detected face of that pose. image (H, W, 3) uint8; mesh (478, 3) as
     teacher.mesh_rgb gives it for this image; labels (H, W) uint8 class map of this image.
 
-    The rotation is relative to the input's own pose: yaw 0 with reframe=False gives back the
-    input up to resampling (reframe=False keeps the input's frame, for checks and figures). The
-    output has the input's size."""
+    The rotation is relative to the input's own pose (mesh_yaw tells it): yaw 0 with
+    reframe=False gives back the input up to resampling (reframe=False keeps the input's frame,
+    for checks and figures). The output has the input's size. Surfaces the input does not show
+    (the far side of the nose of a face already turned a little) have no pixels of their own:
+    turning towards them smears what hides them, so turn a face away from its own yaw."""
     height, width = labels.shape
     if image.shape[:2] != (height, width) or mesh.shape != (MESH_POINTS, 3):
         raise ValueError(f"image {image.shape}, labels {labels.shape} and mesh {mesh.shape} do not match")
@@ -256,7 +268,8 @@ def turn_face(image: np.ndarray, mesh: np.ndarray, labels: np.ndarray, yaw_deg: 
     yi = np.clip(np.rint(sy), 0, height - 1).astype(np.intp)
     out_labels = np.where(is_band[winner], BACKGROUND, labels[yi, xi]).astype(np.uint8)
     landmarks = five @ frame[:, :2].T + frame[:, 2]
-    return TurnedFace(out_image, out_labels, landmarks)
+    out_mesh = np.column_stack([out_xy[:MESH_POINTS] + 0.5, depth[:MESH_POINTS]])
+    return TurnedFace(out_image, out_labels, landmarks, out_mesh)
 
 
 def _frame(five: np.ndarray, side: int) -> np.ndarray:
