@@ -24,10 +24,14 @@ class MeshedFace:
     labels: np.ndarray  # (H, W) uint8 classes (batch_parse.labels)
 
 
-def cfp_frontal_photos(n: int, every: int = 1) -> list[Path]:
-    """The first frontal photo of CFP persons, every `every`-th person, n of them."""
+def cfp_frontal_photos(n: int, every: int = 1, split: str | None = None) -> list[Path]:
+    """The first frontal photo of CFP persons, every `every`-th person, n of them; only the face
+    pool's `split` of persons (its hash split of "cfp-PERSON") when given."""
+    from batch_parse.train.datasets import hash_split
+
     root = shared_dir() / "data" / "facepool" / "cfp" / "images"
-    people = sorted(p for p in root.iterdir() if p.is_dir())[::every]
+    people = [p for p in sorted(root.iterdir()) if p.is_dir() and (split is None or hash_split(f"cfp-{p.name}") == split)]
+    people = people[::every]
     return [sorted((p / "frontal").glob("*.jpg"))[0] for p in people[:n]]
 
 

@@ -175,6 +175,8 @@ def test_mismatched_inputs_are_refused(faces):
         turn_face(face.image[:-1], face.mesh, face.labels, 30)
     with pytest.raises(ValueError, match="do not match"):
         turn_face(face.image, face.mesh[:468], face.labels, 30)
+    with pytest.raises(ValueError, match="square aligned frame"):
+        turn_face(face.image[:, :-1], face.mesh, face.labels[:, :-1], 30)
 
 
 def test_uncovered_pixels_take_the_nearest_covered_one():
@@ -202,3 +204,19 @@ def test_contact_sheet_script_draws_the_sheet_and_measures(tmp_path):
         assert re.search(rf"^  yaw {yaw:>2}: (found \d/2  eye_left [+-][\d.]+,[+-][\d.]+|no face found)", done.stdout, re.M), done.stdout
     bad = subprocess.run([sys.executable, str(SHEET), "--faces", "0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and bad.stderr.strip() == "error: --faces must be >= 1 and --check-detector >= 0"
+
+
+SCORES = Path(__file__).resolve().parents[1] / "benchmarks" / "synth_pose_scores.py"
+
+
+def test_scores_script_prints_f1_per_yaw(tmp_path):
+    command = [sys.executable, str(SCORES), "--models", "stn-icnn/v2", "--faces", "1", "--split", "val"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = re.findall(r"^  stn-icnn/v2\s+(\d+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+-$", done.stdout, re.M)
+    assert [int(yaw) for yaw, _ in rows] == [0, 30, 60, 80], done.stdout
+    # The shipped model labels the re-framed frontal face much as its teacher did.
+    assert float(rows[0][1]) > 70, done.stdout
+    bad = subprocess.run([sys.executable, str(SCORES), "--models", "nope/unknown", "--faces", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and bad.stderr.strip().startswith("error: cannot load --models 'nope/unknown'"), bad.stderr[-500:]

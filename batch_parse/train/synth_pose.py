@@ -229,8 +229,9 @@ def turn_face(image: np.ndarray, mesh: np.ndarray, labels: np.ndarray, yaw_deg: 
     (the far side of the nose of a face already turned a little) have no pixels of their own:
     turning towards them smears what hides them, so turn a face away from its own yaw."""
     height, width = labels.shape
-    if image.shape[:2] != (height, width) or mesh.shape != (MESH_POINTS, 3):
-        raise ValueError(f"image {image.shape}, labels {labels.shape} and mesh {mesh.shape} do not match")
+    if image.shape != (height, width, 3) or np.shape(mesh) != (MESH_POINTS, 3) or height != width:
+        raise ValueError(f"image {image.shape}, labels {labels.shape} and mesh {np.shape(mesh)} do not match "
+                         f"a square aligned frame with its {MESH_POINTS}-point teacher mesh")
     face_tris, _, _ = _topology()
     bands = _band_triangles()
     src, rel, fixed = _vertices(mesh, height, width)
