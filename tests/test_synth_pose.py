@@ -18,7 +18,7 @@ from batch_parse.faces.align import TEMPLATE
 from batch_parse.labels import CLASS_COLORS, MIRROR_CLASS, SKIN
 
 pytest.importorskip("mediapipe")
-from batch_parse.train.synth_pose import TurnedFace, _fill_nearest, mesh_yaw, turn_face  # noqa: E402
+from batch_parse.train.synth_pose import TurnedFace, _band_triangles, _fill_nearest, _topology, mesh_yaw, turn_face  # noqa: E402
 from meshed_faces import MeshedFace, cfp_frontal_photos, meshed_faces  # noqa: E402
 
 EYE_1, EYE_2, NOSE = 3, 4, 5
@@ -177,6 +177,21 @@ def test_mismatched_inputs_are_refused(faces):
         turn_face(face.image, face.mesh[:468], face.labels, 30)
     with pytest.raises(ValueError, match="square aligned frame"):
         turn_face(face.image[:, :-1], face.mesh, face.labels[:, :-1], 30)
+
+
+def test_mesh_and_rings_tile_a_disk_with_one_orientation():
+    triangles, oval, holes = _topology()
+    everything = np.concatenate([triangles, _band_triangles()])
+    directed: dict[tuple[int, int], int] = {}
+    for t in everything:
+        for a, b in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0])):
+            directed[(a, b)] = directed.get((a, b), 0) + 1
+    # Each edge once per direction at most, and (but for the outer ring) used both ways: a
+    # surface with one orientation, no holes left (eyes and mouth closed by their fans).
+    assert max(directed.values()) == 1
+    one_way = [(a, b) for a, b in directed if (b, a) not in directed]
+    outer_start = 478 + len(holes) + len(oval) * 3
+    assert len(one_way) == len(oval) and all(a >= outer_start and b >= outer_start for a, b in one_way)
 
 
 def test_uncovered_pixels_take_the_nearest_covered_one():

@@ -155,8 +155,9 @@ def _orient(triangles: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _band_triangles() -> np.ndarray:
-    """Quad strips between the oval and each ring in turn, over the extended vertex list."""
-    _, oval, holes = _topology()
+    """Quad strips between the oval and each ring in turn, over the extended vertex list, oriented
+    as the face's triangles are (they run each oval edge the other way)."""
+    face, oval, holes = _topology()
     n = len(oval)
     first = MESH_POINTS + len(holes)
     loops = [oval] + [first + k * n + np.arange(n) for k in range(len(RINGS) + 1)]
@@ -165,7 +166,11 @@ def _band_triangles() -> np.ndarray:
         for i in range(n):
             j = (i + 1) % n
             tris += [(inner[i], inner[j], outer[j]), (inner[i], outer[j], outer[i])]
-    return np.array(tris)
+    tris = np.array(tris)
+    face_edges = {(t[k], t[(k + 1) % 3]) for t in face for k in range(3)}
+    if (oval[0], oval[1]) in face_edges:  # the strip above runs oval[0] -> oval[1] too: flip it
+        tris = tris[:, [0, 2, 1]]
+    return tris
 
 
 def _signed_area(xy: np.ndarray, tris: np.ndarray) -> np.ndarray:
@@ -250,11 +255,11 @@ def turn_face(image: np.ndarray, mesh: np.ndarray, labels: np.ndarray, yaw_deg: 
     tris = np.concatenate([face_tris, bands])
     is_band = np.zeros(len(tris), bool)
     is_band[len(face_tris):] = True
-    # Front or back: the sign a triangle's group has in the input (the frontal view), not its
-    # own, so that a triangle the input already shows edge-on or from behind is culled when it stays so.
-    src_area = _signed_area(src, tris)
-    ref = np.where(is_band, np.sign(src_area[is_band].sum()), np.sign(src_area[~is_band].sum()))
-    front = _signed_area(out_xy, tris) * ref > 0
+    # Front or back: the sign the whole face has in the input (the frontal view), not each
+    # triangle's own, so that one the input already shows edge-on or from behind stays culled.
+    # (The sign depends on the mesh: a mirrored one has the other.)
+    facing = np.sign(_signed_area(src, face_tris).sum())
+    front = _signed_area(out_xy, tris) * facing > 0
     tris, is_band = tris[front], is_band[front]
     winner, l1, l2 = _rasterise(out_xy, depth, tris, height, width)
     covered = winner >= 0
