@@ -272,7 +272,7 @@ def turn_face(image: np.ndarray, mesh: np.ndarray, labels: np.ndarray, yaw_deg: 
     tris, is_band = tris[front], is_band[front]
     winner, l1, l2 = _rasterise(out_xy, depth, tris, height, width)
     covered = winner >= 0
-    if not covered.all():  # only if the fixed ring does not reach round the frame
+    if not covered.all():  # only where the fixed rings do not reach round the re-framed frame
         winner, l1, l2 = _fill_nearest(winner, l1, l2)
     t = tris[winner]
     a, b, c = src[t[..., 0]], src[t[..., 1]], src[t[..., 2]]
