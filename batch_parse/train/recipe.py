@@ -46,6 +46,7 @@ class Recipe:
     init: str  # registry name the first stages start from
     stages: tuple[StageRun, ...]
     zoom_min: float = 0.6
+    turns: int = 1  # synthetic turned copies per near-frontal face in the pool (pool.py, synth_pose.py)
 
 
 # v4: every stage gets at least 10x the samples stn-icnn/v2's fine-tuning gave it (model card:
@@ -57,6 +58,14 @@ RECIPES = {
         StageRun("c", 2200, 3e-4, 32, 200),
         StageRun("b", 1500, 3e-4, 32, 150),
         StageRun("e2e", 1600, 2e-4, 16, 160),
+    )),
+    # One H100/H200 in under 8 minutes (scripts/train-gpu), from a portable pool of ~3,000 faces:
+    # larger batches, the same samples-per-stage order as v4.
+    "gpu": Recipe("gpu", "stn-icnn/v3", (
+        StageRun("a", 2000, 6e-4, 64, 250),
+        StageRun("c", 1200, 6e-4, 64, 200),
+        StageRun("b", 800, 6e-4, 64, 200),
+        StageRun("e2e", 600, 4e-4, 32, 150),
     )),
     # A few minutes end to end: checks the machinery (tests, a new machine), not for shipping.
     "smoke": Recipe("smoke", "stn-icnn/v3", (
@@ -100,7 +109,7 @@ def run_recipe(recipe: Recipe, home: Path, threads: int = 1, device: str = "cpu"
     home.mkdir(parents=True, exist_ok=True)
     if pool is None:
         pool = home / "pool"
-        pack([ensure_facepool(home, facepool, workers)], pool)
+        pack([ensure_facepool(home, facepool, workers)], pool, turns=recipe.turns)
     run = home / "runs" / recipe.name
     init = str(REGISTRY[recipe.init])
     for s in recipe.stages:
@@ -123,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=None, help="training home (default $BATCH_PARSE_TRAIN_HOME or ~/.cache/batch-parse/train)")
     parser.add_argument("--facepool", type=Path, default=None, help="an already built face pool (default: build one into HOME)")
     parser.add_argument("--pool", type=Path, default=None, help="an already packed pool (default: HOME/pool)")
+    parser.add_argument("--portable", type=Path, default=None, help="a portable pool (pool.py --portable), unpacked into HOME/pool")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one leaves the other core of a 2-core machine free)")
     parser.add_argument("--workers", type=int, default=1, help="processes for the face pool build")
     parser.add_argument("--device", default="cpu")
@@ -140,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"another training run holds {home / 'lock'}; not started")
         return 1
     try:
+        if args.portable:
+            from batch_parse.train.pool import unpack_portable
+
+            args.pool = unpack_portable(args.portable, home / "pool")
         run_recipe(RECIPES[args.recipe], home, args.threads, args.device, args.facepool, args.pool,
                    args.workers, args.precision)
     except (ValueError, RuntimeError) as error:

@@ -73,6 +73,7 @@ class TrainOptions:
     device: str = "cpu"
     precision: str = "auto"  # "bf16": autocast the forward pass; "auto": bf16 on CUDA and CPUs with native bf16
     checkpoint_minutes: float = 3.0  # resumable state written at least this often (and at every validation)
+    channels_last: bool | None = None  # None: with bf16 (oneDNN's bf16 convolutions want NHWC; benchmarks/train_speed.py)
 
 
 def log(msg: str) -> None:
@@ -284,6 +285,10 @@ def train_stage(opts: TrainOptions) -> Path:
     device = torch.device(opts.device)
     pool = training_pool(opts, run)
     model = initial_model(opts, run).to(device)
+    bf16 = use_bf16(opts)
+    channels_last = bf16 if opts.channels_last is None else opts.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     params = trainable(model, opts.stage)
     optimizer = torch.optim.Adam(params, lr=opts.lr or LEARNING_RATES[opts.stage])
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, opts.steps) / opts.steps)))
@@ -312,14 +317,15 @@ def train_stage(opts: TrainOptions) -> Path:
                       "data": batches.state(), "step": step, "best": best, "curve": curve}, ckpt_path)
         curve_path.write_text(json.dumps({"stage": opts.stage, "batch_size": batch_size, "steps": opts.steps, "curve": curve}, indent=1))
 
-    bf16 = use_bf16(opts)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     log(f"stage {opts.stage}: {len(batches.split)} training faces, {opts.steps} steps of {batch_size} on {device}"
-        f"{' (bf16 autocast)' if bf16 else ''}, pool {pool}")
+        f"{' (bf16 autocast)' if bf16 else ''}{' channels-last' if channels_last else ''}, pool {pool}")
     t0, last_ckpt, seen, running = time.time(), time.monotonic(), 0, None
     while step < opts.steps:
         set_modes(model, opts.stage)
         imgs, labs, labelled = batches.next()
+        if channels_last:
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
         with autocast():
             loss = stage_loss(model, opts.stage, imgs.to(device), labs.to(device), batches.gen, labelled.to(device))
         optimizer.zero_grad(set_to_none=True)
