@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from batch_parse.corrections.split import FaceRegion, split_photo
 from batch_parse.output.codec import decode_label_map, encode_png
 from batch_parse.output.layout import DATA_DIR, STATE_DIR
+from batch_parse.storage.location import Location
 from batch_parse.output.schema import (
     COLUMN_DOCS,
     CORRECTION_FIELDS,
@@ -82,8 +83,8 @@ class ImportResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
-def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str, original: str, *,
-                       helen: str | os.PathLike | None = None, endpoint_url: str | None = None) -> ImportResult:
+def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str, original: str | Location, *,
+                       helen: str | os.PathLike | None = None) -> ImportResult:
     """Import the corrected labels in `src` (a `tool` export) of the output `original` into the new folder `out`."""
     from batch_parse.output.dataset import open_output
 
@@ -99,7 +100,8 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
         _refuse_inside(target, original)
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise ValueError(f"{target} exists and is not an empty folder: import into a new one")
-    faces = open_output(original, endpoint_url)
+    faces = open_output(original)
+    original = original.uri if isinstance(original, Location) else original  # as messages and the summary name it
     versions = sorted({f"{f.metadata.get('model')}@{str(f.metadata.get('weights_sha256'))[:8]}" for f in faces.output.files})
     if len(versions) > 1:
         raise ValueError(f"{original} holds {len(versions)} model versions ({', '.join(versions)}): give the folder of the one exported")
@@ -196,7 +198,7 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
         if staged_helen is not None:
             from batch_parse.corrections.helen import write_helen
 
-            result.helen_faces = write_helen(staged_helen, table, faces.metadata, endpoint_url)
+            result.helen_faces = write_helen(staged_helen, table, faces.metadata, faces.output.location)
         (staged / STATE_DIR).mkdir()
         (staged / STATE_DIR / SUMMARY_FILE).write_text(json.dumps({"src": str(src), "original": original, **result.summary()}, indent=1))
         for target, built_dir in ((out, staged), (Path(helen) if helen is not None else None, staged_helen)):
@@ -214,12 +216,16 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
     return result
 
 
-def _refuse_inside(target: Path, original: str) -> None:
+def _refuse_inside(target: Path, original: str | Location) -> None:
     """Corrections never go inside the output they correct: a run would read them as its own rows
     (and remove the human rows as duplicates of the model's), and readers of the output would see
     every reviewed face twice. Their place is a folder of their own (README: exactly-once)."""
+    if isinstance(original, Location):
+        if original.is_s3:
+            return  # OUT is local (checked above): it cannot be inside an S3 output
+        original = original.path
     if original.startswith("s3://"):
-        return  # OUT is local (checked above): it cannot be inside an S3 output
+        return
     root = Path(original).resolve()
     if root.name == DATA_DIR and (root.parent / STATE_DIR).is_dir():
         root = root.parent  # ORIGINAL given as its data/ folder: the output is the folder above

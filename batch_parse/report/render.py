@@ -37,9 +37,9 @@ from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
 from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, file_class_names
 from batch_parse.report.overlay import panel, photo_panel
-from batch_parse.storage.fetch import FetchError, fetch_objects
-from batch_parse.storage.location import parse_location
-from batch_parse.storage.s3 import describe_error
+from batch_parse.storage.fetch import FetchError
+from batch_parse.storage.location import Location
+from batch_parse.storage.originals import fetch_originals
 
 SELECT_COLUMNS = ("id", "key", "status", "error_code", "error", "width", "height", "model_version",
                   "face_index", "face_count", "face_score", "face_box", *CONFIDENCE_COLUMNS)
@@ -109,7 +109,7 @@ class Selection:
     faces_too_small: int = 0  # face rows --min-face left out
 
 
-def render_output(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: str | None = None, *,
+def render_output(dst: str | Location, out_dir: str | Path, limit: int = 50, *,
                   where: str | None = None, min_face: float | None = None) -> Path:
     """Write out_dir/panels/**.png and out_dir/index.html for the `limit` least confident faces; returns index.html.
 
@@ -122,7 +122,7 @@ def render_output(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: 
     if min_face is not None and not min_face >= 0:
         raise ValueError(f"--min-face must be >= 0 pixels, got {min_face}")
     condition = parse_where(where) if where else None  # before reading anything: a typo is one line
-    output = open_output(dst, endpoint_url)
+    output = open_output(dst)
     selection = select_rows(output, limit, condition, min_face)
     out_dir = Path(out_dir)
     (out_dir / PANELS_DIR).mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def render_output(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: 
     for row in selection.rows:
         by_file[row.file.path].append(row)
     for rows in by_file.values():
-        selection.photos.update(_render_file_rows(output, rows, out_dir, endpoint_url))
+        selection.photos.update(_render_file_rows(output, rows, out_dir))
     index = out_dir / "index.html"
     index.write_text(_index_html(output, selection), encoding="utf-8")
     return index
@@ -195,14 +195,14 @@ def _face_sizes(batch) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in sizes], np.float64)
 
 
-def _render_file_rows(output: Output, rows: list[Row], out_dir: Path, endpoint_url: str | None) -> dict[int, PhotoPanel]:
+def _render_file_rows(output: Output, rows: list[Row], out_dir: Path) -> dict[int, PhotoPanel]:
     """Panels of one file's picked faces, and of the photos among them with several faces."""
     ids = sorted({r.id for r in rows})
     table = output.read_rows(rows[0].file, PANEL_COLUMNS, ids)
     stored = {(record["id"], record["face_index"]): record for record in table.to_pylist()}
     _read_other_faces(output, rows, stored)
     keys = list(dict.fromkeys(r.key for r in rows))  # a group photo is fetched once for all its faces
-    originals = dict(zip(keys, _fetch_originals(rows[0].file.metadata, keys, endpoint_url)))
+    originals = dict(zip(keys, _fetch_originals(rows[0].file.metadata, keys, output.location)))
     for row in rows:
         _render_face(row, stored.get((row.id, row.face_index)), originals[row.key], out_dir)
     photos = {}
@@ -319,20 +319,10 @@ def _around(face_box: np.ndarray | None, width: int, height: int) -> tuple[int, 
     return x0, y0, x1, y1
 
 
-def _fetch_originals(metadata: dict, keys: list[str], endpoint_url: str | None) -> list[tuple[np.ndarray | None, str | None]]:
+def _fetch_originals(metadata: dict, keys: list[str], output: Location) -> list[tuple[np.ndarray | None, str | None]]:
     """(image, None) or (None, why not) for each key, fetched from the file's recorded source."""
-    source = metadata.get("source")
-    if not source:
-        return [(None, "source location not recorded in the output file")] * len(keys)
-    # The job had one endpoint for source and output; files record it, older ones may not.
-    endpoint = metadata.get("endpoint_url") or endpoint_url
-    try:
-        location = parse_location(source)
-        fetched = fetch_objects(keys, location, endpoint)
-    except Exception as exc:  # bad URI, no credentials, unreachable endpoint: the panels still render
-        return [(None, describe_error(exc))] * len(keys)
     originals = []
-    for data in fetched:
+    for data in fetch_originals(metadata, keys, output):
         if isinstance(data, FetchError):
             originals.append((None, data.message))
             continue
