@@ -34,7 +34,15 @@ run checks them again: every step is idempotent.
 
 Every delete, rewrite and index write is fenced on the run's lease (output/lease.py Lease.fence):
 a run that lost its lease commits and seals nothing more. Valid Parquet files in data/ that are not
-batch-parse output (no batch_parse metadata) are left alone and reported, never deleted.
+batch-parse output (no batch_parse metadata), human corrections (`batch-parse import` rows) and
+files named .parquet that are not Parquet at all are left alone and reported, never deleted. A
+file with our columns and our model's rows but without our metadata (pandas rewrote it) is ours
+by its rows: its metadata is restored in place and it is checked like any uncovered file. Before
+an uncovered file's rows count, the run's `check` compares its metadata's source and weights with
+the run's (a data/ copied without its .batch-parse/ must not lend another corpus's labels).
+Each index file carries a checksum of its entries and covers, checked on the audit's pass: an
+index edited by hand, even to agree with itself, loses to the data (its files are read again).
+torn_images() is the readers' side: images a reader would see only in part, for them to leave out.
 
 The index is read one id range at a time (storage/id_ranges.py), so memory holds one range however
 long the history; index files are merged once there are more than MAX_INDEX_FILES.
