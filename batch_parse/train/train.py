@@ -194,9 +194,14 @@ def initial_model(opts: TrainOptions, run: Path) -> STNiCNN:
 def validation_split(opts: "TrainOptions", pool: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The first val_images faces of the pool's val split: float 0..1 images, long labels."""
     val = open_pool(pool, "val")
+    if len(val) == 0:
+        # A small dataset of the user's with no val split still trains; its selection is then
+        # on faces it learns from, which the log says.
+        log(f"{pool}: the val split is empty; validating on the first train faces")
+        val = open_pool(pool, "train")
     n = min(opts.val_images, len(val))
     if n == 0:
-        raise ValueError(f"{pool}: the val split is empty; a pool needs validation faces")
+        raise ValueError(f"{pool}: no faces to train or validate on")
     images, labels = val.rows(np.arange(n))
     return images.float() / 255, labels.long()
 
