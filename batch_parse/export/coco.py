@@ -1,7 +1,8 @@
 """COCO instance segmentation (annotations.json): one annotation per part class per face, masks as RLE,
 and one `face` annotation per face with its box and five landmarks as keypoints.
 
-Part categories: ids are our class indices (labels.CLASS_NAMES; background has none), masks are
+Part categories: ids are our class indices, one per class of the output's model (its metadata's
+`class_names`: no `skin` category for 9-class weights; background has none), masks are
 pycocotools' compressed RLE over the whole image, `bbox` and `area` are pycocotools' own, and
 `score` is the confidence of the part the class belongs to (`mouth` for the three lip/mouth
 classes). The `face` category (id FACE_CATEGORY_ID) is a keypoint category: its annotations hold
@@ -26,13 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from batch_parse.export.faces import IMAGES_DIR, Originals, Photo
-from batch_parse.labels import CLASS_NAMES, CLASS_PART, LANDMARK_EDGES, LANDMARK_NAMES, NUM_CLASSES, PART_NAMES
+from batch_parse.labels import CLASS_PART, LANDMARK_EDGES, LANDMARK_NAMES, NUM_CLASSES, PART_NAMES
 from batch_parse.output.quality import PARSE_SCORE
 
 COLUMNS: tuple[str, ...] = ()
 ANNOTATIONS = "annotations.json"
 SUPERCATEGORY = "face"
-FACE_CATEGORY_ID = NUM_CLASSES  # after the part classes 1..NUM_CLASSES-1
+FACE_CATEGORY_ID = NUM_CLASSES  # after every class any model has: the same id whatever the output's classes
 FACE_CATEGORY = "face"
 VISIBLE = 2  # COCO keypoint visibility: labelled and visible
 
@@ -44,7 +45,7 @@ def check_installed() -> None:
         raise ValueError("--to coco needs pycocotools: pip install 'batch-parse[export]'") from exc
 
 
-def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result) -> None:
+def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result, labels) -> None:
     from pycocotools import mask as coco_mask
 
     images, annotations, sources, versions = [], [], set(), set()
@@ -85,7 +86,7 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
         "images": images,
         "annotations": annotations,
         "categories": [
-            *({"id": cls, "name": name, "supercategory": SUPERCATEGORY} for cls, name in enumerate(CLASS_NAMES) if cls),
+            *({"id": cls, "name": name, "supercategory": SUPERCATEGORY} for cls, name in labels.part_classes),
             {"id": FACE_CATEGORY_ID, "name": FACE_CATEGORY, "supercategory": SUPERCATEGORY, "keypoints": list(LANDMARK_NAMES),
              "skeleton": [[a + 1, b + 1] for a, b in LANDMARK_EDGES]},  # COCO skeletons count keypoints from 1
         ],

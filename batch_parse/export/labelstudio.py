@@ -3,7 +3,8 @@
 Each part class of each face is one `brushlabels` result in Label Studio's own RLE (the
 rle-pack bit stream its brush tool decodes: an RGBA image of the photo's size, flattened), and
 each face one `rectanglelabels` box. labeling_config.xml has one <BrushLabels> label per class
-with our colours. Import: create a project, paste the config (Settings > Labeling Interface >
+with our colours, for the classes of the output's model only (its metadata's `class_names`: a
+9-class output offers no `skin` to paint, which its import could not take back). Import: create a project, paste the config (Settings > Labeling Interface >
 Code), then Import tasks.json.
 
 Parse quality, where Label Studio sorts and filters by it: each brush region's `score` is its
@@ -30,7 +31,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from batch_parse.export.faces import Originals, Photo
-from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, CLASS_PART, PART_NAMES
+from batch_parse.labels import CLASS_NAMES, CLASS_PART, PART_NAMES
 from batch_parse.output.quality import PARSE_SCORE
 from batch_parse.storage.location import parse_location
 
@@ -50,11 +51,10 @@ def check_installed() -> None:
     """Nothing: the RLE is written here and checked against label-studio-converter's decoder in the tests."""
 
 
-def labeling_config() -> str:
+def labeling_config(class_names: tuple[str, ...], class_colors: tuple[tuple[int, int, int], ...]) -> str:
     labels = "\n".join(
         f"    <Label value={quoteattr(name)} background={quoteattr('#' + bytes(color).hex())}/>"
-        for name, color in zip(CLASS_NAMES, CLASS_COLORS)
-        if name != CLASS_NAMES[0]
+        for name, color in zip(class_names[1:], class_colors[1:])
     )
     return (
         "<View>\n"
@@ -149,8 +149,8 @@ def quality_fields(photo: Photo) -> dict:
     }
 
 
-def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result) -> None:
-    (out / CONFIG).write_text(labeling_config(), encoding="utf-8")
+def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result, labels) -> None:
+    (out / CONFIG).write_text(labeling_config(labels.class_names, labels.class_colors), encoding="utf-8")
     with open(out / TASKS, "w", encoding="utf-8") as f:
         f.write("[")
         for photo in photos:
