@@ -31,6 +31,7 @@ from PIL import Image
 from batch_parse.faces.policy import DEFAULT_POLICY, InferencePolicy
 from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, PART_NAMES
 from batch_parse.output.codec import encode_png
+from batch_parse.output.quality import PARSE_SCORE, parse_scores
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_FETCH_ATTEMPTS, DEFAULT_MAX_BYTES, JobOptions
 from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
@@ -271,6 +272,8 @@ def encode_rows(batch: dict[str, np.ndarray], schema: pa.Schema, model_version: 
         columns[f"{name}_box"] = per_face(batch["boxes"][:, p].tolist())
         columns[f"{name}_window"] = per_face(batch["windows"][:, p].tolist())
         columns[f"{name}_confidence"] = per_face(batch["confidences"][:, p].astype(float).tolist())
+    scores = parse_scores(batch["confidences"])
+    columns[PARSE_SCORE] = [float(v) if good and not np.isnan(v) else None for good, v in zip(ok, scores)]
     for c, name in enumerate(CLASS_NAMES):
         if f"pixels_{name}" in schema.names:  # the model's classes only (schema.table_schema)
             columns[f"pixels_{name}"] = per_face(batch["class_pixels"][:, c].astype(int).tolist())
