@@ -12,6 +12,7 @@ from batch_parse.cli import corrections, demo, export, jobs, model, progress
 from batch_parse.cli.redact import echo, redact
 from batch_parse.cli.policy import policy_options
 from batch_parse.pipeline.options import CROP_FORMATS, JobOptions
+from batch_parse.report import REVIEW_MIN_FACE
 
 _DEFAULTS = JobOptions(source="", output="")
 _MESSAGE_LIMIT = 500
@@ -209,13 +210,18 @@ def inspect(dst: str, endpoint_url: str | None) -> None:
                    "Up to as many images without a face and error rows are listed.")
 @click.option("--where", help="Show only rows matching COLUMN OP VALUE clauses joined by 'and', as `export --where`, "
                               "e.g. \"face_score >= 0.99 and mouth_confidence < 0.8\".")
-@click.option("--min-face", type=click.FloatRange(min=0), help="Skip faces whose box is smaller than PX pixels on its shorter side.")
+@click.option("--min-face", type=click.FloatRange(min=0), default=REVIEW_MIN_FACE, show_default=True, metavar="PX",
+              help="Show faces whose box is at least PX pixels on its shorter side (smaller ones cannot be reviewed; "
+                   "they are counted). 0 shows every face.")
 @click.option("--endpoint-url", show_default="AWS", help="S3-compatible endpoint.")
-def render(dst: str, out_dir: Path, limit: int, where: str | None, min_face: float | None, endpoint_url: str | None) -> None:
-    """Draw label overlays of an output as an HTML page."""
-    from batch_parse.report.render import render_output
+def render(dst: str, out_dir: Path, limit: int, where: str | None, min_face: float, endpoint_url: str | None) -> None:
+    """Draw label overlays of an output as an HTML page, worst parse score first."""
+    from batch_parse.report.render import render as render_pages
 
-    index = render_output(dst, out_dir, limit, endpoint_url, where=where, min_face=min_face)
+    index, selection = render_pages(dst, out_dir, limit, endpoint_url, where=where, min_face=min_face)
+    echo(f"drew {len(selection.rows)} of {selection.ok_total:,} face(s), lowest parse score first"
+         + (f"; {selection.faces_too_small:,} face(s) under {min_face:g} px not shown (--min-face 0 shows them)"
+            if selection.faces_too_small else ""))
     echo(f"wrote {index}")
 
 
