@@ -240,7 +240,11 @@ def process_photo(photo: Photo) -> tuple[list[FaceRecord], int, str | None]:
         status, flip, clean = "skipped", None, False
         if written:
             frame = align.warp(tensor, alignment).permute(1, 2, 0).numpy()
-            helen = teacher.label_rgb(frame)
+            mesh = teacher.mesh_rgb(frame)
+            helen = None if mesh is None else teacher.labels_from_mesh(mesh, *frame.shape[:2])
+            if mesh is not None:
+                # Kept for pose synthesis (train/pool.py): the 3-D mesh rotates, its labels come along.
+                np.save(_roots["dst"] / "mesh" / f"{name}.npy", mesh.astype(np.float32))
             if helen is None:
                 status = "no_face"
             else:
@@ -292,6 +296,7 @@ def build(pool: str | Path, dst: str | Path, utkface: str | Path | None = None, 
     photos = list_photos(pool, Path(utkface) if utkface else None, limit)
     (dst / "images").mkdir(parents=True, exist_ok=True)
     (dst / "labels").mkdir(parents=True, exist_ok=True)
+    (dst / "mesh").mkdir(parents=True, exist_ok=True)
     records: list[FaceRecord] = []
     missed_probed, errors = 0, []
     # Fail fast here: a worker whose initializer raises is respawned by Pool forever.
