@@ -203,7 +203,9 @@ def test_cvat_archive_pngs_hold_the_label_maps(demo_output, truth, classes, tmp_
     archive = zipfile.ZipFile(out / "segmentation-mask-1.1.zip")
     labelmap = archive.read("labelmap.txt").decode().splitlines()
     assert labelmap[0] == "# label:color_rgb:parts:actions"
-    parsed = [(line.split(":")[0], tuple(int(v) for v in line.split(":")[1].split(","))) for line in labelmap[1:]]
+    # CVAT and Datumaro skip '#' lines (the licence rides along as one).
+    parsed = [(line.split(":")[0], tuple(int(v) for v in line.split(":")[1].split(","))) for line in labelmap[1:]
+              if not line.startswith("#")]
     assert parsed == list(zip(*classes))
     items = archive.read("ImageSets/Segmentation/default.txt").decode().split()
     assert sorted(items) == sorted(Path(k).stem for k in truth)
@@ -341,7 +343,8 @@ def test_hf_parquet_loads_with_datasets(demo_output, truth, classes, tmp_path):
     card = DatasetCard.load(out / "README.md")
     assert card.data.task_categories == ["image-segmentation"] and card.data.license == "other"
     assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}]
-    assert card.data.dataset_info["splits"] == [{"name": "train", "num_examples": len(truth)}]
+    (split,) = card.data.dataset_info["splits"]  # num_bytes too: datasets warns that a split without it is malformed
+    assert split["name"] == "train" and split["num_examples"] == len(truth) and split["num_bytes"] > 0
     assert datasets.Features._from_yaml_list(card.data.dataset_info["features"]) == features(classes[0])
     assert "parse_score" in card.text and "mean of the six part confidences" in card.text
     whole = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache-root"))
@@ -570,6 +573,7 @@ def test_whole_image_faces_export_without_landmarks_or_detector_score(tmp_path):
     from pycocotools.coco import COCO
 
     from batch_parse.export import ExportResult, LabelSet, coco, fiftyone, hf, labelstudio
+    from batch_parse.model.licence import UNKNOWN
 
     label_map = np.zeros((6, 8), np.uint8)
     label_map[1:3, 1:4] = 3  # eye_1
@@ -583,7 +587,7 @@ def test_whole_image_faces_export_without_landmarks_or_detector_score(tmp_path):
 
     out = tmp_path / "coco"
     out.mkdir()
-    coco.export([photo], out, None, ExportResult("coco", out), LabelSet(CLASS_NAMES[:9], CLASS_COLORS[:9], ("m@1",)))
+    coco.export([photo], out, None, ExportResult("coco", out), LabelSet(CLASS_NAMES[:9], CLASS_COLORS[:9], ("m@1",), UNKNOWN))
     loaded = COCO(str(out / "annotations.json"))
     (ann,) = loaded.loadAnns(loaded.getAnnIds(catIds=loaded.getCatIds(catNms=["face"])))
     assert ann["num_keypoints"] == 0 and ann["keypoints"] == [0.0] * 15 and ann["bbox"] == [0.0, 0.0, 8.0, 6.0]
@@ -735,3 +739,84 @@ def test_parse_score_is_a_column_and_old_outputs_compute_it_on_read(demo_output,
         report = "\n".join(inspect_output(str(dst)))
         assert "parse score (mean of the six part confidences" in report
         assert f"of {len(scores)} face(s) below 0.5" in report
+
+
+def test_label_maps_are_palette_pngs_in_the_class_colours_with_the_class_indices(demo_output):
+    """A label map opens in colour in any viewer (palette = labels.py's colours) and still holds the class
+    indices as pixel values; grey label maps of older outputs decode the same."""
+    from batch_parse.output.codec import decode_label_map
+
+    table = pads.dataset(demo_output / "data", format="parquet").to_table(columns=["status", "label_map"])
+    maps = [m for s, m in zip(table["status"].to_pylist(), table["label_map"].to_pylist()) if s == "ok"]
+    assert maps
+    for data in maps:
+        with Image.open(io.BytesIO(data)) as png:
+            assert png.mode == "P"
+            palette = np.asarray(png.getpalette()[: 3 * len(CLASS_COLORS)]).reshape(-1, 3)
+            indices = np.asarray(png)
+            rgb = np.asarray(png.convert("RGB"))
+        np.testing.assert_array_equal(palette, CLASS_COLORS)
+        assert indices.max() < 9 and (indices > 0).any()  # indices of the 9-class model's classes, not colours
+        np.testing.assert_array_equal(rgb, np.asarray(CLASS_COLORS, np.uint8)[indices])
+        np.testing.assert_array_equal(decode_label_map(data), indices)
+        grey = io.BytesIO()
+        Image.fromarray(indices).save(grey, "PNG")  # as 0.5 wrote them
+        np.testing.assert_array_equal(decode_label_map(grey.getvalue()), indices)
+
+
+def test_the_labels_licence_travels_with_the_output_and_every_export(demo_output, tmp_path):
+    """The shipped weights' terms (non-commercial research, from their training data) are in every file's
+    metadata, `inspect`, COCO licenses/info, Label Studio's config and tasks, CVAT's archive, FiftyOne's
+    dataset info and the HF card (license_name, license_link), which datasets loads without a warning."""
+    import logging
+
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    from batch_parse.model.licence import SHIPPED
+    from batch_parse.output.schema import read_metadata
+    from batch_parse.report.inspect import inspect_output
+
+    assert "non-commercial research only" in SHIPPED.terms + SHIPPED.source
+    for path in (demo_output / "data").glob("*.parquet"):
+        assert read_metadata(pq.read_schema(path))["licence"] == SHIPPED.as_dict()
+    assert f"licence {SHIPPED.line()}" in "\n".join(inspect_output(str(demo_output)))
+
+    coco = tmp_path / "coco"
+    export_output(str(demo_output), coco, "coco", limit=1)
+    document = json.loads((coco / "annotations.json").read_text())
+    assert document["licenses"] == [{"id": 1, "name": SHIPPED.name, "url": SHIPPED.link, "terms": SHIPPED.terms, "source": SHIPPED.source}]
+    assert document["info"]["licence"] == SHIPPED.as_dict() and all(i["license"] == 1 for i in document["images"])
+
+    ls = tmp_path / "ls"
+    export_output(str(demo_output), ls, "labelstudio", limit=1)
+    assert SHIPPED.terms in (ls / "labeling_config.xml").read_text()
+    assert all(t["data"]["licence"] == SHIPPED.name for t in json.loads((ls / "tasks.json").read_text()))
+
+    cvat = tmp_path / "cvat"
+    export_output(str(demo_output), cvat, "cvat", limit=1)
+    with zipfile.ZipFile(cvat / "segmentation-mask-1.1.zip") as archive:
+        assert archive.read("LICENCE.txt").decode().strip() == SHIPPED.line()
+        assert f"# licence: {SHIPPED.line()}" in archive.read("labelmap.txt").decode().splitlines()
+
+    fo = tmp_path / "fo"
+    export_output(str(demo_output), fo, "fiftyone", limit=1)
+    assert json.loads((fo / "metadata.json").read_text())["info"]["licence"] == SHIPPED.as_dict()
+
+    hf = tmp_path / "hf"
+    export_output(str(demo_output), hf, "hf")
+    card = DatasetCard.load(hf / "README.md")
+    assert (card.data.license, card.data.license_name, card.data.license_link) == ("other", SHIPPED.name, "LICENCE.md")
+    assert SHIPPED.line() in (hf / "LICENCE.md").read_text() and SHIPPED.terms in card.text
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("datasets")
+    logger.addHandler(handler)
+    try:
+        loaded = datasets.load_dataset(str(hf), split="train", cache_dir=str(tmp_path / "cache"))
+    finally:
+        logger.removeHandler(handler)
+    assert len(loaded) > 0
+    assert not [r for r in records if "malformed" in r.getMessage() or "Ignoring part of dataset_info" in r.getMessage()]
+    assert loaded.info.splits["train"].num_examples == len(loaded)

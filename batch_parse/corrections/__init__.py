@@ -32,7 +32,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from batch_parse.corrections.split import FaceRegion, split_photo
-from batch_parse.output.codec import decode_label_map, encode_png
+from batch_parse.output.codec import decode_label_map, encode_label_map
 from batch_parse.output.layout import DATA_DIR, STATE_DIR
 from batch_parse.output.schema import (
     COLUMN_DOCS,
@@ -172,7 +172,7 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
         for k, (row, region) in enumerate(zip(photo_rows, regions)):
             row = dict(row)
             if split.changed[k]:
-                row["label_map"] = encode_png(split.maps[k])
+                row["label_map"] = encode_label_map(split.maps[k])
                 for c, count in enumerate(np.bincount(split.maps[k].ravel(), minlength=len(class_names))[: len(class_names)]):
                     row[f"pixels_{class_names[c]}"] = int(count)
                 result.faces_changed += 1

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batch_parse.model.licence import Licence, output_licence
+
 FORMATS = ("coco", "cvat", "labelstudio", "hf", "fiftyone")
 IMAGES_DIR = "images"  # where --copy-images puts the originals, named by faces.copied_name(key)
 
@@ -28,6 +30,7 @@ class LabelSet:
     class_names: tuple[str, ...]  # label map values index these; background first
     class_colors: tuple[tuple[int, int, int], ...]
     model_versions: tuple[str, ...]  # model@hash of the files exported
+    licence: Licence  # the labels' terms, from the files' metadata (model/licence.py)
 
     @property
     def part_classes(self) -> tuple[tuple[int, str], ...]:
@@ -47,7 +50,8 @@ def label_set(files) -> LabelSet:
     metas = [f.metadata for f in files]
     longest = max(metas, key=lambda m: len(file_class_names(m)))
     versions = sorted({f"{m.get('model')}@{str(m.get('weights_sha256'))[:8]}" for m in metas})
-    return LabelSet(file_class_names(longest), file_class_colors(longest), tuple(versions))
+    # One model per export (export_output refuses two unless --where picks one): its files share one licence.
+    return LabelSet(file_class_names(longest), file_class_colors(longest), tuple(versions), output_licence(longest))
 
 
 @dataclass

@@ -36,6 +36,7 @@ SUPERCATEGORY = "face"
 FACE_CATEGORY_ID = NUM_CLASSES  # after every class any model has: the same id whatever the output's classes
 FACE_CATEGORY = "face"
 VISIBLE = 2  # COCO keypoint visibility: labelled and visible
+LICENCE_ID = 1
 
 
 def check_installed() -> None:
@@ -58,7 +59,7 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
         images.append({
             "id": image_id, "file_name": photo.key if copied is None else copied.removeprefix(f"{IMAGES_DIR}/"),
             "width": photo.width, "height": photo.height, "coco_url": photo.uri(),
-            "batch_parse_id": str(photo.id), "key": photo.key, "face_count": len(photo.faces),
+            "batch_parse_id": str(photo.id), "key": photo.key, "face_count": len(photo.faces), "license": LICENCE_ID,
             PARSE_SCORE: min(scores) if scores else None,
         })  # fmt: skip
         for position, face in enumerate(photo.faces):
@@ -81,8 +82,12 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
             "model_version": ", ".join(sorted(versions)),
             "image_root": IMAGES_DIR if originals else ", ".join(sorted(s or "unknown" for s in sources)),
             "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "licence": labels.licence.as_dict(),
         },
-        "licenses": [],
+        # COCO's licence list: one entry, the labels' (every image and annotation is under it; the
+        # images keep their own terms, which the output does not know).
+        "licenses": [{"id": LICENCE_ID, "name": labels.licence.name, "url": labels.licence.link,
+                      "terms": labels.licence.terms, "source": labels.licence.source}],
         "images": images,
         "annotations": annotations,
         "categories": [

@@ -27,6 +27,7 @@ from batch_parse.labels import CLASS_COLORS
 COLUMNS: tuple[str, ...] = ()
 ARCHIVE = "segmentation-mask-1.1.zip"
 LABELMAP_HEADER = "# label:color_rgb:parts:actions"
+LICENCE_FILE = "LICENCE.txt"
 MAX_INSTANCES = 255  # SegmentationObject is an 8-bit paletted PNG; 0 is background
 
 
@@ -34,8 +35,10 @@ def check_installed() -> None:
     """Nothing beyond Pillow: the archive is PNGs and text."""
 
 
-def labelmap(class_names: tuple[str, ...], class_colors: tuple[tuple[int, int, int], ...]) -> str:
-    lines = [LABELMAP_HEADER] + [f"{name}:{','.join(map(str, color))}::" for name, color in zip(class_names, class_colors)]
+def labelmap(class_names: tuple[str, ...], class_colors: tuple[tuple[int, int, int], ...], licence=None) -> str:
+    # CVAT and Datumaro skip '#' lines: the licence rides along as a comment, and in LICENCE.txt.
+    notes = [f"# licence: {licence.line()}"] if licence else []
+    lines = [LABELMAP_HEADER, *notes] + [f"{name}:{','.join(map(str, color))}::" for name, color in zip(class_names, class_colors)]
     return "\n".join(lines) + "\n"
 
 
@@ -70,7 +73,8 @@ def _paletted_png(indices: np.ndarray, palette: np.ndarray) -> bytes:
 def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result, labels) -> None:
     items: dict[str, str] = {}  # item name -> key, to refuse two images CVAT would take for one
     with zipfile.ZipFile(out / ARCHIVE, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("labelmap.txt", labelmap(labels.class_names, labels.class_colors))
+        archive.writestr("labelmap.txt", labelmap(labels.class_names, labels.class_colors, labels.licence))
+        archive.writestr(LICENCE_FILE, labels.licence.line() + "\n")
         for photo in photos:
             if originals is not None:
                 # The task is made from OUT/images: items are named as the copies are (unique already).

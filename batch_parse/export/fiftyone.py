@@ -60,6 +60,7 @@ def metadata(model_versions: list[str], labels) -> dict:
         "info": {
             "description": "batch-parse face parsing labels (STN-iCNN)",
             "model_version": ", ".join(model_versions),
+            "licence": labels.licence.as_dict(),  # dataset.info["licence"] once loaded
             "mask_targets": {SEGMENTATION_FIELD: {str(i): name for i, name in enumerate(labels.class_names)}},
             "classes": {FACES_FIELD: [FACE_LABEL], LANDMARKS_FIELD: [FACE_LABEL]},
             "skeletons": {LANDMARKS_FIELD: {"labels": list(LANDMARK_NAMES), "edges": [list(e) for e in LANDMARK_EDGES]}},

@@ -32,6 +32,7 @@ from batch_parse.output.quality import PARSE_SCORE, PARSE_SCORE_DOC
 COLUMNS: tuple[str, ...] = ("label_map", *(f"{p}_{c}" for p in PART_NAMES for c in ("crop", "box", "confidence")))
 DATA = "data/train-00000-of-00001.parquet"
 CARD = "README.md"
+LICENCE = "LICENCE.md"  # the card's license_link: a file of the dataset itself, as the Hub resolves it
 ROW_GROUP = 64  # images per row group: embedded originals keep a group to tens of MB
 
 
@@ -107,20 +108,24 @@ def _row(photo: Photo, originals: Originals | None, num_classes: int) -> dict:
     }  # fmt: skip
 
 
-def card(images: int, faces: int, versions: list[str], sources: list[str], labels) -> str:
+def card(images: int, faces: int, versions: list[str], sources: list[str], labels, num_bytes: int = 0) -> str:
     """README.md: the dataset card, a YAML header the Hub and `datasets` read, then what the columns mean."""
     from huggingface_hub import DatasetCardData
 
     header = DatasetCardData(
         pretty_name="batch-parse face parsing labels",
-        license="other",  # the labels inherit the weights' terms: see the body
+        license="other",  # the labels inherit the weights' terms, named here and in LICENCE.md
+        license_name=labels.licence.name,
+        license_link=LICENCE,
         annotations_creators=["machine-generated"],
         task_categories=["image-segmentation"],
         task_ids=["semantic-segmentation"],
         size_categories=[_size_category(images)],
         tags=["face-parsing", "batch-parse", "stn-icnn"],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
-        dataset_info={"features": features(labels.class_names)._to_yaml_list(), "splits": [{"name": "train", "num_examples": images}]},
+        # num_bytes: datasets calls a split without it malformed and warns on every load.
+        dataset_info={"features": features(labels.class_names)._to_yaml_list(),
+                      "splits": [{"name": "train", "num_bytes": num_bytes, "num_examples": images}]},
     )
     rows = "\n".join(f"| {i} | `{name}` | rgb{tuple(color)} |" for i, (name, color) in enumerate(zip(labels.class_names, labels.class_colors)))
     return (
@@ -139,8 +144,8 @@ def card(images: int, faces: int, versions: list[str], sources: list[str], label
         'ds.features["classes"].feature.names\n'
         'doubtful = ds.sort("parse_score").select(range(20))  # the least confident images first\n```\n\n'
         f"| index | class | colour |\n|---|---|---|\n{rows}\n\n"
-        "## Licence\n\nThe labels are the output of batch-parse's STN-iCNN weights, trained on data sets for non-commercial\n"
-        "research only (see the model card in batch_parse/model/weights/MODEL_CARD.md); the images keep their own terms.\n"
+        f"## Licence\n\n`{labels.licence.name}`: {labels.licence.terms}. Why: {labels.licence.source}. "
+        f"See {labels.licence.link} (in the batch-parse package) and {LICENCE}.\n"
     )
 
 
@@ -158,6 +163,7 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
     path.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     versions, sources = set(), set()
+    num_bytes = 0  # Arrow bytes of the split, as datasets counts them
     with pq.ParquetWriter(path, schema) as writer:
         for photo in photos:
             versions.add(photo.model_version)
@@ -167,9 +173,15 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
             result.images += 1
             result.faces += len(photo.faces)
             if len(rows) == ROW_GROUP:
-                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                table = pa.Table.from_pylist(rows, schema=schema)
+                writer.write_table(table)
+                num_bytes += table.nbytes
                 rows = []
         if rows or result.images == 0:
-            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-    (out / CARD).write_text(card(result.images, result.faces, sorted(versions), sorted(filter(None, sources)), labels), encoding="utf-8")
-    result.files += [DATA, CARD]
+            table = pa.Table.from_pylist(rows, schema=schema)
+            writer.write_table(table)
+            num_bytes += table.nbytes
+    (out / CARD).write_text(card(result.images, result.faces, sorted(versions), sorted(filter(None, sources)), labels, num_bytes),
+                            encoding="utf-8")
+    (out / LICENCE).write_text(f"# Licence of these labels\n\n{labels.licence.line()}\n", encoding="utf-8")
+    result.files += [DATA, CARD, LICENCE]

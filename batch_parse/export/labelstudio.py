@@ -51,14 +51,17 @@ def check_installed() -> None:
     """Nothing: the RLE is written here and checked against label-studio-converter's decoder in the tests."""
 
 
-def labeling_config(class_names: tuple[str, ...], class_colors: tuple[tuple[int, int, int], ...]) -> str:
+def labeling_config(class_names: tuple[str, ...], class_colors: tuple[tuple[int, int, int], ...], licence=None) -> str:
+    """The project's labeling interface; licence (model/licence.py) is shown above every task."""
     labels = "\n".join(
         f"    <Label value={quoteattr(name)} background={quoteattr('#' + bytes(color).hex())}/>"
         for name, color in zip(class_names[1:], class_colors[1:])
     )
+    notice = f"  <Header value={quoteattr('Labels: ' + licence.name + ' - ' + licence.terms)} size=\"6\"/>\n" if licence else ""
     return (
         "<View>\n"
         '  <Header value="$key"/>\n'
+        f"{notice}"
         f'  <Image name="{IMAGE_TAG}" value="$image" zoom="true" zoomControl="true"/>\n'
         f'  <BrushLabels name="{BRUSH_TAG}" toName="{IMAGE_TAG}">\n{labels}\n  </BrushLabels>\n'
         f'  <RectangleLabels name="{FACE_TAG}" toName="{IMAGE_TAG}">\n'
@@ -150,13 +153,14 @@ def quality_fields(photo: Photo) -> dict:
 
 
 def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result, labels) -> None:
-    (out / CONFIG).write_text(labeling_config(labels.class_names, labels.class_colors), encoding="utf-8")
+    (out / CONFIG).write_text(labeling_config(labels.class_names, labels.class_colors, labels.licence), encoding="utf-8")
     with open(out / TASKS, "w", encoding="utf-8") as f:
         f.write("[")
         for photo in photos:
             copied = originals.copy(photo, out) if originals is not None else None
             result.copied += copied is not None
             task, parts = _task(photo, copied)
+            task["data"]["licence"] = labels.licence.name  # travels with every task, and into Label Studio's exports
             f.write(("\n" if result.images == 0 else ",\n") + json.dumps(task, separators=(",", ":")))
             result.images += 1
             result.faces += len(photo.faces)

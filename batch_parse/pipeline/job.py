@@ -29,6 +29,7 @@ from batch_parse.output.layout import OutputLayout
 from batch_parse.pipeline import commit, migrate, plan, ray_reaper, stages
 from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.progress import ProgressPrinter, start_counter
+from batch_parse.model.licence import weights_licence
 from batch_parse.output.schema import output_schema
 from batch_parse.pipeline.summary import JobSummary
 from batch_parse.output import lease
@@ -200,7 +201,8 @@ def _run_chain(options: JobOptions, fs, manifest_path: str, data_dir: str, model
     # The file's columns and class list follow the model's classes (no pixels_skin for 9-class weights).
     schema = output_schema(model_version.split("@")[0], sha, options.crop_format, source=options.source,
                            endpoint_url=options.endpoint_url, policy=inference_policy(options),
-                           class_names=weights_class_names(resolve(options.model)[1]))
+                           class_names=weights_class_names(resolve(options.model)[1]),
+                           licence=weights_licence(*resolve(options.model)).as_dict())
     counter = start_counter()
 
     with ProgressPrinter(counter, todo):

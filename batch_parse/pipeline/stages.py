@@ -30,7 +30,7 @@ from PIL import Image
 
 from batch_parse.faces.policy import DEFAULT_POLICY, InferencePolicy
 from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, PART_NAMES
-from batch_parse.output.codec import encode_png
+from batch_parse.output.codec import encode_label_map, encode_png
 from batch_parse.output.quality import PARSE_SCORE, parse_scores
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_FETCH_ATTEMPTS, DEFAULT_MAX_BYTES, JobOptions
@@ -262,7 +262,7 @@ def encode_rows(batch: dict[str, np.ndarray], schema: pa.Schema, model_version: 
         "transform": per_face(batch["transform"].tolist()),
         "aligned_width": per_face(batch["aligned_size"][:, 0].tolist()),
         "aligned_height": per_face(batch["aligned_size"][:, 1].tolist()),
-        "label_map": [encode_png(m) if good and m.size else None for good, m in zip(ok, batch["label_map"])],
+        "label_map": [encode_label_map(m) if good and m.size else None for good, m in zip(ok, batch["label_map"])],
         "label_map_x": per_face(batch["label_offset"][:, 0].tolist()),
         "label_map_y": per_face(batch["label_offset"][:, 1].tolist()),
     }

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, PART_NAMES
+from batch_parse.model.licence import output_licence
 from batch_parse.output.quality import PARSE_SCORE, PARSE_SCORE_DOC
 from batch_parse.output.schema import OPTIONAL_COLUMNS, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, file_class_names
 from batch_parse.output.reader import Output, open_output
@@ -64,6 +65,7 @@ class VersionStats:
     provenance: dict[tuple, set[str]] = field(default_factory=dict)
     # The version's classes as its files' metadata lists them (one model, one list): what is reported.
     class_names: tuple[str, ...] = ()
+    licences: set[str] = field(default_factory=set)  # the labels' terms, as the files record them
 
     def add(self, batch: pa.RecordBatch) -> None:
         self.rows += batch.num_rows
@@ -150,6 +152,7 @@ def collect_stats(dst: str, endpoint_url: str | None = None) -> tuple[Output, di
             stats = versions.setdefault(version, VersionStats())
             stats.files.add(file.path)
             stats.provenance.setdefault(signature, set()).add(file.path)
+            stats.licences.add(output_licence(meta).line())
             names = file_class_names(meta)
             if len(names) > len(stats.class_names):
                 stats.class_names = names
@@ -179,6 +182,7 @@ def _version_lines(version: str, stats: VersionStats) -> list[str]:
             f"  model {model}, weights sha256 {str(weights)[:16]}..., schema v{schema_version}, "
             f"source {source or '(not recorded)'} ({len(files)} file(s))"
         )
+    lines += [f"  licence {licence}" for licence in sorted(stats.licences)]
     other = stats.rows - stats.ok - stats.errors - stats.no_face
     lines.append(
         f"  files {len(stats.files)}   images {stats.images():,}   rows {stats.rows:,}: faces {stats.ok:,}   "
