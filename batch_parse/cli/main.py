@@ -87,8 +87,12 @@ def _one_line(e: BaseException) -> str:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="batch-parse", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show the traceback of unexpected errors.")
-def cli(debug: bool) -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Show Ray's own logs too (its warnings, core worker and worker lines).")
+def cli(debug: bool, verbose: bool) -> None:
     """Face parsing (STN-iCNN) of image corpora on Ray: S3 or a folder in, Parquet out."""
+    from batch_parse.pipeline.ray_noise import set_verbose
+
+    set_verbose(verbose)
 
 
 def _spec_as_defaults(ctx: click.Context, _param, spec_path: Path | None) -> Path | None:
@@ -170,6 +174,9 @@ def run(ctx: click.Context, src: str | None, dst: str | None, spec_path: Path | 
     plan.check_locations(options)
     from batch_parse.pipeline.job import run_job
 
+    from batch_parse.pipeline.ray_noise import filter_native_stderr
+
+    filter_native_stderr()  # Ray's C++ log lines off the terminal (unless --verbose)
     summary = run_job(options)
     for line in summary.lines():
         echo(line)
@@ -215,7 +222,7 @@ def inspect(dst: str, endpoint_url: str | None) -> None:
                    "they are counted). 0 shows every face.")
 @click.option("--endpoint-url", show_default="AWS", help="S3-compatible endpoint.")
 def render(dst: str, out_dir: Path, limit: int, where: str | None, min_face: float, endpoint_url: str | None) -> None:
-    """Draw label overlays of an output as an HTML page, worst parse score first."""
+    """Draw label overlays of an output as an HTML page."""
     from batch_parse.report.render import render as render_pages
 
     index, selection = render_pages(dst, out_dir, limit, endpoint_url, where=where, min_face=min_face)

@@ -140,8 +140,15 @@ def render(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: str | N
     by_file: dict[str, list[Row]] = defaultdict(list)
     for row in selection.rows:
         by_file[row.file.path].append(row)
+    from batch_parse.report.meter import Meter
+
+    meter = Meter(len(selection.rows), "rendering", unit="faces", quiet_for=2.0)  # originals are fetched: can take a while
+    drawn = 0
     for rows in by_file.values():
         selection.photos.update(_render_file_rows(output, rows, out_dir, endpoint_url))
+        drawn += len(rows)
+        meter.set(drawn)
+    meter.close(drawn)
     index = out_dir / "index.html"
     index.write_text(_index_html(output, selection), encoding="utf-8")
     return index, selection
