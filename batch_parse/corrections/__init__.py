@@ -150,7 +150,11 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
     # 2. Every photo split back into its faces, all in memory before anything is written.
     built: list[dict] = []
     photos = list(wanted.values()) if tool == "labelstudio" else list(ids.items())
-    for entry in photos:
+    from batch_parse.report.meter import Meter
+
+    meter = Meter(len(photos), "importing", unit="images", quiet_for=2.0)  # shown only when it takes a while
+    for done, entry in enumerate(photos):
+        meter.set(done)
         image_id = entry.id if tool == "labelstudio" else entry[0]
         photo_rows = rows[image_id]
         first = photo_rows[0]
@@ -183,6 +187,7 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
             built.append(_mark(row, tool, who, when, split.changed[k]))
             result.faces += 1
         result.images += 1
+    meter.close(len(photos))
     if result.not_reviewed:
         result.notes.append(f"{result.not_reviewed} task(s) without a submitted annotation were not reviewed: left out")
     if result.left_out_pixels:

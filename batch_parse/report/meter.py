@@ -54,6 +54,14 @@ class Meter:
         if not self.tty and now - self.start >= self.quiet_for and now - self.logged >= self.log_interval:
             self._log(now)
 
+    def write(self, text: str) -> None:
+        """A line of its own (a log message) above the bar, which tqdm redraws below it."""
+        if self.tty:
+            self.bar.write(text, file=self.stream)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
     def line(self) -> str:
         # The same figures without the bar: a log line is read, not watched.
         return self.bar.format_meter(**{**self.bar.format_dict, "bar_format": self.bar.bar_format.replace("{bar} ", "")})

@@ -34,6 +34,7 @@ from batch_parse.model.geometry import theta_to_windows, windows_to_theta
 from batch_parse.model.parser import FaceParser
 from batch_parse.model.stn_icnn import STNiCNN
 from batch_parse.model.weights import load_weights, save_weights
+from batch_parse.report.meter import Meter
 from batch_parse.train import augment
 from batch_parse.train.datasets import open_dataset
 from batch_parse.train.evaluate import evaluate, format_scores
@@ -261,6 +262,14 @@ def train_stage(opts: TrainOptions) -> Path:
     log(f"stage {opts.stage}: {len(images)} training images, {opts.steps} steps")
     batches = Batches(images, labels, opts.batch_size or BATCH_SIZES[opts.stage], opts.seed + step, opts.zoom_min)
     t0, seen, running = time.time(), 0, None
+    # A bar on a terminal (steps, smoothed rate, ETA); a log keeps its every-25-steps lines only.
+    meter = Meter(opts.steps, f"stage {opts.stage}:", unit="steps", log_interval=float("inf"))
+    meter.set(step)
+    say = meter.write if meter.tty else log
+
+    def note(msg: str) -> None:
+        say(f"[train {time.strftime('%H:%M:%S')}] {msg}" if meter.tty else msg)
+
     while step < opts.steps:
         set_modes(model, opts.stage)
         imgs, labs, labelled = batches.next()
@@ -271,17 +280,19 @@ def train_stage(opts: TrainOptions) -> Path:
         schedule.step()
         step, seen = step + 1, seen + len(imgs)
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        meter.set(step, f"loss {running:.4f}")
         if step % 25 == 0:
-            log(f"stage {opts.stage} step {step}/{opts.steps} loss {running:.4f} lr {schedule.get_last_lr()[0]:.2e} {seen / (time.time() - t0):.1f} img/s")
+            note(f"stage {opts.stage} step {step}/{opts.steps} loss {running:.4f} lr {schedule.get_last_lr()[0]:.2e} {seen / (time.time() - t0):.1f} img/s")
         if step % opts.val_every == 0 or step == opts.steps:
             score, text = validation_score(model, opts.stage, opts.data, opts.val_images, opts.canvas)
             improved = score > best
             if improved:
                 best = score
                 save_weights(model, best_path, info={"stage": opts.stage, "step": step, "val": text})
-            log(f"stage {opts.stage} step {step}: val {text}{' (best, saved)' if improved else ''}")
+            note(f"stage {opts.stage} step {step}: val {text}{' (best, saved)' if improved else ''}")
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                         "step": step, "best": best}, ckpt_path)
+    meter.bar.close()  # its figures are in the lines above; no closing log line
     (run / f"stage_{opts.stage}.json").write_text(json.dumps({"steps": step, "best": best}))
     return best_path
 
