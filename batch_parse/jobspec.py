@@ -33,6 +33,9 @@ _OPTION_KEYS = {
     "source": (str,),
     "output": (str,),
     "endpoint_url": (str, type(None)),
+    "source_endpoint_url": (str, type(None)),
+    "output_endpoint_url": (str, type(None)),
+    "source_anonymous": (bool,),
     "model": (str,),
     "batch_size": (int,),
     "crop_format": (str,),
@@ -203,8 +206,9 @@ def option_problems(options: JobOptions) -> list[str]:
         problem = weights_problem(options.model)
         if problem:
             problems.append(f"model: {problem}")
-    if options.endpoint_url is not None:
-        problems += _check_endpoint(options.endpoint_url)
+    for key in ("endpoint_url", "source_endpoint_url", "output_endpoint_url"):
+        if getattr(options, key) is not None:
+            problems += _check_endpoint(key, getattr(options, key))
     if options.device is not None and options.device not in _DEVICES:
         problems.append(f"device: must be one of {', '.join(_DEVICES)} or null, got {options.device!r}")
     return problems + options.validate()
@@ -276,16 +280,16 @@ def _check_runtime_env(runtime_env: dict) -> list[str]:
     return problems
 
 
-def _check_endpoint(url: str) -> list[str]:
+def _check_endpoint(key: str, url: str) -> list[str]:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        return [f"endpoint_url: must be an http:// or https:// URL, got {_redact_userinfo(url)!r}"]
+        return [f"{key}: must be an http:// or https:// URL, got {_redact_userinfo(url)!r}"]
     if parsed.username or parsed.password:
-        return ["endpoint_url: must not contain credentials; use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"]
+        return [f"{key}: must not contain credentials; use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"]
     try:
         parsed.port
     except ValueError:
-        return [f"endpoint_url: bad port in {url!r}"]
+        return [f"{key}: bad port in {url!r}"]
     return []
 
 

@@ -46,10 +46,14 @@ _LIST_RUNNER = """
 import json, sys, time
 from batch_parse.storage.listing import iter_objects
 from batch_parse.storage.location import parse_location
-location, endpoint, mode = parse_location(sys.argv[1]), sys.argv[2], sys.argv[3]
+import inspect
+uri, endpoint, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+# The tree compared with may predate locations that own their store (an endpoint argument then).
+owns_store = "endpoint_url" in inspect.signature(parse_location).parameters
+args = (parse_location(uri, endpoint),) if owns_store else (parse_location(uri), endpoint)
 kwargs = {"fan_out": True} if mode == "fanned" else {}
 start = time.perf_counter()
-n = sum(1 for _ in iter_objects(location, endpoint, **kwargs))
+n = sum(1 for _ in iter_objects(*args, **kwargs))
 import batch_parse
 print(json.dumps({"keys": n, "seconds": time.perf_counter() - start, "code": batch_parse.__file__}))
 """

@@ -58,7 +58,6 @@ from batch_parse.pipeline.job import run_job
 from batch_parse.pipeline.options import JobOptions
 from batch_parse.output.schema import output_schema
 from batch_parse.storage.listing import iter_objects
-from batch_parse.storage.location import parse_location
 from batch_parse.storage.manifest import object_id
 from batch_parse.storage.s3 import StorageError
 from s3server import CLEARED_ENV, REGION, S3Server, S3ServerError, image_files, running, upload
@@ -206,7 +205,7 @@ def time_job(options: JobOptions, expected: int) -> JobTiming:
 
 def manifest_batch(options: JobOptions) -> dict[str, np.ndarray]:
     """The rows the job's manifest holds for the source (id, key, size, etag), as one numpy batch."""
-    objects = list(iter_objects(parse_location(options.source), options.endpoint_url))
+    objects = list(iter_objects(options.source_location()))
     return {
         "id": np.array([object_id(o.key) for o in objects], dtype=np.int64),
         "key": np.array([o.key for o in objects], dtype=object),
@@ -232,7 +231,7 @@ def time_stages(options: JobOptions, device: str, threads: int, model_version: s
     decoded = []
     for batch in slices(rows, options.batch_size):  # as the job batches fetch+decode
         start = time.perf_counter()
-        decoded.append(stages.fetch_and_decode(batch, options.source, options.endpoint_url, options.max_pixels))
+        decoded.append(stages.fetch_and_decode(batch, options.source_location(), options.max_pixels))
         timing.decode_s += time.perf_counter() - start
     images = concat(decoded)
     timing.errors.update(c for c in images["error_code"] if c)
@@ -259,7 +258,7 @@ def time_stages(options: JobOptions, device: str, threads: int, model_version: s
         timing.model_s += time.perf_counter() - start
     del actor._faces_of
 
-    schema = output_schema(model_version.split("@")[0], sha, options.crop_format, source=options.source, endpoint_url=options.endpoint_url)
+    schema = output_schema(model_version.split("@")[0], sha, options.crop_format, source=options.source_location())
     for batch in parsed:
         start = time.perf_counter()
         stages.encode_rows(batch, schema, model_version, options.crop_format, options.jpeg_quality)

@@ -143,17 +143,23 @@ def free_ports(count: int) -> list[int]:
 
 
 @contextmanager
-def running(root: Path) -> Iterator[S3Server]:
-    """A `weed mini` S3 server keeping its files under `root`, stopped when the block ends."""
+def running(root: Path, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY, public_read: bool = False) -> Iterator[S3Server]:
+    """A `weed mini` S3 server keeping its files under `root`, stopped when the block ends.
+
+    access_key, secret_key: its admin identity (another store than the default one has other keys).
+    public_read: anyone may list and read every bucket without credentials (a public dataset bucket).
+    """
     data_dir = root / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     config_path = root / "s3.json"
     # Without -s3.config, multipart uploads fail with INVALID_ACCESS_KEY_ID.
     identities = [
-        {"name": "admin", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+        {"name": "admin", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
          "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
         {"name": "lister", "credentials": [{"accessKey": LIST_ONLY_KEY, "secretKey": LIST_ONLY_SECRET}], "actions": ["List"]},
     ]  # fmt: skip
+    if public_read:  # SeaweedFS gives unsigned requests the actions of the identity named "anonymous"
+        identities.append({"name": "anonymous", "actions": ["Read", "List"]})
     config_path.write_text(json.dumps({"identities": identities}))
     s3_port, master_port, volume_port, filer_port, admin_port = free_ports(5)
     command = [
@@ -166,6 +172,7 @@ def running(root: Path) -> Iterator[S3Server]:
         "-master.telemetry=false",
     ]  # fmt: skip
     server = S3Server(f"http://127.0.0.1:{s3_port}", root, command)
+    server.access_key, server.secret_key = access_key, secret_key
     server.log_path.write_bytes(b"")
     try:
         server.start()

@@ -26,6 +26,7 @@ from PIL import Image, ImageOps
 from batch_parse.cli.main import cli
 from batch_parse.demo import IMAGES_DIR, demo_images
 from batch_parse.export import export_output
+from batch_parse.storage.location import parse_location
 from batch_parse.export.faces import Face, Photo
 from batch_parse.export.where import parse_where
 from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, LANDMARK_NAMES, PART_NAMES, PARTS
@@ -488,8 +489,8 @@ def test_export_from_s3_copies_originals_from_the_recorded_source(demo_output, t
         client.put_object(Bucket=bucket, Key=f"labels/v/data/part-{i}.parquet", Body=buffer.getvalue().to_pybytes())
 
     out = tmp_path / "coco"
-    result = export_output(f"s3://{bucket}/labels", out, "coco", copy_images=True, limit=2, where="face_index == 0",
-                           endpoint_url=s3_server.endpoint_url)
+    result = export_output(parse_location(f"s3://{bucket}/labels", s3_server.endpoint_url), out, "coco", copy_images=True, limit=2,
+                           where="face_index == 0")
     assert (result.images, result.copied) == (2, 2)
     for image in COCO(str(out / "annotations.json")).imgs.values():
         assert image["coco_url"] == f"s3://{bucket}/{image['key']}"
@@ -498,7 +499,7 @@ def test_export_from_s3_copies_originals_from_the_recorded_source(demo_output, t
         if name != EXIF_ROTATED:
             assert copied == (IMAGES_DIR / name).read_bytes()
     with pytest.raises(ValueError, match="FiftyOne reads local images only"):
-        export_output(f"s3://{bucket}/labels", tmp_path / "fo", "fiftyone", endpoint_url=s3_server.endpoint_url)
+        export_output(parse_location(f"s3://{bucket}/labels", s3_server.endpoint_url), tmp_path / "fo", "fiftyone")
     assert not (tmp_path / "fo").exists()  # no half export left behind
 
 

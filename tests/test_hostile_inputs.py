@@ -138,7 +138,7 @@ def test_dot_names_local_and_s3_are_labelled_or_counted(tmp_path, s3_server, fac
     assert sorted(listed.stats.system_examples) == sorted(["._plain.jpg", ".DS_Store", "__MACOSX/._y.jpg", "a/Thumbs.db"])
 
     for fan_out in (False, True):
-        s3 = iter_objects(parse_location(f"s3://{bucket}/in"), s3_server.endpoint_url, fan_out=fan_out)
+        s3 = iter_objects(parse_location(f"s3://{bucket}/in", s3_server.endpoint_url), fan_out=fan_out)
         assert sorted(o.key.removeprefix("in/") for o in s3) == wanted
         assert s3.stats.skipped_system == 4
         assert sorted(s3.stats.system_examples) == sorted(["._plain.jpg", ".DS_Store", "__MACOSX/._y.jpg", "a/Thumbs.db"])
@@ -242,7 +242,7 @@ def test_an_empty_source_fails_and_does_not_claim_the_output(tmp_path, s3_server
     assert not (out / LEASE_NAME).exists()
     # The right source is not refused (claim_source refuses before any work, as run_job calls it).
     fs, output = pafs.LocalFileSystem(), parse_location(str(out))
-    assert claim_source(fs, output, parse_location(str(right)), None, record=False) is False
+    assert claim_source(fs, output, parse_location(str(right)), record=False) is False
 
     bucket = s3_server.make_bucket(f"empty-{uuid.uuid4().hex[:10]}")
     with pytest.raises(ValueError, match=rf"^source s3://{bucket}/typo is empty: no images found; nothing labelled, "
@@ -254,7 +254,7 @@ def test_an_empty_source_fails_and_does_not_claim_the_output(tmp_path, s3_server
 def test_an_emptied_source_of_a_claimed_output_says_so_and_exits_0(tmp_path):
     src, out = tmp_path / "inbox", tmp_path / "out"
     src.mkdir()
-    claim_source(pafs.LocalFileSystem(), parse_location(str(out)), parse_location(str(src)), None)
+    claim_source(pafs.LocalFileSystem(), parse_location(str(out)), parse_location(str(src)))
     summary = run_job(JobOptions(source=str(src), output=str(out)))
     assert summary.exit_code == 0
     assert "empty:    no images found" in summary.lines()
@@ -306,7 +306,7 @@ def test_a_lease_that_cannot_be_written_names_the_path_and_leaves_no_temporary(t
     result = _cli("run", str(src), str(out), preexec_fn=_no_big_files(64))
     assert result.returncode == 1 and result.stdout == "", result.stderr
     assert result.stderr.startswith(f"Error: cannot write the lease file {out}/.batch-parse/_lease.") and result.stderr.count("\n") == 1
-    assert "(the output folder" in result.stderr and "[Errno" not in result.stderr
+    assert "(the folder" in result.stderr and "[Errno" not in result.stderr
     assert sorted(p.name for p in out.iterdir()) == []  # no _lease.*.tmp, no lease
 
 

@@ -50,8 +50,8 @@ def _put(s3_server, bucket: str, objects: dict[str, bytes]) -> None:
 
 
 def _read_output(uri: str, endpoint_url: str | None) -> tuple[list, "pq.Table"]:
-    location = parse_location(uri)
-    fs = pyarrow_filesystem(location, endpoint_url)
+    location = parse_location(uri, endpoint_url)
+    fs = pyarrow_filesystem(location)
     files = commit.data_files(fs, location.fs_path())
     tables = []
     for path in files:
@@ -217,7 +217,7 @@ def test_object_deleted_after_listing_is_an_error_row(s3_server, ray_local, face
     _put(s3_server, bucket, {"a.jpg": face_jpegs(1)[0]})
     s3_server.client().delete_object(Bucket=bucket, Key="a.jpg")
     batch = {"id": np.array([1]), "key": np.array(["a.jpg"], dtype=object), "size": np.array([1]), "etag": np.array(["x"], dtype=object)}
-    out = stages.fetch_and_decode(batch, "s3://gone", s3_server.endpoint_url, 50_000_000)
+    out = stages.fetch_and_decode(batch, parse_location("s3://gone", s3_server.endpoint_url), 50_000_000)
     assert out["error_code"][0] == "not_found"
 
 

@@ -68,6 +68,7 @@ def test_spec_keys_cover_every_job_option(tmp_path: Path):
         "crop_format": "png", "jpeg_quality": 70, "max_pixels": 1000, "max_bytes": 5000, "rows_per_file": 5, "device": "cpu",
         "fetch_attempts": 2, "retry_errors": False, "object_list": "s3://faces/inventory/manifest.json",
         "faces": "largest", "detector": "mtcnn", "min_face": 32, "detector_threshold": 0.8,
+        "source_endpoint_url": "http://127.0.0.1:9001", "output_endpoint_url": "http://127.0.0.1:9002", "source_anonymous": True,
     }  # fmt: skip
     resources = {"gpus_per_actor": 0.5, "cpus_per_actor": 2, "min_actors": 2, "max_actors": 3}
     body = MINIMAL + "".join(f"{k}: {v}\n" for k, v in values.items()) + f"resources: {resources}\n"
@@ -115,7 +116,8 @@ def test_unknown_keys_get_a_suggestion(tmp_path: Path):
     assert validate_job_spec(path) == [
         "batchsize: unknown key (did you mean 'batch_size'?)",
         "max_actors: unknown key (did you mean 'resources.max_actors'?)",
-        "frobnicate: unknown key (known keys: name, source, output, endpoint_url, model, batch_size, crop_format, "
+        "frobnicate: unknown key (known keys: name, source, output, endpoint_url, source_endpoint_url, output_endpoint_url, "
+        "source_anonymous, model, batch_size, crop_format, "
         "jpeg_quality, max_pixels, max_bytes, fetch_attempts, retry_errors, object_list, rows_per_file, device, faces, detector, min_face, detector_threshold, "
         "resources, schedule, runtime_env)",
         "resources.gpu_per_actor: unknown key (did you mean 'resources.gpus_per_actor'?)",
@@ -306,3 +308,15 @@ def test_policy_metadata_nulls_the_detector_for_whole_images():
     options = JobOptions(source="/a", output="/b", faces="whole-image", min_face=40)
     assert options.policy.metadata() == {"faces": "whole-image", "detector": None, "min_face": None, "detector_threshold": None}
     assert JobOptions(source="/a", output="/b", min_face=40).policy.detect_kwargs() == {"min_face": 40, "threshold": 0.9}
+
+
+def test_spec_reaches_source_and_output_in_their_own_stores(tmp_path: Path):
+    spec = load_job_spec(_spec(tmp_path, MINIMAL + "source_anonymous: true\nendpoint_url: http://both:9000\n"
+                                                  "output_endpoint_url: http://out:9000\n"))
+    source, output = spec.options.source_location(), spec.options.output_location()
+    # endpoint_url is both stores' unless one is named on its own; only the source may be unsigned.
+    assert (source.uri, source.endpoint_url, source.anonymous) == ("s3://faces/in", "http://both:9000", True)
+    assert (output.uri, output.endpoint_url, output.anonymous) == ("s3://faces/out", "http://out:9000", False)
+    bad = _spec(tmp_path, MINIMAL + "source_endpoint_url: minio:9000\nsource_anonymous: 1\n")
+    assert validate_job_spec(bad) == ["source_anonymous: must be true or false, got 1",
+                                      "source_endpoint_url: must be an http:// or https:// URL, got 'minio:9000'"]

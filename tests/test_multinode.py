@@ -52,8 +52,8 @@ def _model_actor_nodes() -> set[str]:
 
 
 def _table(summary_dir: str, endpoint: str) -> pa.Table:
-    location = parse_location(summary_dir)
-    fs = pyarrow_filesystem(location, endpoint)
+    location = parse_location(summary_dir, endpoint)
+    fs = pyarrow_filesystem(location)
     tables = []
     for path in commit.data_files(fs, location.fs_path()):
         with fs.open_input_file(path) as f:
@@ -69,7 +69,7 @@ def test_worker_node_killed_mid_run_then_rerun_is_exactly_once(cluster, s3_serve
         client.put_object(Bucket=bucket, Key=f"faces/{i:03d}.jpg", Body=data)
     options = JobOptions(source=f"s3://{bucket}/faces", output=f"s3://{bucket}/labels", endpoint_url=s3_server.endpoint_url,
                          batch_size=4, min_actors=2, max_actors=2, cpus_per_actor=1, rows_per_file=4, faces="whole-image")
-    fs = pyarrow_filesystem(parse_location(options.output), options.endpoint_url)
+    fs = pyarrow_filesystem(options.output_location())
     seen: dict = {"nodes": set(), "killed_after_files": None}
 
     def kill_worker_mid_run() -> None:

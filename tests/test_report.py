@@ -17,6 +17,7 @@ from PIL import Image
 
 from batch_parse.labels import BACKGROUND, CLASS_COLORS, CLASS_NAMES, NUM_CLASSES, PART_NAMES, PARTS
 from batch_parse.output.schema import BASE_SCHEMA, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, file_metadata, output_schema, read_metadata
+from batch_parse.storage.location import parse_location
 from batch_parse.report import overlay as ov
 from batch_parse.output.quality import parse_score
 from batch_parse.report.inspect import inspect_output
@@ -143,8 +144,8 @@ def _area_table(lines: list[str]) -> dict[str, tuple[float, float | None, float 
 def test_file_metadata_records_source_and_keeps_old_signature():
     meta = read_metadata(output_schema(MODEL, WEIGHTS, "png"))
     assert meta["source"] is None and meta["endpoint_url"] is None and meta["crop_format"] == "png"
-    meta = read_metadata(BASE_SCHEMA.with_metadata(file_metadata(MODEL, WEIGHTS, "jpeg", source="s3://b-1/x", endpoint_url="http://h:1")))
-    assert (meta["source"], meta["endpoint_url"]) == ("s3://b-1/x", "http://h:1")
+    meta = read_metadata(BASE_SCHEMA.with_metadata(file_metadata(MODEL, WEIGHTS, "jpeg", source=parse_location("s3://b-1/x", "http://h:1", anonymous=True))))
+    assert (meta["source"], meta["endpoint_url"], meta["source_anonymous"]) == ("s3://b-1/x", "http://h:1", True)
 
 
 def test_inspect_counts_areas_and_confidences(job_output):
@@ -279,16 +280,16 @@ def test_inspect_and_render_on_s3(s3_server, tmp_path, face_jpegs):
         client.put_object(Bucket=bucket, Key=key, Body=jpeg)
         rows.append(_ok_row(key, jpeg, label_map_for(i), CONFIDENCES[i]))
     schema = BASE_SCHEMA.with_metadata(
-        file_metadata(MODEL, WEIGHTS, "jpeg", source=f"s3://{bucket}/src", endpoint_url=s3_server.endpoint_url)
+        file_metadata(MODEL, WEIGHTS, "jpeg", source=parse_location(f"s3://{bucket}/src", s3_server.endpoint_url))
     )
     local = tmp_path / "part-0.parquet"
     _write(local, rows, schema)
     client.put_object(Bucket=bucket, Key=f"out/{VERSION_DIR}/data/part-0.parquet", Body=local.read_bytes())
 
-    text = "\n".join(inspect_output(f"s3://{bucket}/out", s3_server.endpoint_url))
+    text = "\n".join(inspect_output(parse_location(f"s3://{bucket}/out", s3_server.endpoint_url)))
     assert re.search(r"files 1\s+images 2\s+rows 2: faces 2\s+no_face 0\s+error 0\b", text), text
 
-    index = render_output(f"s3://{bucket}/out", tmp_path / "review", limit=5, endpoint_url=s3_server.endpoint_url)
+    index = render_output(parse_location(f"s3://{bucket}/out", s3_server.endpoint_url), tmp_path / "review", limit=5)
     assert len(_panel_sources(index)) == 2
     assert "drawn from the label map alone" not in index.read_text(encoding="utf-8")
 

@@ -24,7 +24,7 @@ from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.stages import fetch_and_decode
 from batch_parse.output import lease
 from batch_parse.storage.fetch import FetchError, fetch_objects
-from batch_parse.output.lease import LEASE_NAME, LeaseHeld, LeaseLost, _LocalStore, _S3Store
+from batch_parse.output.lease import LEASE_NAME, LeaseHeld, LeaseLost, _LeaseObject
 from batch_parse.storage.listing import iter_objects, key_component, local_path
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.manifest import object_id, read_manifest, write_manifest
@@ -82,7 +82,7 @@ def test_odd_entries_become_rows_or_counted_skips(odd_folder, tmp_path):
     assert dict(stats.unreadable_reasons) == {"symlink loop": 1, "dangling symlink": 1, "fifo": 1, "socket": 1}
     assert "x.jpg: symlink loop" in stats.unreadable_examples
 
-    out = fetch_and_decode(_batch(table), str(root), None, MAX_PIXELS)
+    out = fetch_and_decode(_batch(table), parse_location(str(root)), MAX_PIXELS)
     assert list(out["error_code"]) == [""] * 5, list(out["error"])
     by_key = dict(zip(keys, fetch_objects(keys, location, threads=2)))
     assert by_key["caf%E9.jpg"] == files[b"caf\xe9.jpg"] and by_key["100%25%FF.jpg"] == files[b"100%\xff.jpg"]
@@ -136,7 +136,7 @@ def test_objects_over_max_bytes_are_refused_from_the_listed_size(tmp_path, face_
     _, _, table = _manifest(location, tmp_path / "manifest.parquet")
     os.remove(root / "huge.jpg")  # any attempt to open it now would be a not_found row
 
-    out = fetch_and_decode(_batch(table), str(root), None, MAX_PIXELS, max_bytes=1_000_000)
+    out = fetch_and_decode(_batch(table), parse_location(str(root)), MAX_PIXELS, max_bytes=1_000_000)
     codes, errors = dict(zip(out["key"], out["error_code"])), dict(zip(out["key"], out["error"]))
     assert codes == {"face.jpg": "", "huge.jpg": "too_large"}
     assert errors["huge.jpg"] == "huge.jpg is 3,221,225,472 bytes, above max_bytes=1,000,000 (not read)"
@@ -161,17 +161,17 @@ def test_s3_objects_over_max_bytes_are_refused(s3_server, face_jpegs):
     face = face_jpegs(1)[0]
     client.put_object(Bucket=bucket, Key="in/face.jpg", Body=face)
     client.put_object(Bucket=bucket, Key="in/huge.jpg", Body=b"\xff" * (2 * len(face)))
-    location = parse_location(f"s3://{bucket}/in")
-    objects = list(iter_objects(location, s3_server.endpoint_url))
+    location = parse_location(f"s3://{bucket}/in", s3_server.endpoint_url)
+    objects = list(iter_objects(location))
     batch = {"id": np.array([object_id(o.key) for o in objects]), "key": np.array([o.key for o in objects], dtype=object),
              "size": np.array([o.size for o in objects]), "etag": np.array([o.etag for o in objects], dtype=object)}
     client.delete_object(Bucket=bucket, Key="in/huge.jpg")  # fetching it now would be not_found
 
-    out = fetch_and_decode(batch, location.uri, s3_server.endpoint_url, MAX_PIXELS, max_bytes=len(face))
+    out = fetch_and_decode(batch, location, MAX_PIXELS, max_bytes=len(face))
     assert list(out["error_code"]) == ["", "too_large"]
     # Grown since listing: fetch itself refuses it from the response's length.
     client.put_object(Bucket=bucket, Key="in/face.jpg", Body=face + b"\0")
-    [result] = fetch_objects(["in/face.jpg"], location, s3_server.endpoint_url, max_bytes=len(face))
+    [result] = fetch_objects(["in/face.jpg"], location, max_bytes=len(face))
     assert isinstance(result, FetchError) and result.code == "too_large"
 
 
@@ -188,26 +188,26 @@ def test_a_second_local_source_is_refused_in_one_line(tmp_path, monkeypatch):
     a.mkdir(), b.mkdir()
     (tmp_path / "a-link").symlink_to(a)
     fs, output = pafs.LocalFileSystem(), parse_location(str(out))
-    claim_source(fs, output, parse_location(str(a)), None)
+    claim_source(fs, output, parse_location(str(a)))
     monkeypatch.chdir(tmp_path)
     for same in (f"{a}/", "a", str(tmp_path / "a-link")):  # other spellings of the same folder
-        claim_source(fs, output, parse_location(same), None)
+        claim_source(fs, output, parse_location(same))
     with pytest.raises(ValueError) as info:
-        claim_source(fs, output, parse_location(str(b)), None)
+        claim_source(fs, output, parse_location(str(b)))
     assert str(info.value) == f"output {out} already holds labels of source {a}; refusing source {b}: use another output"
 
 
 def test_a_second_s3_prefix_or_endpoint_is_refused(s3_server):
     bucket = s3_server.make_bucket(f"src-{uuid.uuid4().hex[:10]}")
-    output = parse_location(f"s3://{bucket}/out")
-    fs = pyarrow_filesystem(output, s3_server.endpoint_url)
+    output = parse_location(f"s3://{bucket}/out", s3_server.endpoint_url)
+    fs = pyarrow_filesystem(output)
     endpoint = s3_server.endpoint_url.split("://", 1)[1]
-    claim_source(fs, output, parse_location(f"s3://{bucket}/a/"), s3_server.endpoint_url)
-    claim_source(fs, output, parse_location(f"s3://{bucket}/a"), s3_server.endpoint_url)
+    claim_source(fs, output, parse_location(f"s3://{bucket}/a/", s3_server.endpoint_url))
+    claim_source(fs, output, parse_location(f"s3://{bucket}/a", s3_server.endpoint_url))
     with pytest.raises(ValueError, match=rf"of source s3://{bucket}/a \(endpoint {endpoint}\); refusing source s3://{bucket}/b "):
-        claim_source(fs, output, parse_location(f"s3://{bucket}/b"), s3_server.endpoint_url)
+        claim_source(fs, output, parse_location(f"s3://{bucket}/b", s3_server.endpoint_url))
     with pytest.raises(ValueError, match=rf"refusing source s3://{bucket}/a \(endpoint other.example:9000\)"):
-        claim_source(fs, output, parse_location(f"s3://{bucket}/a"), "http://other.example:9000")
+        claim_source(fs, output, parse_location(f"s3://{bucket}/a", "http://other.example:9000"))
 
 
 def test_run_job_refuses_another_source_before_any_work(tmp_path, face_jpegs):
@@ -215,7 +215,7 @@ def test_run_job_refuses_another_source_before_any_work(tmp_path, face_jpegs):
     for folder in (a, b):
         folder.mkdir()
         (folder / "000.jpg").write_bytes(face_jpegs(1)[0])  # the same key in both: the collision of the issue
-    claim_source(pafs.LocalFileSystem(), parse_location(str(out)), parse_location(str(a)), None)
+    claim_source(pafs.LocalFileSystem(), parse_location(str(out)), parse_location(str(a)))
     with pytest.raises(ValueError, match=f"already holds labels of source {a}; refusing source {b}"):
         run_job(JobOptions(source=str(b), output=str(out)))
     assert not (out / ".batch-parse" / "manifests").exists() and not (out / LEASE_NAME).exists()
@@ -231,18 +231,18 @@ def output(request, tmp_path):
         return parse_location(str(tmp_path / "out")), None
     s3_server = request.getfixturevalue("s3_server")
     bucket = s3_server.make_bucket(f"lease-{uuid.uuid4().hex[:10]}")
-    return parse_location(f"s3://{bucket}/out"), s3_server.endpoint_url
+    return parse_location(f"s3://{bucket}/out", s3_server.endpoint_url), s3_server.endpoint_url
 
 
 def _record(location, endpoint) -> dict:
-    store = _S3Store(location, endpoint) if location.is_s3 else _LocalStore(location)
+    store = _LeaseObject(location)
     current = store.read()
     return json.loads(current[0]) if current else None
 
 
 def _forge(location, endpoint, **fields) -> None:
     """Put a lease written by some other run (e.g. a crashed one) in place, whatever is there."""
-    store = _S3Store(location, endpoint) if location.is_s3 else _LocalStore(location)
+    store = _LeaseObject(location)
     record = {"holder": "host elsewhere, pid 7, started 2020-01-01T00:00:00Z", "host": "elsewhere", "pid": 7,
               "expires_at": "2020-01-01T00:02:00Z", "expires_unix": time.time() + 3600, "token": "theirs", **fields}
     current = store.read()
@@ -252,13 +252,13 @@ def _forge(location, endpoint, **fields) -> None:
 
 def test_second_writer_is_refused_naming_the_holder_until_release(output):
     location, endpoint = output
-    with lease.acquire(location, endpoint, holder="host h1, pid 11, started 2030-01-01T00:00:00Z"):
+    with lease.acquire(location, holder="host h1, pid 11, started 2030-01-01T00:00:00Z"):
         with pytest.raises(LeaseHeld) as info:
-            lease.acquire(location, endpoint, holder="the second run")
+            lease.acquire(location, holder="the second run")
         message = str(info.value)
         assert "\n" not in message and message.startswith(f"output {location.uri} is being written by another run (host h1, pid 11, ")
         assert "lease expires " in message
-    with lease.acquire(location, endpoint) as again:  # released: free for the next run
+    with lease.acquire(location) as again:  # released: free for the next run
         assert _record(location, endpoint)["token"] == again.token
     assert _record(location, endpoint) is None
 
@@ -266,7 +266,7 @@ def test_second_writer_is_refused_naming_the_holder_until_release(output):
 def test_expired_lease_is_taken_over(output):
     location, endpoint = output
     _forge(location, endpoint, expires_unix=time.time() - 1)
-    with lease.acquire(location, endpoint) as mine:
+    with lease.acquire(location) as mine:
         assert _record(location, endpoint)["token"] == mine.token
 
 
@@ -281,7 +281,7 @@ def test_only_one_of_racing_creators_or_takers_wins(output):
         def contend():
             barrier.wait()
             try:
-                won.append(lease.acquire(location, endpoint))
+                won.append(lease.acquire(location))
             except LeaseHeld:
                 refused.append(1)
 
@@ -296,7 +296,7 @@ def test_only_one_of_racing_creators_or_takers_wins(output):
 def test_renewal_extends_and_a_lost_lease_fails_the_run(output):
     location, endpoint = output
     with pytest.raises(LeaseLost, match="lost the lease on .* to host elsewhere, pid 7"):
-        with lease.acquire(location, endpoint) as mine:
+        with lease.acquire(location) as mine:
             before = _record(location, endpoint)
             assert mine.renew()
             after = _record(location, endpoint)
@@ -313,10 +313,10 @@ def test_a_run_that_lost_its_lease_publishes_and_seals_nothing(output):
     from batch_parse.pipeline import commit
 
     location, endpoint = output
-    layout, fs = OutputLayout(location), pyarrow_filesystem(location, endpoint)
+    layout, fs = OutputLayout(location), pyarrow_filesystem(location)
     staged = layout.staging_dir("run1") + "/part-0.parquet"
     with pytest.raises(LeaseLost, match="nothing more was committed"):
-        with lease.acquire(location, endpoint) as mine:
+        with lease.acquire(location) as mine:
             mine.fence()  # held: passes
             local = Path(REPO) / "build" / f"staged-{uuid.uuid4().hex}.parquet"
             data_file(local, [(1, None, 0, "no_face", None)])
@@ -404,15 +404,15 @@ def test_fetch_rides_out_a_short_outage(s3_server, face_jpegs):
     bucket = s3_server.make_bucket(f"blip-{uuid.uuid4().hex[:10]}")
     face = face_jpegs(1)[0]
     s3_server.client().put_object(Bucket=bucket, Key="in/a.jpg", Body=face)
-    location = parse_location(f"s3://{bucket}/in")
+    location = parse_location(f"s3://{bucket}/in", s3_server.endpoint_url)
     s3_server.stop()
     try:
-        [failed] = fetch_objects(["in/a.jpg"], location, s3_server.endpoint_url, attempts=1)
+        [failed] = fetch_objects(["in/a.jpg"], location, attempts=1)
         assert failed.code == "fetch_failed" and "cannot reach the S3 endpoint" in failed.message
         # Back within the retries' pauses (~1 + 2 + 4 + 8 s): the object is read, no error row.
         restart = threading.Timer(1.0, s3_server.start)
         restart.start()
-        assert fetch_objects(["in/a.jpg"], location, s3_server.endpoint_url, attempts=6) == [face]
+        assert fetch_objects(["in/a.jpg"], location, attempts=6) == [face]
         restart.join()
     finally:
         s3_server.start()
@@ -493,7 +493,7 @@ def test_leftovers_of_killed_runs_are_removed(output, tmp_path, face_jpegs):
     """What a kill mid-listing or mid-write leaves (forged: a kill cannot be timed to land there):
     a half-written manifest, a rewrite's temporary file and, on S3, an unfinished multipart upload."""
     location, endpoint = output
-    fs = pyarrow_filesystem(location, endpoint)
+    fs = pyarrow_filesystem(location)
     src = tmp_path / "empty"
     src.mkdir()
     partial_manifest = location.fs_path(".batch-parse", "manifests", "_partial-20300101T000000000000Z.parquet")
@@ -511,7 +511,7 @@ def test_leftovers_of_killed_runs_are_removed(output, tmp_path, face_jpegs):
         client.upload_part(Bucket=location.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1000)
 
     # The killed run had recorded its source (an empty source never claims an output): this rerun's.
-    claim_source(fs, location, parse_location(str(src)), endpoint)
+    claim_source(fs, location, parse_location(str(src)))
     summary = run_job(JobOptions(source=str(src), output=location.uri, endpoint_url=endpoint))
     assert summary.leftovers_removed == (3 if location.is_s3 else 2)
     assert "recovered: removed 3 partial manifest(s)" in "\n".join(summary.lines()) or not location.is_s3
@@ -741,11 +741,11 @@ def test_fanned_out_listing_finds_what_one_paginator_finds(s3_server, monkeypatc
     for key in keys:
         client.put_object(Bucket=bucket, Key=f"src/{key}", Body=b"x")
     client.put_object(Bucket=bucket, Key="srcx/not-mine.jpg", Body=b"x")  # shares the prefix's text, not its folder
-    location = parse_location(f"s3://{bucket}/src")
-    serial = iter_objects(location, s3_server.endpoint_url, page_size=5)
-    fanned = iter_objects(location, s3_server.endpoint_url, fan_out=True)
+    location = parse_location(f"s3://{bucket}/src", s3_server.endpoint_url)
+    serial = iter_objects(location, page_size=5)
+    fanned = iter_objects(location, fan_out=True)
     assert sorted(o.key for o in fanned) == sorted(o.key for o in serial)
-    assert len(list(iter_objects(location, s3_server.endpoint_url, fan_out=True))) == 37  # c/.hidden/y.jpg is a photo
+    assert len(list(iter_objects(location, fan_out=True))) == 37  # c/.hidden/y.jpg is a photo
     assert (fanned.stats.images, fanned.stats.skipped_non_image, fanned.stats.skipped_system) == (37, 1, 1)  # .git/x.jpg
     assert vars(fanned.stats) == vars(serial.stats) | {"non_image_examples": fanned.stats.non_image_examples}
 
@@ -757,12 +757,12 @@ def test_object_lists_parquet_and_s3_inventory(s3_server, tmp_path):
     import pyarrow.parquet as pq
 
     bucket = s3_server.make_bucket(f"inv-{uuid.uuid4().hex[:10]}")
-    source = parse_location(f"s3://{bucket}/photos")
+    source = parse_location(f"s3://{bucket}/photos", s3_server.endpoint_url)
     client = s3_server.client()
 
     plain = tmp_path / "keys.parquet"  # any Parquet of keys; no sizes
     pq.write_table(pa.table({"key": ["photos/a.jpg", "photos/sub/b.png", "photos/notes.txt", "other/c.jpg", "photos/d/"]}), plain)
-    listing = iter_objects(source, s3_server.endpoint_url, object_list=str(plain))
+    listing = iter_objects(source, object_list=str(plain))
     assert [(o.key, o.size) for o in listing] == [("photos/a.jpg", None), ("photos/sub/b.png", None)]
     assert listing.stats.skipped_non_image == 1
 
@@ -775,7 +775,7 @@ def test_object_lists_parquet_and_s3_inventory(s3_server, tmp_path):
                 "fileSchema": "Bucket, Key, IsLatest, IsDeleteMarker, Size, ETag",
                 "files": [{"key": "inventory/data/part-0.csv.gz", "size": 1, "MD5checksum": "x"}]}  # fmt: skip
     client.put_object(Bucket=bucket, Key="inventory/csv/manifest.json", Body=json.dumps(manifest).encode())
-    found = list(iter_objects(source, s3_server.endpoint_url, object_list=f"s3://{bucket}/inventory/csv/manifest.json"))
+    found = list(iter_objects(source, object_list=f"s3://{bucket}/inventory/csv/manifest.json"))
     assert [(o.key, o.size, o.etag) for o in found] == [("photos/café 1.jpg", 120, "e1")]
 
     # The same as a Parquet inventory.
@@ -785,7 +785,7 @@ def test_object_lists_parquet_and_s3_inventory(s3_server, tmp_path):
     client.put_object(Bucket=bucket, Key="inventory/data/part-0.parquet", Body=buffer.getvalue().to_pybytes())
     manifest.update(fileFormat="Parquet", files=[{"key": "inventory/data/part-0.parquet", "size": 1, "MD5checksum": "x"}])
     client.put_object(Bucket=bucket, Key="inventory/pq/manifest.json", Body=json.dumps(manifest).encode())
-    found = list(iter_objects(source, s3_server.endpoint_url, object_list=f"s3://{bucket}/inventory/pq/manifest.json"))
+    found = list(iter_objects(source, object_list=f"s3://{bucket}/inventory/pq/manifest.json"))
     assert [(o.key, o.size, o.etag) for o in found] == [("photos/p.jpg", 1, "x")]
 
 

@@ -92,7 +92,7 @@ def test_parse_location_rejects_bad_uris_with_one_line(uri, expected):
 
 def test_s3_listing_pages_through_prefix_and_skips_clutter(s3_server, face_bucket):
     bucket, faces = face_bucket
-    listing = iter_objects(parse_location(f"s3://{bucket}/faces"), s3_server.endpoint_url, page_size=PAGE_SIZE)
+    listing = iter_objects(parse_location(f"s3://{bucket}/faces", s3_server.endpoint_url), page_size=PAGE_SIZE)
     objects = list(listing)
 
     assert [o.key for o in objects] == sorted(faces)  # S3 lists in key order
@@ -111,7 +111,7 @@ def test_s3_listing_streams_page_by_page(s3_server, face_jpegs):
     client = s3_server.client()
     for i, data in enumerate(face_jpegs(N_FACES)):
         client.put_object(Bucket=bucket, Key=f"{i:03d}.jpg", Body=data)
-    listing = iter_objects(parse_location(f"s3://{bucket}"), s3_server.endpoint_url, page_size=PAGE_SIZE)
+    listing = iter_objects(parse_location(f"s3://{bucket}", s3_server.endpoint_url), page_size=PAGE_SIZE)
     assert next(listing).key == "000.jpg"
     # Written after the first page was read: only a listing that fetches pages as it goes sees it.
     client.put_object(Bucket=bucket, Key="999.jpg", Body=face_jpegs(1)[0])
@@ -120,7 +120,7 @@ def test_s3_listing_streams_page_by_page(s3_server, face_jpegs):
 
 
 def test_missing_bucket_is_one_clear_line(s3_server):
-    listing = iter_objects(parse_location("s3://no-such-bucket-here/x"), s3_server.endpoint_url)
+    listing = iter_objects(parse_location("s3://no-such-bucket-here/x", s3_server.endpoint_url))
     with pytest.raises(StorageError) as info:
         next(listing)
     message = str(info.value)
@@ -129,13 +129,13 @@ def test_missing_bucket_is_one_clear_line(s3_server):
 
 def test_check_access_answers_fast(s3_server, face_bucket):
     bucket, _ = face_bucket
-    assert check_access(parse_location(f"s3://{bucket}/faces"), s3_server.endpoint_url) is None
+    assert check_access(parse_location(f"s3://{bucket}/faces", s3_server.endpoint_url)) is None
     with pytest.raises(StorageError, match="^bucket 'no-such-bucket-here' does not exist"):
-        check_access(parse_location("s3://no-such-bucket-here"), s3_server.endpoint_url)
+        check_access(parse_location("s3://no-such-bucket-here", s3_server.endpoint_url))
     (closed_port,) = free_ports(1)
     started = time.monotonic()
     with pytest.raises(StorageError, match="^cannot reach the S3 endpoint"):
-        check_access(parse_location(f"s3://{bucket}"), f"http://127.0.0.1:{closed_port}")
+        check_access(parse_location(f"s3://{bucket}", f"http://127.0.0.1:{closed_port}"))
     assert time.monotonic() - started < 10
 
 
@@ -146,11 +146,11 @@ def test_no_credentials_message(s3_server, face_bucket, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     with pytest.raises(StorageError, match="^no usable S3 credentials for s3://"):
-        check_access(parse_location(f"s3://{bucket}"), s3_server.endpoint_url)
+        check_access(parse_location(f"s3://{bucket}", s3_server.endpoint_url))
 
 
 def test_product_client_retries_throttling(s3_server):
-    config = s3_client(s3_server.endpoint_url).meta.config
+    config = s3_client(parse_location("s3://any-bucket", s3_server.endpoint_url)).meta.config
     # botocore reads max_attempts as retries after the first try.
     assert config.retries == {"mode": "adaptive", "total_max_attempts": MAX_ATTEMPTS + 1}
     assert config.max_pool_connections >= DEFAULT_THREADS
@@ -158,10 +158,10 @@ def test_product_client_retries_throttling(s3_server):
 
 def test_missing_manifest_message(s3_server, face_bucket):
     bucket, _ = face_bucket
-    location = parse_location(f"s3://{bucket}/nothing-here")
+    location = parse_location(f"s3://{bucket}/nothing-here", s3_server.endpoint_url)
     with pytest.raises(FileNotFoundError) as info:
-        read_manifest(location.join("manifest.parquet"), pyarrow_filesystem(location, s3_server.endpoint_url))
-    message = describe_error(info.value, location, s3_server.endpoint_url)
+        read_manifest(location.join("manifest.parquet"), pyarrow_filesystem(location))
+    message = describe_error(info.value, location)
     assert message == f"not found: {bucket}/nothing-here/manifest.parquet"
 
 
@@ -170,14 +170,14 @@ def test_bad_secret_is_reported_without_leaking_it(s3_server, face_bucket, monke
     wrong_secret = "wrong-secret-" + uuid.uuid4().hex
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong_secret)
     with pytest.raises(StorageError) as info:
-        next(iter_objects(parse_location(f"s3://{bucket}/faces"), s3_server.endpoint_url))
+        next(iter_objects(parse_location(f"s3://{bucket}/faces", s3_server.endpoint_url)))
     message = str(info.value)
     assert "secret key does not match" in message
     assert wrong_secret not in message and s3_server.secret_key not in message
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unknown-key")
     with pytest.raises(StorageError) as info:
-        next(iter_objects(parse_location(f"s3://{bucket}/faces"), s3_server.endpoint_url))
+        next(iter_objects(parse_location(f"s3://{bucket}/faces", s3_server.endpoint_url)))
     assert "access key is not known" in str(info.value)
     assert "unknown-key" not in str(info.value) and wrong_secret not in str(info.value)
 
@@ -189,20 +189,20 @@ def test_unreachable_endpoint_message(s3_server):
     client = boto3.client("s3", endpoint_url=endpoint, config=Config(retries={"max_attempts": 1, "mode": "standard"}))
     with pytest.raises(Exception) as info:
         client.list_objects_v2(Bucket="some-bucket")
-    message = describe_error(info.value, parse_location("s3://some-bucket"), endpoint)
+    message = describe_error(info.value, parse_location("s3://some-bucket", endpoint))
     assert message == f"cannot reach the S3 endpoint {endpoint} (is the URL right and the server up?)"
 
 
 def test_manifest_on_s3_has_stable_unique_ids_and_honours_exclusions(s3_server, face_bucket):
     bucket, faces = face_bucket
-    source = parse_location(f"s3://{bucket}/faces")
-    output = parse_location(f"s3://{bucket}/job-output")
-    fs = pyarrow_filesystem(output, s3_server.endpoint_url)
+    source = parse_location(f"s3://{bucket}/faces", s3_server.endpoint_url)
+    output = parse_location(f"s3://{bucket}/job-output", s3_server.endpoint_url)
+    fs = pyarrow_filesystem(output)
     assert isinstance(fs, pafs.S3FileSystem)
 
     done = sorted(faces)[:5]
     stats = write_manifest(
-        iter_objects(source, s3_server.endpoint_url, page_size=PAGE_SIZE),
+        iter_objects(source, page_size=PAGE_SIZE),
         output.join("manifest.parquet"),
         fs,
         exclude_ids={object_id(k) for k in done},
@@ -219,7 +219,7 @@ def test_manifest_on_s3_has_stable_unique_ids_and_honours_exclusions(s3_server, 
 
     # The same done ids as a numpy array (how the job reads them back from output files).
     done_array = np.array([object_id(k) for k in done])
-    listing = iter_objects(source, s3_server.endpoint_url)
+    listing = iter_objects(source)
     again = write_manifest(listing, output.fs_path("manifest2.parquet"), fs, exclude_ids=done_array)
     assert (again.excluded, again.written) == (5, N_FACES - 5)
     assert read_manifest(output.fs_path("manifest2.parquet"), fs).equals(table)
@@ -259,20 +259,20 @@ def test_fetch_from_s3_keeps_order_and_reports_deleted_objects(s3_server, face_j
     faces = face_jpegs(6)
     for i, data in enumerate(faces):
         client.put_object(Bucket=bucket, Key=f"in/{i}.jpg", Body=data)
-    location = parse_location(f"s3://{bucket}/in")
-    keys = [o.key for o in iter_objects(location, s3_server.endpoint_url)]
+    location = parse_location(f"s3://{bucket}/in", s3_server.endpoint_url)
+    keys = [o.key for o in iter_objects(location)]
     client.delete_object(Bucket=bucket, Key="in/3.jpg")  # deleted between listing and fetching
 
-    results = fetch_objects(keys, location, s3_server.endpoint_url, threads=4)
+    results = fetch_objects(keys, location, threads=4)
     assert [r if isinstance(r, FetchError) else r == faces[i] for i, r in enumerate(results)][:3] == [True] * 3
     assert isinstance(results[3], FetchError) and results[3].code == "not_found"
     assert results[3].message == f"s3://{bucket}/in/3.jpg no longer exists (deleted since listing?)"
     assert [r == faces[i] for i, r in enumerate(results) if i != 3] == [True] * 5
-    assert fetch_objects([], location, s3_server.endpoint_url) == []
+    assert fetch_objects([], location) == []
 
 
 def test_fetch_from_missing_bucket_is_a_row_error(s3_server):
-    results = fetch_objects(["a.jpg"], parse_location("s3://no-such-bucket-either"), s3_server.endpoint_url)
+    results = fetch_objects(["a.jpg"], parse_location("s3://no-such-bucket-either", s3_server.endpoint_url))
     message = f"bucket 'no-such-bucket-either' does not exist at {s3_server.endpoint_url}"
     assert results == [FetchError("fetch_failed", message)]
 

@@ -264,8 +264,8 @@ def test_progress_of_an_output_on_s3(s3_server, tmp_path: Path):
         # Index covers name files by size and mtime: an uploaded copy has other mtimes, so on S3 every
         # data file is unindexed here (as after `aws s3 sync`), and still read right.
         client.put_object(Bucket=bucket, Key=f"out/{path.relative_to(local)}", Body=path.read_bytes())
-    output = parse_location(f"s3://{bucket}/out")
-    held = lease.acquire(output, s3_server.endpoint_url)
+    output = parse_location(f"s3://{bucket}/out", s3_server.endpoint_url)
+    held = lease.acquire(output)
     try:
         done = cli("progress", f"s3://{bucket}/out", "--endpoint-url", s3_server.endpoint_url, "--json")
         assert done.returncode == 0, done.stderr

@@ -33,7 +33,9 @@ def import_(src: Path, out: Path, tool: str, original: str, helen: Path | None, 
     """
     from batch_parse.corrections import import_corrections
 
-    result = import_corrections(src, out, tool, original, helen=helen, endpoint_url=endpoint_url,
+    from batch_parse.storage.location import parse_location
+
+    result = import_corrections(src, out, tool, parse_location(original, endpoint_url), helen=helen,
                                 skip_unknown_labels=skip_unknown_labels)
     for line in result.lines():
         echo(line)

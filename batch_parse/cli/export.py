@@ -54,11 +54,12 @@ def export(dst: str, out: Path, fmt: str, where: str | None, limit: int | None, 
     fiftyone     a folder for fo.Dataset.from_dir(OUT, fo.types.FiftyOneDataset)
     """
     from batch_parse.export import export_output
+    from batch_parse.storage.location import parse_location
 
     progress = _Progress()
     try:
-        result = export_output(dst, out, fmt, where=where, limit=limit, copy_images=copy_images,
-                               endpoint_url=endpoint_url, progress=progress)  # fmt: skip
+        result = export_output(parse_location(dst, endpoint_url), out, fmt, where=where, limit=limit, copy_images=copy_images,
+                               progress=progress)  # fmt: skip
     finally:
         progress.close()
     for line in result.lines():

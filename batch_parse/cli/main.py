@@ -127,7 +127,11 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--crop-format", type=click.Choice(CROP_FORMATS), default=_DEFAULTS.crop_format, show_default=True,
               help="Encoding of part crops.")
 @click.option("--jpeg-quality", type=int, default=_DEFAULTS.jpeg_quality, show_default=True, help="Quality of JPEG crops, 1-100.")
-@click.option("--endpoint-url", show_default="AWS", help="S3-compatible endpoint (MinIO, SeaweedFS, R2...).")
+@click.option("--endpoint-url", show_default="AWS", help="S3-compatible endpoint (MinIO, SeaweedFS, R2...) of SRC and DST.")
+@click.option("--source-endpoint-url", show_default="--endpoint-url", help="S3-compatible endpoint of SRC when it differs from DST's.")
+@click.option("--output-endpoint-url", show_default="--endpoint-url", help="S3-compatible endpoint of DST when it differs from SRC's.")
+@click.option("--source-anonymous/--no-source-anonymous", default=_DEFAULTS.source_anonymous, show_default=True,
+              help="Read SRC with unsigned requests, no credentials (a public bucket).")
 @click.option("--max-pixels", type=int, default=_DEFAULTS.max_pixels, show_default=True, help="Largest image to decode, in pixels.")
 @click.option("--max-bytes", type=int, default=_DEFAULTS.max_bytes, show_default=True,
               help="Largest source object to fetch, in bytes; larger ones are error rows.")
@@ -204,7 +208,9 @@ def inspect(dst: str, endpoint_url: str | None) -> None:
     """Print statistics of a job's Parquet output."""
     from batch_parse.report.inspect import inspect_output
 
-    for line in inspect_output(dst, endpoint_url):
+    from batch_parse.storage.location import parse_location
+
+    for line in inspect_output(parse_location(dst, endpoint_url)):
         echo(line)
 
 
@@ -225,7 +231,9 @@ def render(dst: str, out_dir: Path, limit: int, where: str | None, min_face: flo
     """Draw label overlays of an output as an HTML page."""
     from batch_parse.report.render import render as render_pages
 
-    index, selection = render_pages(dst, out_dir, limit, endpoint_url, where=where, min_face=min_face)
+    from batch_parse.storage.location import parse_location
+
+    index, selection = render_pages(parse_location(dst, endpoint_url), out_dir, limit, where=where, min_face=min_face)
     echo(f"drew {len(selection.rows)} of {selection.ok_total:,} face(s), lowest parse score first"
          + (f"; {selection.faces_too_small:,} face(s) under {min_face:g} px not shown (--min-face 0 shows them)"
             if selection.faces_too_small else ""))

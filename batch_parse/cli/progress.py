@@ -22,7 +22,9 @@ def progress(dst: str, endpoint_url: str | None, as_json: bool) -> None:
     """
     from batch_parse.report.progress import progress as read_progress
 
-    result = read_progress(dst, endpoint_url)
+    from batch_parse.storage.location import parse_location
+
+    result = read_progress(parse_location(dst, endpoint_url))
     if as_json:
         echo(json.dumps(result.to_dict(), indent=1))
         return

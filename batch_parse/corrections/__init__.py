@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from batch_parse.corrections.split import FaceRegion, split_photo
 from batch_parse.output.codec import decode_label_map, encode_label_map
 from batch_parse.output.layout import DATA_DIR, STATE_DIR
+from batch_parse.storage.location import Location
 from batch_parse.output.schema import (
     COLUMN_DOCS,
     CORRECTION_FIELDS,
@@ -82,9 +83,8 @@ class ImportResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
-def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str, original: str, *,
-                       helen: str | os.PathLike | None = None, endpoint_url: str | None = None,
-                       skip_unknown_labels: bool = False) -> ImportResult:
+def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str, original: str | Location, *,
+                       helen: str | os.PathLike | None = None, skip_unknown_labels: bool = False) -> ImportResult:
     """Import the corrected labels in `src` (a `tool` export) of the output `original` into the new folder `out`.
 
     A label the original's model lacks (`skin` painted on a 9-class output) is refused in one line
@@ -102,7 +102,8 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
             raise ValueError(f"{target} must be a local folder")
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise ValueError(f"{target} exists and is not an empty folder: import into a new one")
-    faces = open_output(original, endpoint_url)
+    faces = open_output(original)
+    original = original.uri if isinstance(original, Location) else original  # as messages and the summary name it
     versions = sorted({f"{f.metadata.get('model')}@{str(f.metadata.get('weights_sha256'))[:8]}" for f in faces.output.files})
     if len(versions) > 1:
         raise ValueError(f"{original} holds {len(versions)} model versions ({', '.join(versions)}): give the folder of the one exported")
@@ -207,7 +208,7 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
         if staged_helen is not None:
             from batch_parse.corrections.helen import write_helen
 
-            result.helen_faces = write_helen(staged_helen, table, faces.metadata, endpoint_url)
+            result.helen_faces = write_helen(staged_helen, table, faces.metadata, faces.output.location)
         (staged / STATE_DIR).mkdir()
         (staged / STATE_DIR / SUMMARY_FILE).write_text(json.dumps({"src": str(src), "original": original, **result.summary()}, indent=1))
         for target, built_dir in ((out, staged), (Path(helen) if helen is not None else None, staged_helen)):

@@ -25,6 +25,7 @@ import pyarrow as pa
 from batch_parse.labels import CLASS_TO_HELEN
 from batch_parse.output.codec import decode_label_map
 from batch_parse.output.schema import STATUS_OK
+from batch_parse.storage.location import Location
 from batch_parse.train.datasets import HELEN_SPLIT_FILES, SPLITS, hash_split
 
 _CLASS_TO_HELEN = np.asarray(CLASS_TO_HELEN, np.uint8)
@@ -49,21 +50,19 @@ def frame_labels(label_map: np.ndarray, x: int, y: int, matrix: np.ndarray, widt
     return out
 
 
-def write_helen(dst: Path, table: pa.Table, metadata: dict, endpoint_url: str | None = None) -> int:
+def write_helen(dst: Path, table: pa.Table, metadata: dict, output: Location | None = None) -> int:
     """Write the table's ok face rows into dst in the Helen layout; returns how many faces."""
     import torch
 
     from batch_parse.faces.align import Alignment, warp
     from batch_parse.pipeline.decode import DecodeError, decode_image
     from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
-    from batch_parse.storage.fetch import FetchError, fetch_objects
-    from batch_parse.storage.location import parse_location
+    from batch_parse.storage.fetch import FetchError
+    from batch_parse.storage.originals import fetch_original
     from batch_parse.train.teacher import write_sample
 
-    source = metadata.get("source")
-    if not source:
+    if not metadata.get("source"):
         raise ValueError("--helen needs the original images, and the output does not record where they were read from")
-    location = parse_location(source)
     (dst / "images").mkdir(parents=True)
     (dst / "labels").mkdir()
     columns = ["id", "key", "status", "face_index", "width", "height", "transform", "aligned_width", "aligned_height",
@@ -76,7 +75,7 @@ def write_helen(dst: Path, table: pa.Table, metadata: dict, endpoint_url: str | 
     written = 0
     for image_id, rows in by_photo.items():
         key = rows[0]["key"]
-        (data,) = fetch_objects([key], location, metadata.get("endpoint_url") or endpoint_url)
+        data = fetch_original(metadata, key, output)
         if isinstance(data, FetchError):
             raise ValueError(f"--helen: cannot read the original {key}: {data.message}")
         try:

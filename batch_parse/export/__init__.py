@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batch_parse.model.licence import Licence, output_licence
+from batch_parse.storage.location import Location
 
 FORMATS = ("coco", "cvat", "labelstudio", "hf", "fiftyone")
 IMAGES_DIR = "images"  # where --copy-images puts the originals, named by faces.copied_name(key)
@@ -78,8 +79,8 @@ class ExportResult:
         return lines
 
 
-def export_output(dst: str, out: str | os.PathLike, fmt: str, *, where: str | None = None, limit: int | None = None,
-                  copy_images: bool = False, endpoint_url: str | None = None,
+def export_output(dst: str | Location, out: str | os.PathLike, fmt: str, *, where: str | None = None, limit: int | None = None,
+                  copy_images: bool = False,
                   progress: Callable[[int, int, int], None] | None = None) -> ExportResult:
     """Export the output at `dst` to the fresh folder `out` in format `fmt`; ValueError on a user mistake.
 
@@ -102,11 +103,11 @@ def export_output(dst: str, out: str | os.PathLike, fmt: str, *, where: str | No
     condition = parse_where(where) if where else None
     module = importlib.import_module(f"batch_parse.export.{fmt}")
     module.check_installed()  # before reading anything: a missing library is a one-line error, not a half export
-    output = open_output(dst, endpoint_url)
+    output = open_output(dst)
     versions = sorted({f"{f.metadata.get('model')}@{str(f.metadata.get('weights_sha256'))[:8]}" for f in output.files})
     if len(versions) > 1 and not (condition and "model_version" in condition.columns):
         # The same image labelled by two models would be exported twice, as two conflicting images.
-        raise ValueError(f"{dst} holds {len(versions)} model versions ({', '.join(versions)}): export one, "
+        raise ValueError(f"{output.location.uri} holds {len(versions)} model versions ({', '.join(versions)}): export one, "
                          f"with --where \"model_version == '{versions[-1]}'\" or DST set to its folder")
     total = sum(f.num_rows for f in output.files)
     result = ExportResult(format=fmt, out=out)
@@ -122,7 +123,7 @@ def export_output(dst: str, out: str | os.PathLike, fmt: str, *, where: str | No
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        module.export(photos, out, Originals(endpoint_url) if copy_images else None, result, label_set(output.files))
+        module.export(photos, out, Originals(output.location) if copy_images else None, result, label_set(output.files))
     except BaseException:
         # No half export left behind to be imported by mistake; the folder was empty or new.
         if created:

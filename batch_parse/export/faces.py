@@ -36,8 +36,9 @@ from batch_parse.output.reader import Output, OutputFile, derive_columns, source
 from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
-from batch_parse.storage.fetch import FetchError, fetch_objects
-from batch_parse.storage.location import parse_location
+from batch_parse.storage.fetch import FetchError
+from batch_parse.storage.location import Location, parse_location
+from batch_parse.storage.originals import fetch_original
 from batch_parse.storage.s3 import StorageError, describe_error
 
 PHOTO_COLUMNS = ("id", "key", "size", "status", "width", "height", "face_index", "face_count", "model_version")
@@ -92,7 +93,7 @@ class Photo:
     status: str  # ok or no_face
     model_version: str
     source: str | None  # where the job read the image (file metadata), None if not recorded
-    endpoint_url: str | None
+    metadata: dict = field(repr=False)  # its file's metadata: how to fetch the original (storage/originals.py)
     faces: list[Face] = field(default_factory=list)
     size: int | None = None  # bytes of the source object at listing time
     _maps: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
@@ -194,7 +195,7 @@ def _file_batches(output: Output, file: OutputFile, columns: list[str]) -> Itera
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=required):
                 yield derive_columns(batch, columns)
     except OSError as exc:
-        raise StorageError(f"cannot read {name}: {describe_error(exc, output.location, output.endpoint_url)}") from exc
+        raise StorageError(f"cannot read {name}: {describe_error(exc, output.location)}") from exc
 
 
 def _keep(batch: pa.RecordBatch, where: Where | None) -> np.ndarray:
@@ -206,7 +207,7 @@ def _keep(batch: pa.RecordBatch, where: Where | None) -> np.ndarray:
 def _photo(record: dict, file: OutputFile) -> Photo:
     return Photo(id=record["id"], key=record["key"], width=record["width"], height=record["height"],
                  status=STATUS_OK, model_version=record["model_version"], source=file.metadata.get("source"),
-                 endpoint_url=file.metadata.get("endpoint_url"), size=record["size"])  # fmt: skip
+                 metadata=file.metadata, size=record["size"])  # fmt: skip
 
 
 def _exportable(photo: Photo) -> bool:
@@ -240,15 +241,14 @@ class Originals:
     whether it honours EXIF or not, shows the masks where they belong.
     """
 
-    def __init__(self, endpoint_url: str | None = None):
-        self.endpoint_url = endpoint_url
+    def __init__(self, output: Location | None = None):
+        self.output = output  # the output read: older files reached their source at its endpoint
 
     def read(self, photo: Photo) -> bytes:
         """The image as the export should hold it; ValueError saying why when it cannot be read."""
         if not photo.source:
             raise ValueError(f"{photo.key}: the output does not record where the images were read from: export without --copy-images")
-        location = parse_location(photo.source)
-        (data,) = fetch_objects([photo.key], location, photo.endpoint_url or self.endpoint_url)
+        data = fetch_original(photo.metadata, photo.key, self.output)
         if isinstance(data, FetchError):
             raise ValueError(f"cannot copy {photo.key}: {data.message}")
         return upright(data, photo.key)

@@ -1,6 +1,6 @@
 """`batch_parse.open_output(path)`: an output's face rows as a pyarrow dataset, decodable in one call.
 
-    faces = batch_parse.open_output("labels/")              # or s3://bucket/labels, endpoint_url=...
+    faces = batch_parse.open_output("labels/")              # or parse_location("s3://bucket/labels", endpoint_url=...)
     table = faces.to_table(columns=["key", "face_index", "mouth_confidence"])   # any pyarrow Dataset call
     row = faces.head(1).to_pylist()[0]
     faces.label_map(row)                                      # (h, w) uint8 class indices of the face's region
@@ -27,6 +27,7 @@ from batch_parse.output.layout import DATA_DIR
 from batch_parse.output.reader import Output
 from batch_parse.output.reader import open_output as _scan
 from batch_parse.output.schema import file_class_colors, file_class_names
+from batch_parse.storage.location import Location
 
 
 @dataclass
@@ -103,13 +104,12 @@ class FaceDataset:
         return dataset
 
 
-def open_output(path: str, endpoint_url: str | None = None) -> FaceDataset:
+def open_output(path: str | Location) -> FaceDataset:
     """The face rows of the output at `path` (the folder given to `batch-parse run`, or its data/ folder).
 
     ValueError (one line) if there are none; StorageError if the store cannot be read.
     """
-    root = path.rstrip("/")
-    output = _scan(root, endpoint_url)
+    output = _scan(path if isinstance(path, Location) else path.rstrip("/"))
     data_root = output.location.fs_path(DATA_DIR)
     if any(f.path.startswith(data_root + "/") for f in output.files):
         # OUTPUT given: its data/ is the dataset (older per-model folders beside it are not this model's rows).

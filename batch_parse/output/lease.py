@@ -13,13 +13,12 @@ taking over, one wins. The loser gets one line naming the holder.
 
 S3 stores must honour conditional writes: AWS S3 (since 2024-08), SeaweedFS 4.x (tested), MinIO,
 R2. The lease is read before any write, so a store that ignored the headers would still never
-overwrite a live lease, but two creators racing on such a store could both win.
+overwrite a live lease, but two creators racing on such a store could both win. The conditional
+operations themselves are the output location's store's (storage/store.py).
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -27,21 +26,17 @@ import socket
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from datetime import datetime, timezone
-
-import botocore.exceptions as boto_errors
 
 from batch_parse.output.layout import STATE_DIR
 from batch_parse.storage.location import Location
-from batch_parse.storage.s3 import StorageError, describe_error, s3_client
+from batch_parse.storage.s3 import StorageError
 
 LEASE_NAME = f"{STATE_DIR}/lease.json"  # relative to the output (output/layout.py)
 # A crashed run on another host blocks the output this long; renewals come every third of it, so
 # a driver would have to stall for two renewals (80 s) before its lease could be taken.
 DEFAULT_TTL_S = 120.0
 _ATTEMPTS = 5  # read-then-write rounds before giving up on a lease that keeps changing hands
-_S3_ATTEMPTS = 4  # tries per S3 request (botocore's backoff: ~0.5, 1, 2 s)
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +54,13 @@ def default_holder(started: float | None = None) -> str:
     return f"host {socket.gethostname()}, pid {os.getpid()}, started {_iso(time.time() if started is None else started)}"
 
 
-def acquire(output: Location, endpoint_url: str | None = None, holder: str | None = None, ttl_s: float = DEFAULT_TTL_S) -> Lease:
+def acquire(output: Location, *, holder: str | None = None, ttl_s: float = DEFAULT_TTL_S) -> Lease:
     """Take the lease on `output` (raise LeaseHeld naming the holder if a live run has it).
 
     Use as `with acquire(...):`; a daemon thread renews it every ttl_s/3 until the block ends,
     then it is deleted (only if still ours).
     """
-    store = _S3Store(output, endpoint_url) if output.is_s3 else _LocalStore(output)
+    store = _LeaseObject(output)
     lease = Lease(output, store, holder or default_holder(), ttl_s)
     for _ in range(_ATTEMPTS):
         current = store.read()
@@ -88,10 +83,10 @@ def acquire(output: Location, endpoint_url: str | None = None, holder: str | Non
     raise LeaseHeld(_held_message(output, record))
 
 
-def read_lease(output: Location, endpoint_url: str | None = None) -> dict | None:
+def read_lease(output: Location) -> dict | None:
     """The output's lease as it stands, read-only: its record plus `live` (False once a run could take
     it over: expired, or its process on this host is gone); None when no run holds one."""
-    store = _S3Store(output, endpoint_url) if output.is_s3 else _LocalStore(output)
+    store = _LeaseObject(output)
     current = store.read()
     if current is None:
         return None
@@ -257,164 +252,21 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _S3Store:
-    """The lease object on S3; versions are ETags, every write is conditional."""
-
-    def __init__(self, output: Location, endpoint_url: str | None):
-        self.output, self.endpoint_url = output, endpoint_url
-        self.key = f"{self.output.list_prefix}{LEASE_NAME}"
-        self.where = f"s3://{self.output.bucket}/{self.key}"
-        # A few quick tries per call: a renewal that fails is retried by the next round anyway,
-        # and a run failing because S3 is down must not spend minutes releasing its lease.
-        self.client = s3_client(self.endpoint_url, max_attempts=_S3_ATTEMPTS, connect_timeout=5, read_timeout=15)
-
-    def read(self) -> tuple[bytes, str] | None:
-        try:
-            response = self.client.get_object(Bucket=self.output.bucket, Key=self.key)
-            return response["Body"].read(), response["ETag"]
-        except boto_errors.ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404"):
-                return None
-            raise self._error(exc) from None
-        except boto_errors.BotoCoreError as exc:
-            raise self._error(exc) from None
-
-    def create(self, body: bytes) -> str | None:
-        return self._put(body, IfNoneMatch="*")
-
-    def replace(self, body: bytes, version: str) -> str | None:
-        return self._put(body, IfMatch=version)
-
-    def delete(self, version: str) -> None:
-        try:
-            self.client.delete_object(Bucket=self.output.bucket, Key=self.key, IfMatch=version)
-        except boto_errors.ClientError as exc:
-            if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
-                return  # not ours any more: leave it
-            if _code(exc) not in ("NotImplemented", "501", "InvalidArgument", "400"):
-                raise self._error(exc) from None
-            # A store without conditional deletes: check, then delete (a take-over in between is
-            # only possible once our lease has expired).
-            current = self.read()
-            if current is not None and current[1] == version:
-                self.client.delete_object(Bucket=self.output.bucket, Key=self.key)
-        except boto_errors.BotoCoreError as exc:  # unreachable: the lease expires on its own
-            raise self._error(exc) from None
-
-    def _put(self, body: bytes, **condition) -> str | None:
-        try:
-            return self.client.put_object(Bucket=self.output.bucket, Key=self.key, Body=body, **condition)["ETag"]
-        except boto_errors.ClientError as exc:
-            # 412: the condition failed; 409 ConditionalRequestConflict (AWS): a concurrent conditional
-            # write; 404: If-Match on a lease that was removed meanwhile.
-            if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"):
-                return None
-            raise self._error(exc) from None
-        except boto_errors.BotoCoreError as exc:
-            raise self._error(exc) from None
-
-    def _error(self, exc: BaseException) -> StorageError:
-        return StorageError(describe_error(exc, Location(uri=self.where, is_s3=True, bucket=self.output.bucket, prefix=self.key),
-                                           self.endpoint_url))
-
-
-def _code(exc: boto_errors.ClientError) -> str:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    return code or str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-
-
-class _LocalStore:
-    """The lease file in a local (or shared) folder; versions are content hashes.
-
-    Create: write a temporary file, then link() it to the lease name (fails if the name exists, and
-    the lease is never seen half written). Replace and delete: under an exclusive lock on
-    `_lease.lock`, check the version, then rename over (or unlink) the lease file.
-    """
+class _LeaseObject:
+    """The lease object in the output's store: its conditional operations bound to LEASE_NAME."""
 
     def __init__(self, output: Location):
-        self.folder = os.path.join(output.path, STATE_DIR)
-        self.where = os.path.join(output.path, LEASE_NAME)
-        self.lock_path = os.path.join(self.folder, "lease.lock")
+        self.store = output.store(label="lease file")
+        self.where = self.store.where(LEASE_NAME)
 
     def read(self) -> tuple[bytes, str] | None:
-        try:
-            with open(self.where, "rb") as f:
-                body = f.read()
-        except FileNotFoundError:
-            return None
-        return body, hashlib.sha256(body).hexdigest()
+        return self.store.read(LEASE_NAME)
 
     def create(self, body: bytes) -> str | None:
-        made = not os.path.isdir(self.folder)
-        os.makedirs(self.folder, exist_ok=True)
-        try:
-            tmp = self._write_temporary(body)
-        except StorageError:
-            if made:  # leave the output as we found it
-                try:
-                    os.rmdir(self.folder)
-                except OSError:
-                    pass
-            raise
-        try:
-            os.link(tmp, self.where)
-        except FileExistsError:
-            return None
-        except OSError:  # a filesystem without hard links: exclusive create (briefly seen empty)
-            try:
-                fd = os.open(self.where, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return None
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(body)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as exc:  # an empty lease left behind would block every later run
-                os.unlink(self.where)
-                raise self._write_error(self.where, exc) from None
-        finally:
-            os.unlink(tmp)
-        return hashlib.sha256(body).hexdigest()
+        return self.store.create(LEASE_NAME, body)
 
     def replace(self, body: bytes, version: str) -> str | None:
-        with self._locked():
-            current = self.read()
-            if current is None or current[1] != version:
-                return None
-            os.replace(self._write_temporary(body), self.where)
-        return hashlib.sha256(body).hexdigest()
+        return self.store.replace(LEASE_NAME, body, version)
 
     def delete(self, version: str) -> None:
-        with self._locked():
-            current = self.read()
-            if current is not None and current[1] == version:
-                os.unlink(self.where)
-
-    def _write_temporary(self, body: bytes) -> str:
-        tmp = os.path.join(self.folder, f"_lease.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:  # a full disk: say where, and leave no temporary behind
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise self._write_error(tmp, exc) from None
-        return tmp
-
-    def _write_error(self, path: str, exc: OSError) -> StorageError:
-        return StorageError(f"cannot write the lease file {path}: {exc.strerror or exc} (the output folder "
-                            f"{self.folder} must be writable, with free space)")
-
-    @contextmanager
-    def _locked(self):
-        fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+        self.store.delete(LEASE_NAME, version)

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 
 from batch_parse.output.quality import PARSE_SCORE, parse_scores
 from batch_parse.output.schema import DERIVED_COLUMNS, read_metadata
-from batch_parse.storage.location import Location, parse_location
-from batch_parse.storage.s3 import StorageError, describe_error, pyarrow_filesystem
+from batch_parse.storage.location import Location, as_location
+from batch_parse.storage.s3 import StorageError, describe_error
 
 BATCH_ROWS = 65_536
 # Footers are one small request each; on S3 latency, not bandwidth, is what threads hide.
@@ -42,7 +42,6 @@ class Output:
     """The batch-parse files under one output location."""
 
     location: Location
-    endpoint_url: str | None
     filesystem: pafs.FileSystem
     files: list[OutputFile]
     foreign: list[str]  # Parquet files without batch-parse metadata, left out of `files`
@@ -68,7 +67,7 @@ class Output:
                     for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=required):
                         yield file, _with_nulls(derive_columns(batch, columns), columns)
             except OSError as exc:
-                raise StorageError(f"cannot read {self.relative(file.path)}: {describe_error(exc, self.location, self.endpoint_url)}") from exc
+                raise StorageError(f"cannot read {self.relative(file.path)}: {describe_error(exc, self.location)}") from exc
 
     def read_rows(self, file: OutputFile, columns: Sequence[str], ids: Sequence[int]) -> pa.Table:
         """The rows of one file whose id is in `ids`; Parquet statistics skip row groups without them."""
@@ -81,13 +80,13 @@ class Output:
                                    pa.RecordBatch.from_pylist([], schema=table.schema), columns)  # fmt: skip
             return pa.Table.from_batches([batch.select(list(columns))])
         except OSError as exc:
-            raise StorageError(f"cannot read {self.relative(file.path)}: {describe_error(exc, self.location, self.endpoint_url)}") from exc
+            raise StorageError(f"cannot read {self.relative(file.path)}: {describe_error(exc, self.location)}") from exc
 
 
-def open_output(dst: str, endpoint_url: str | None = None) -> Output:
+def open_output(dst: str | Location) -> Output:
     """List and open the output at `dst`; ValueError if nothing is there, StorageError if it cannot be read."""
-    location = parse_location(dst)
-    filesystem = pyarrow_filesystem(location, endpoint_url)
+    location = as_location(dst)
+    filesystem = location.filesystem()
     root = location.fs_path()
     try:
         info = filesystem.get_file_info(root)
@@ -99,7 +98,7 @@ def open_output(dst: str, endpoint_url: str | None = None) -> Output:
             if not entries and info.type == pafs.FileType.NotFound:
                 raise ValueError(f"output location not found: {location.uri}")
     except OSError as exc:
-        raise StorageError(describe_error(exc, location, endpoint_url)) from exc
+        raise StorageError(describe_error(exc, location)) from exc
     if not paths:
         raise ValueError(f"no Parquet files under {location.uri}: is this a batch-parse output location?")
 
@@ -109,7 +108,7 @@ def open_output(dst: str, endpoint_url: str | None = None) -> Output:
                 parquet = pq.ParquetFile(stream)
                 schema, num_rows = parquet.schema_arrow, parquet.metadata.num_rows
         except OSError as exc:
-            raise StorageError(f"cannot read {path}: {describe_error(exc, location, endpoint_url)}") from exc
+            raise StorageError(f"cannot read {path}: {describe_error(exc, location)}") from exc
         except pa.ArrowInvalid:
             return path  # not Parquet despite the name
         try:
@@ -121,7 +120,6 @@ def open_output(dst: str, endpoint_url: str | None = None) -> Output:
         found = list(pool.map(footer, paths))
     output = Output(
         location=location,
-        endpoint_url=endpoint_url,
         filesystem=filesystem,
         files=[f for f in found if isinstance(f, OutputFile)],
         foreign=[f for f in found if isinstance(f, str)],

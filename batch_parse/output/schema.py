@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
 
+if TYPE_CHECKING:
+    from batch_parse.storage.location import Location
 from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, NUM_PART_CLASSES, PART_NAMES, PARTS
 from batch_parse.output.quality import PARSE_SCORE, PARSE_SCORE_DOC
 
@@ -155,8 +159,7 @@ def file_metadata(
     weights_sha256: str,
     crop_format: str,
     *,
-    source: str | None = None,
-    endpoint_url: str | None = None,
+    source: Location | str | None = None,
     policy: dict | None = None,
     class_names: tuple[str, ...] = CLASS_NAMES,
     licence: dict | None = None,
@@ -167,8 +170,10 @@ def file_metadata(
 
     class_names: the model's classes (label map values index them; one pixels_<class> each).
 
-    source / endpoint_url: where the labelled images were read from (an s3:// URI or a local
-    folder, and the S3 endpoint), so `render` can fetch an original by its row's key.
+    source: where the labelled images were read from, recorded as its URI (an s3:// URI or a local
+    folder) and how its store was reached (`endpoint_url`, `source_anonymous`; never credentials),
+    so `render`, `export` and `import` can fetch an original by its row's key. A plain string is
+    recorded as the URI of a source reached the default way.
     policy: the inference choices of the run (faces mode, detector, min_face, threshold): they
     belong to the job, not to the weights file, so they are recorded with the output.
     """
@@ -181,8 +186,9 @@ def file_metadata(
         "parts": [{"name": p.name, "classes": list(p.classes)} for p in PARTS],
         "crop_format": crop_format,
         "licence": licence,
-        "source": source,
-        "endpoint_url": endpoint_url,
+        "source": source if source is None or isinstance(source, str) else source.uri,
+        "endpoint_url": getattr(source, "endpoint_url", None),
+        "source_anonymous": bool(getattr(source, "anonymous", False)),
         **(policy or {}),
         # Self-describing files: what each column means, and how v1 readers move to this schema.
         "columns": COLUMN_DOCS,
@@ -192,12 +198,12 @@ def file_metadata(
 
 
 def output_schema(
-    model_name: str, weights_sha256: str, crop_format: str, *, source: str | None = None, endpoint_url: str | None = None,
+    model_name: str, weights_sha256: str, crop_format: str, *, source: Location | str | None = None,
     policy: dict | None = None, class_names: tuple[str, ...] = CLASS_NAMES, licence: dict | None = None,
 ) -> pa.Schema:
     return table_schema(class_names).with_metadata(
-        file_metadata(model_name, weights_sha256, crop_format, source=source, endpoint_url=endpoint_url, policy=policy,
-                      class_names=class_names, licence=licence)
+        file_metadata(model_name, weights_sha256, crop_format, source=source, policy=policy, class_names=class_names,
+                      licence=licence)
     )
 
 
@@ -210,6 +216,7 @@ def read_metadata(schema: pa.Schema) -> dict:
     # Files written before these keys existed read as "source unknown".
     meta.setdefault("source", None)
     meta.setdefault("endpoint_url", None)
+    meta.setdefault("source_anonymous", False)
     return meta
 
 

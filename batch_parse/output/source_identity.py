@@ -1,6 +1,6 @@
 """One source per output: the output records the source it labels and refuses any other.
 
-    OUTPUT/.batch-parse/source.json   {"source": "s3://bucket/prefix", "endpoint": "host:port"}
+    OUTPUT/.batch-parse/source.json   {"source": "s3://bucket/prefix", "endpoint": "host:port", "anonymous": false}
 
 Ids are a hash of the key relative to the source, so two sources share keys (`000.jpg`) and ids;
 labelling folder B into folder A's output would skip B's `000.jpg` as done and keep A's labels
@@ -19,17 +19,25 @@ from batch_parse.output.layout import STATE_DIR, OutputLayout
 from batch_parse.storage.location import Location
 
 
-def canonical_source(source: Location, endpoint_url: str | None) -> dict:
-    """The source as recorded: s3://bucket/prefix and the endpoint's host, or the resolved local folder."""
+def canonical_source(source: Location) -> dict:
+    """The source as compared: s3://bucket/prefix and the endpoint's host, or the resolved local folder."""
     if source.is_s3:
         # The host names the store; the scheme does not (http and https reach the same buckets).
-        endpoint = urlparse(endpoint_url).netloc.lower() if endpoint_url else "aws"
+        endpoint = urlparse(source.endpoint_url).netloc.lower() if source.endpoint_url else "aws"
         return {"source": source.uri, "endpoint": endpoint}
     return {"source": os.path.realpath(source.path), "endpoint": None}
 
 
-def claim_source(fs: pafs.FileSystem, output: Location, source: Location, endpoint_url: str | None,
-                 record: bool = True) -> bool:
+def source_record(source: Location) -> dict:
+    """The source as recorded: its identity, and how it was reached (unsigned or not; never credentials).
+
+    How it was reached is not part of the identity: the same public bucket read with credentials
+    one night and anonymously the next is the same corpus.
+    """
+    return {**canonical_source(source), **({"anonymous": source.anonymous} if source.is_s3 else {})}
+
+
+def claim_source(fs: pafs.FileSystem, output: Location, source: Location, *, record: bool = True) -> bool:
     """Refuse (ValueError, one line) when the output records another source; True if it records this one.
 
     When it records none, `source` is recorded now, or with record=False left for record_source()
@@ -39,7 +47,7 @@ def claim_source(fs: pafs.FileSystem, output: Location, source: Location, endpoi
     """
     path = OutputLayout(output).source_file
     where = output.join(STATE_DIR, "source.json")
-    mine = canonical_source(source, endpoint_url)
+    mine = canonical_source(source)
     try:
         with fs.open_input_stream(path) as f:
             recorded = json.loads(f.read())
@@ -47,7 +55,7 @@ def claim_source(fs: pafs.FileSystem, output: Location, source: Location, endpoi
         raise ValueError(f"{where} is not a source record (not JSON): remove it to record this run's source") from None
     except FileNotFoundError:
         if record:
-            record_source(fs, output, source, endpoint_url)
+            record_source(fs, output, source)
         return False
     if not (isinstance(recorded, dict) and isinstance(recorded.get("source"), str) and recorded["source"]
             and isinstance(recorded.get("endpoint"), (str, type(None)))):
@@ -64,13 +72,13 @@ def claim_source(fs: pafs.FileSystem, output: Location, source: Location, endpoi
     return True
 
 
-def record_source(fs: pafs.FileSystem, output: Location, source: Location, endpoint_url: str | None) -> None:
+def record_source(fs: pafs.FileSystem, output: Location, source: Location) -> None:
     """Write the output's source record (the caller holds the lease and found no record)."""
     path = OutputLayout(output).source_file
     if isinstance(fs, pafs.LocalFileSystem):
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
-        f.write(json.dumps(canonical_source(source, endpoint_url)).encode())
+        f.write(json.dumps(source_record(source)).encode())
 
 
 def _describe(record: dict) -> str:

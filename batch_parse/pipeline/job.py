@@ -35,7 +35,7 @@ from batch_parse.pipeline.summary import JobSummary
 from batch_parse.output import lease
 from batch_parse.storage.location import Location
 from batch_parse.storage.manifest import remove_partial_manifests
-from batch_parse.storage.s3 import StorageError, abort_unfinished_uploads, check_access, describe_error, pyarrow_filesystem
+from batch_parse.storage.s3 import StorageError, abort_unfinished_uploads, check_access, describe_error
 from batch_parse.output.model_identity import claim_model
 from batch_parse.output.source_identity import claim_source, record_source
 
@@ -81,14 +81,14 @@ def run_job(options: JobOptions) -> JobSummary:
     model_name, weights_path = resolve(options.model)
     sha = file_sha256(weights_path)
     model_version = f"{model_name}@{sha[:8]}"
-    fs = pyarrow_filesystem(output, options.endpoint_url)
+    fs = output.filesystem()
     layout = OutputLayout(output)
-    with lease.acquire(output, options.endpoint_url) as held:
+    with lease.acquire(output) as held:
         summary = JobSummary(output_dir=layout.data_uri, model_version=model_version)
         summary.migrated = migrate.migrate(fs, layout, sha, held.fence)
         # Another source or other weights are refused before any work; this run's are recorded
         # once the listing found images (an empty or mistyped source must not claim the output).
-        recorded = (claim_source(fs, output, source, options.endpoint_url, record=False),
+        recorded = (claim_source(fs, output, source, record=False),
                     claim_model(fs, output, model_version, sha, record=False))
         return _run_on_output(options, fs, source, output, layout, model_version, sha, held.fence, summary, recorded)
 
@@ -103,7 +103,7 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     # what it had labelled but not published is published now, and checked below.
     summary.leftovers_removed = remove_partial_manifests(fs, manifests_dir) + commit.remove_partial_rewrites(fs, data_dir, fence)
     if output.is_s3:
-        summary.leftovers_removed += abort_unfinished_uploads(output, options.endpoint_url)
+        summary.leftovers_removed += abort_unfinished_uploads(output)
     adopted, unfinished = commit.publish_staged(fs, layout.staging_root, data_dir, fence)
     summary.adopted_files, summary.leftovers_removed = adopted, summary.leftovers_removed + unfinished
     with summary.timed("recovery"):
@@ -132,7 +132,7 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     if manifest.listed and not (source_recorded and model_recorded):
         fence()
         if not source_recorded:
-            record_source(fs, output, source, options.endpoint_url)
+            record_source(fs, output, source)
         claim_model(fs, output, model_version, sha)
     if manifest.written == 0:  # a run that found nothing leaves nothing behind
         summary.seconds = time.time() - t0
@@ -140,7 +140,7 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
 
     staging = layout.staging_dir(run_id)
     with summary.timed("labelling"), commit.Publisher(fs, staging, data_dir, fence):
-        _label(options, fs, manifest_path, staging, model_version, sha, manifest.written, [output, source])
+        _label(options, fs, source, manifest_path, staging, model_version, sha, manifest.written, [output, source])
 
     with summary.timed("check"):
         commit.publish_staged(fs, staging, data_dir, fence)
@@ -152,7 +152,7 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     return summary
 
 
-def _label(options: JobOptions, fs, manifest_path: str, data_dir: str, model_version: str, sha: str, todo: int,
+def _label(options: JobOptions, fs, source: Location, manifest_path: str, data_dir: str, model_version: str, sha: str, todo: int,
            locations: list[Location]) -> None:
     """The Ray Data chain: manifest -> fetch+decode -> model actors -> encode -> Parquet.
 
@@ -162,14 +162,14 @@ def _label(options: JobOptions, fs, manifest_path: str, data_dir: str, model_ver
 
     connect_ray()
     for location in locations:  # S3 may have gone while Ray started (seconds): say so before Ray Data does
-        check_access(location, options.endpoint_url)
+        check_access(location)
     try:
-        _run_chain(options, fs, manifest_path, data_dir, model_version, sha, todo)
+        _run_chain(options, fs, source, manifest_path, data_dir, model_version, sha, todo)
     except Exception as exc:
         cause = _root_cause(exc)
         if not isinstance(cause, (OSError, StorageError, boto_errors.BotoCoreError, boto_errors.ClientError)):
             raise
-        raise StorageError(f"labelling stopped: {describe_error(cause, locations[0], options.endpoint_url)}; "
+        raise StorageError(f"labelling stopped: {describe_error(cause, locations[0])}; "
                            "rerun the same command to finish (committed rows are kept)") from exc
 
 
@@ -188,7 +188,7 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _run_chain(options: JobOptions, fs, manifest_path: str, data_dir: str, model_version: str, sha: str, todo: int) -> None:
+def _run_chain(options: JobOptions, fs, source: Location, manifest_path: str, data_dir: str, model_version: str, sha: str, todo: int) -> None:
     import ray
 
     ctx = ray.data.DataContext.get_current()
@@ -200,8 +200,8 @@ def _run_chain(options: JobOptions, fs, manifest_path: str, data_dir: str, model
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     device = options.device or ("cuda" if gpus > 0 else "cpu")
     # The file's columns and class list follow the model's classes (no pixels_skin for 9-class weights).
-    schema = output_schema(model_version.split("@")[0], sha, options.crop_format, source=options.source,
-                           endpoint_url=options.endpoint_url, policy=inference_policy(options),
+    schema = output_schema(model_version.split("@")[0], sha, options.crop_format, source=source,
+                           policy=inference_policy(options),
                            class_names=weights_class_names(resolve(options.model)[1]),
                            licence=weights_licence(*resolve(options.model)).as_dict())
     counter = start_counter()
@@ -213,7 +213,7 @@ def _run_chain(options: JobOptions, fs, manifest_path: str, data_dir: str, model
             .repartition(target_num_rows_per_block=options.batch_size)
             .map_batches(
                 stages.fetch_and_decode,
-                fn_kwargs={"source": options.source, "endpoint_url": options.endpoint_url, "max_pixels": options.max_pixels,
+                fn_kwargs={"source": source, "max_pixels": options.max_pixels,
                            "max_bytes": options.max_bytes, "fetch_attempts": options.fetch_attempts},
                 # Same size as the model's batches: Ray fuses this stage into the actors on CPU-only
                 # nodes, and a larger batch there would make each actor task hold several batches

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from batch_parse.storage.location import Location, parse_location
 from batch_parse.faces.policy import DEFAULT_POLICY, FACE_MODES, InferencePolicy  # noqa: F401 (FACE_MODES: re-exported)
 
 CROP_FORMATS = ("jpeg", "png")
@@ -23,7 +24,10 @@ class JobOptions:
     source: str  # s3://bucket/prefix or a local folder
     output: str  # s3://bucket/prefix or a local folder
     model: str = DEFAULT_MODEL  # registry name or path to a .safetensors file
-    endpoint_url: str | None = None  # S3-compatible store (MinIO, SeaweedFS, R2...); None = AWS
+    endpoint_url: str | None = None  # S3-compatible store (MinIO, SeaweedFS, R2...) of source and output; None = AWS
+    source_endpoint_url: str | None = None  # the source's store when it differs (wins over endpoint_url)
+    output_endpoint_url: str | None = None  # the output's store when it differs (wins over endpoint_url)
+    source_anonymous: bool = False  # read the source with unsigned requests (a public bucket), no credentials
     batch_size: int = 16  # images per model call
     min_actors: int = 1
     max_actors: int = 1
@@ -44,6 +48,14 @@ class JobOptions:
     min_face: int = DEFAULT_POLICY.min_face  # smallest face to detect, pixels
     detector_threshold: float = DEFAULT_POLICY.detector_threshold  # final detector score to keep a face
     extra: dict = field(default_factory=dict)  # reserved for forward-compatible spec keys
+
+    def source_location(self) -> Location:
+        """The source, parsed, with the store it is read from (ValueError on a bad one)."""
+        return parse_location(self.source, self.source_endpoint_url or self.endpoint_url, anonymous=self.source_anonymous)
+
+    def output_location(self) -> Location:
+        """The output, parsed, with the store it is written to (ValueError on a bad one)."""
+        return parse_location(self.output, self.output_endpoint_url or self.endpoint_url)
 
     @property
     def policy(self) -> InferencePolicy:
@@ -80,7 +92,7 @@ class JobOptions:
 
 _MAX_RESOURCE = 1024  # GPUs or CPUs per actor: a node has far fewer; also refuses .inf and NaN
 # Options that name a path or URL: a NUL in one cannot name anything (and would be cut short by C APIs).
-_PATH_OPTIONS = ("source", "output", "model", "endpoint_url", "object_list")
+_PATH_OPTIONS = ("source", "output", "model", "endpoint_url", "source_endpoint_url", "output_endpoint_url", "object_list")
 # Every integer option's range: wide enough for any real job, narrow enough that a typo such as
 # `batch_size: 100000000000000000000` is named by `validate` instead of failing inside Ray or Arrow.
 _INT_BOUNDS = {

@@ -22,9 +22,9 @@ from batch_parse.output.layout import OutputLayout
 from batch_parse.pipeline import commit
 from batch_parse.pipeline.options import JobOptions
 from batch_parse.storage.listing import iter_objects
-from batch_parse.storage.location import Location, parse_location
+from batch_parse.storage.location import Location
 from batch_parse.storage.manifest import DoneIds, ManifestStats, write_manifest
-from batch_parse.storage.s3 import check_access, pyarrow_filesystem
+from batch_parse.storage.s3 import check_access
 from batch_parse.output.source_identity import claim_source
 
 
@@ -33,10 +33,10 @@ def check_locations(options: JobOptions) -> tuple[Location, Location]:
     problems = options.validate()
     if problems:
         raise ValueError("; ".join(problems))
-    source, output = parse_location(options.source), parse_location(options.output)
+    source, output = options.source_location(), options.output_location()
     for location in (source, output):
         if location.is_s3:
-            check_access(location, options.endpoint_url)
+            check_access(location)
     if not source.is_s3 and not os.path.isdir(source.path):
         if os.path.exists(source.path):
             raise ValueError(f"source {source.path} is a file, not a folder: give the folder that holds the images"
@@ -49,7 +49,7 @@ def check_locations(options: JobOptions) -> tuple[Location, Location]:
 
 def list_todo(options: JobOptions, source: Location, fs: pafs.FileSystem, manifest_path: str, committed: DoneIds) -> ManifestStats:
     """List the source into the manifest at `manifest_path`, leaving out the `committed` images."""
-    listing = iter_objects(source, options.endpoint_url, fan_out=True, object_list=options.object_list)
+    listing = iter_objects(source, fan_out=True, object_list=options.object_list)
     return write_manifest(listing, manifest_path, fs, committed=committed)
 
 
@@ -130,9 +130,9 @@ def dry_run(options: JobOptions) -> DryRun:
     is now; the run's checks (commit.recover) may still find duplicates or unfinished images to redo.
     """
     source, output = check_locations(options)
-    fs = pyarrow_filesystem(output, options.endpoint_url)
+    fs = output.filesystem()
     layout = OutputLayout(output)
-    claim_source(fs, output, source, options.endpoint_url, record=False)  # reads only: raises on another source
+    claim_source(fs, output, source, record=False)  # reads only: raises on another source
     legacy = _check_model(fs, output, layout, options.model)
     view = commit.read_committed(fs, layout.data_dir, layout.index_dir, layout.staging_root)
     done = _Done(view, options.retry_errors)

@@ -36,7 +36,7 @@ from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_FETCH_ATTEMPTS, DEFAULT_MAX_BYTES, JobOptions
 from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.storage.fetch import FetchError, fetch_objects
-from batch_parse.storage.location import parse_location
+from batch_parse.storage.location import Location
 
 _PLACEHOLDER = np.zeros((1, 1, 3), dtype=np.uint8)
 _NO_CROP = np.zeros((0, 0, 3), dtype=np.uint8)
@@ -48,7 +48,7 @@ def _object_column(arrays: list[np.ndarray]) -> np.ndarray:
     return column
 
 
-def fetch_and_decode(batch: dict[str, np.ndarray], source: str, endpoint_url: str | None, max_pixels: int,
+def fetch_and_decode(batch: dict[str, np.ndarray], source: Location, max_pixels: int,
                      max_bytes: int = DEFAULT_MAX_BYTES, fetch_attempts: int = DEFAULT_FETCH_ATTEMPTS) -> dict:
     """Manifest rows -> decoded RGB images, or error rows (fetch or decode failures)."""
     keys = [str(k) for k in batch["key"]]
@@ -56,7 +56,7 @@ def fetch_and_decode(batch: dict[str, np.ndarray], source: str, endpoint_url: st
     # Refused from the listed size: not a byte of an object above max_bytes is fetched (an unknown
     # size, from an object list without sizes, is capped by fetch itself).
     small = [s is None or s <= max_bytes for s in sizes]
-    fetched = iter(fetch_objects([k for k, ok in zip(keys, small) if ok], parse_location(source), endpoint_url,
+    fetched = iter(fetch_objects([k for k, ok in zip(keys, small) if ok], source,
                                  max_bytes=max_bytes, attempts=fetch_attempts))
     blobs = [next(fetched) if ok else FetchError("too_large", f"{k} is {s:,} bytes, above max_bytes={max_bytes:,} (not read)")
              for k, s, ok in zip(keys, sizes, small)]

@@ -21,6 +21,7 @@ from batch_parse.model.licence import output_licence
 from batch_parse.output.quality import PARSE_SCORE, PARSE_SCORE_DOC
 from batch_parse.output.schema import OPTIONAL_COLUMNS, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, file_class_names
 from batch_parse.output.reader import Output, open_output
+from batch_parse.storage.location import Location
 
 CONFIDENCE_COLUMNS = tuple(f"{p}_confidence" for p in PART_NAMES)
 PIXEL_COLUMNS = tuple(f"pixels_{c}" for c in CLASS_NAMES)
@@ -139,9 +140,9 @@ def nearest_rank(values: np.ndarray, counts: np.ndarray, q: float) -> float:
     return float(values[np.searchsorted(cumulative, target - 1e-9)])
 
 
-def collect_stats(dst: str, endpoint_url: str | None = None) -> tuple[Output, dict[str, VersionStats]]:
+def collect_stats(dst: str | Location) -> tuple[Output, dict[str, VersionStats]]:
     """One pass over the output's small columns: (the Output, stats per model_version)."""
-    output = open_output(dst, endpoint_url)
+    output = open_output(dst)
     versions: dict[str, VersionStats] = {}
     for file, batch in output.batches(COLUMNS, optional=OPTIONAL_COLUMNS):
         meta = file.metadata
@@ -160,9 +161,9 @@ def collect_stats(dst: str, endpoint_url: str | None = None) -> tuple[Output, di
     return output, versions
 
 
-def inspect_output(dst: str, endpoint_url: str | None = None) -> list[str]:
+def inspect_output(dst: str | Location) -> list[str]:
     """The report: one block of lines per model version found under dst."""
-    output, versions = collect_stats(dst, endpoint_url)
+    output, versions = collect_stats(dst)
     total_rows = sum(s.rows for s in versions.values())
     lines = [
         f"batch-parse output at {output.location.uri}",

@@ -27,9 +27,8 @@ from batch_parse.output.layout import OutputLayout
 from batch_parse.pipeline import commit
 from batch_parse.storage import id_ranges
 from batch_parse.output.lease import read_lease
-from batch_parse.storage.location import parse_location
+from batch_parse.storage.location import Location, as_location
 from batch_parse.storage.manifest import PARTIAL_PREFIX, PARTS_PREFIX
-from batch_parse.storage.s3 import pyarrow_filesystem
 
 
 @dataclass
@@ -88,17 +87,17 @@ class Progress:
         return asdict(self)
 
 
-def progress(output_uri: str, endpoint_url: str | None = None) -> Progress:
+def progress(output_uri: str | Location) -> Progress:
     """The latest run's progress on `output_uri` (local or s3://), read-only."""
-    output = parse_location(output_uri)
-    fs = pyarrow_filesystem(output, endpoint_url)
+    output = as_location(output_uri)
+    fs = output.filesystem()
     layout = OutputLayout(output)
     if not output.is_s3 and not os.path.isdir(output.path):
         raise ValueError(f"output location not found: {output.uri}")
     if not output.is_s3 and not (os.path.isdir(layout.data_dir) or os.path.isdir(layout.state_dir)):
         raise ValueError(f"{output.uri} is no batch-parse output (no data/ or .batch-parse/ in it)")
     view = commit.read_committed(fs, layout.data_dir, layout.index_dir, layout.staging_root)
-    lease = read_lease(output, endpoint_url)
+    lease = read_lease(output)
     result = Progress(
         output=output.uri, data=layout.data_uri, retryable_rows=dict(view.retryable), data_files=view.data_files,
         unindexed_files=view.uncovered_files, unfinished_files=view.unfinished_files, staged_files=view.staged_files,

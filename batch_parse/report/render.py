@@ -38,9 +38,9 @@ from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
 from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, file_class_names
 from batch_parse.report import REVIEW_MIN_FACE
 from batch_parse.report.overlay import panel, photo_panel
-from batch_parse.storage.fetch import FetchError, fetch_objects
-from batch_parse.storage.location import parse_location
-from batch_parse.storage.s3 import describe_error
+from batch_parse.storage.fetch import FetchError
+from batch_parse.storage.location import Location
+from batch_parse.storage.originals import fetch_originals
 
 SELECT_COLUMNS = ("id", "key", "status", "error_code", "error", "width", "height", "model_version",
                   "face_index", "face_count", "face_score", "face_box", *CONFIDENCE_COLUMNS)
@@ -113,17 +113,17 @@ class Selection:
 DEFAULT_MIN_FACE = REVIEW_MIN_FACE  # batch_parse/report/__init__.py says why
 
 
-def render_output(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: str | None = None, *,
+def render_output(dst: str | Location, out_dir: str | Path, limit: int = 50, *,
                   where: str | None = None, min_face: float | None = DEFAULT_MIN_FACE) -> Path:
     """Write out_dir/panels/**.png and out_dir/index.html for the `limit` least confident faces; returns index.html.
 
     where: export's --where clauses every row shown must match; min_face: the smallest face shown (box side, px;
     default DEFAULT_MIN_FACE, 0 or None = all), the smaller ones counted on the page.
     """
-    return render(dst, out_dir, limit, endpoint_url, where=where, min_face=min_face)[0]
+    return render(dst, out_dir, limit, where=where, min_face=min_face)[0]
 
 
-def render(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: str | None = None, *,
+def render(dst: str | Location, out_dir: str | Path, limit: int = 50, *,
            where: str | None = None, min_face: float | None = DEFAULT_MIN_FACE) -> tuple[Path, Selection]:
     """render_output, also returning what was picked (for the command's summary lines)."""
     from batch_parse.export.where import parse_where
@@ -133,7 +133,7 @@ def render(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: str | N
     if min_face is not None and not min_face >= 0:
         raise ValueError(f"--min-face must be >= 0 pixels, got {min_face}")
     condition = parse_where(where) if where else None  # before reading anything: a typo is one line
-    output = open_output(dst, endpoint_url)
+    output = open_output(dst)
     selection = select_rows(output, limit, condition, min_face)
     out_dir = Path(out_dir)
     (out_dir / PANELS_DIR).mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,7 @@ def render(dst: str, out_dir: str | Path, limit: int = 50, endpoint_url: str | N
     meter = Meter(len(selection.rows), "rendering", unit="faces", quiet_for=2.0)  # originals are fetched: can take a while
     drawn = 0
     for rows in by_file.values():
-        selection.photos.update(_render_file_rows(output, rows, out_dir, endpoint_url))
+        selection.photos.update(_render_file_rows(output, rows, out_dir))
         drawn += len(rows)
         meter.set(drawn)
     meter.close(drawn)
@@ -213,14 +213,14 @@ def _face_sizes(batch) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in sizes], np.float64)
 
 
-def _render_file_rows(output: Output, rows: list[Row], out_dir: Path, endpoint_url: str | None) -> dict[int, PhotoPanel]:
+def _render_file_rows(output: Output, rows: list[Row], out_dir: Path) -> dict[int, PhotoPanel]:
     """Panels of one file's picked faces, and of the photos among them with several faces."""
     ids = sorted({r.id for r in rows})
     table = output.read_rows(rows[0].file, PANEL_COLUMNS, ids)
     stored = {(record["id"], record["face_index"]): record for record in table.to_pylist()}
     _read_other_faces(output, rows, stored)
     keys = list(dict.fromkeys(r.key for r in rows))  # a group photo is fetched once for all its faces
-    originals = dict(zip(keys, _fetch_originals(rows[0].file.metadata, keys, endpoint_url)))
+    originals = dict(zip(keys, _fetch_originals(rows[0].file.metadata, keys, output.location)))
     for row in rows:
         _render_face(row, stored.get((row.id, row.face_index)), originals[row.key], out_dir)
     photos = {}
@@ -337,20 +337,10 @@ def _around(face_box: np.ndarray | None, width: int, height: int) -> tuple[int, 
     return x0, y0, x1, y1
 
 
-def _fetch_originals(metadata: dict, keys: list[str], endpoint_url: str | None) -> list[tuple[np.ndarray | None, str | None]]:
+def _fetch_originals(metadata: dict, keys: list[str], output: Location) -> list[tuple[np.ndarray | None, str | None]]:
     """(image, None) or (None, why not) for each key, fetched from the file's recorded source."""
-    source = metadata.get("source")
-    if not source:
-        return [(None, "source location not recorded in the output file")] * len(keys)
-    # The job had one endpoint for source and output; files record it, older ones may not.
-    endpoint = metadata.get("endpoint_url") or endpoint_url
-    try:
-        location = parse_location(source)
-        fetched = fetch_objects(keys, location, endpoint)
-    except Exception as exc:  # bad URI, no credentials, unreachable endpoint: the panels still render
-        return [(None, describe_error(exc))] * len(keys)
     originals = []
-    for data in fetched:
+    for data in fetch_originals(metadata, keys, output):
         if isinstance(data, FetchError):
             originals.append((None, data.message))
             continue

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import botocore.exceptions as boto_errors
 
@@ -37,7 +37,7 @@ CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 30
 _THROTTLE_CODES = ("SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "429")
 
-_clients: dict[tuple[int, str | None], object] = {}
+_clients: dict[tuple, object] = {}
 _clients_lock = threading.Lock()
 
 
@@ -53,7 +53,6 @@ class FetchError:
 def fetch_objects(
     keys: Sequence[str],
     location: Location,
-    endpoint_url: str | None = None,
     threads: int = DEFAULT_THREADS,
     max_bytes: int | None = None,
     attempts: int = DEFAULT_ATTEMPTS,
@@ -68,11 +67,11 @@ def fetch_objects(
     if not keys:
         return []
     if location.is_s3:
-        client = _client(endpoint_url)
+        client = _client(location)
 
         def read(key: str) -> bytes | FetchError:
             for attempt in range(attempts):
-                result = _get_s3(client, location, key, endpoint_url, max_bytes)
+                result = _get_s3(client, location, key, max_bytes)
                 if not isinstance(result, FetchError) or result.code not in TRANSIENT or not result.retry_now:
                     return result
                 if attempt + 1 < attempts:
@@ -95,19 +94,19 @@ def backoff_s(attempt: int) -> float:
     return min(BACKOFF_CAP_S, BACKOFF_S * 2**attempt) * random.uniform(0.5, 1.0)
 
 
-def _client(endpoint_url: str | None):
-    # One client per process and endpoint: creating one costs ~50 ms and clients are thread-safe.
+def _client(location: Location):
+    # One client per process and store: creating one costs ~50 ms and clients are thread-safe.
     # The pid is in the key because a forked child must not share its parent's connection pool.
-    cache_key = (os.getpid(), endpoint_url)
+    cache_key = (os.getpid(), location.endpoint_url, location.anonymous, location.profile)
     with _clients_lock:
         client = _clients.get(cache_key)
         if client is None:
-            client = _clients[cache_key] = s3_client(endpoint_url, max_attempts=CLIENT_ATTEMPTS,
+            client = _clients[cache_key] = s3_client(location, max_attempts=CLIENT_ATTEMPTS,
                                                      connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S)
         return client
 
 
-def _get_s3(client, location: Location, key: str, endpoint_url: str | None, max_bytes: int | None) -> bytes | FetchError:
+def _get_s3(client, location: Location, key: str, max_bytes: int | None) -> bytes | FetchError:
     try:
         response = client.get_object(Bucket=location.bucket, Key=key)
         body = response["Body"]
@@ -127,7 +126,7 @@ def _get_s3(client, location: Location, key: str, endpoint_url: str | None, max_
         # A bare 404 (no error body) is a missing key too; NoSuchBucket also comes as 404.
         if code in ("NoSuchKey", "404") or (status == 404 and code != "NoSuchBucket"):
             return FetchError("not_found", f"s3://{location.bucket}/{key} no longer exists (deleted since listing?)")
-        message = describe_error(exc, _object_location(location, key), endpoint_url)
+        message = describe_error(exc, _object_location(location, key))
         if code in ("AccessDenied", "403") or status == 403:
             return FetchError("access_denied", message)
         if code in _THROTTLE_CODES or status == 429:
@@ -135,7 +134,7 @@ def _get_s3(client, location: Location, key: str, endpoint_url: str | None, max_
         # Other 4xx (no such bucket, a bad request) do not pass in seconds; 5xx and the rest may.
         return FetchError("fetch_failed", message, retry_now=not (isinstance(status, int) and 400 <= status < 500 and status != 408))
     except (boto_errors.BotoCoreError, OSError) as exc:
-        return FetchError("fetch_failed", describe_error(exc, _object_location(location, key), endpoint_url))
+        return FetchError("fetch_failed", describe_error(exc, _object_location(location, key)))
 
 
 def _read_local(root: str, key: str, max_bytes: int | None) -> bytes | FetchError:
@@ -175,4 +174,4 @@ def _too_large(where: str, size: int | None, max_bytes: int) -> FetchError:
 
 
 def _object_location(location: Location, key: str) -> Location:
-    return Location(uri=f"s3://{location.bucket}/{key}", is_s3=True, bucket=location.bucket, prefix=key)
+    return replace(location, uri=f"s3://{location.bucket}/{key}", prefix=key)

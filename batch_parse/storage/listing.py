@@ -78,16 +78,16 @@ class ListingStats:
 class ObjectListing:
     """Iterator over the images under a location; `stats` counts what was skipped so far."""
 
-    def __init__(self, location: Location, endpoint_url: str | None = None, page_size: int = 1000, fan_out: bool = False,
+    def __init__(self, location: Location, page_size: int = 1000, fan_out: bool = False,
                  object_list: str | None = None):
         self.location = location
         self.stats = ListingStats()
         if object_list is not None:
             from batch_parse.storage.object_list import walk_object_list
 
-            walk = walk_object_list(object_list, location, endpoint_url)
+            walk = walk_object_list(object_list, location)
         elif location.is_s3:
-            walk = _walk_s3_fanned(location, endpoint_url) if fan_out else _walk_s3(location, endpoint_url, page_size)
+            walk = _walk_s3_fanned(location) if fan_out else _walk_s3(location, page_size)
         else:
             walk = _walk_local(location.path)
         self._objects = self._images_only(walk)
@@ -118,7 +118,7 @@ class ObjectListing:
                     self.stats.non_image_examples.append(info.key)
 
 
-def iter_objects(location: Location, endpoint_url: str | None = None, page_size: int = 1000, fan_out: bool = False,
+def iter_objects(location: Location, page_size: int = 1000, fan_out: bool = False,
                  object_list: str | None = None) -> ObjectListing:
     """Image objects under `location`, streamed: memory does not grow with the number of objects.
 
@@ -129,7 +129,7 @@ def iter_objects(location: Location, endpoint_url: str | None = None, page_size:
     Raises StorageError (one-line message) for a missing bucket or folder, bad credentials or an
     unreachable endpoint; the error surfaces on the first `next()`, not on this call.
     """
-    return ObjectListing(location, endpoint_url, page_size, fan_out, object_list)
+    return ObjectListing(location, page_size, fan_out, object_list)
 
 
 def is_image_key(key: str) -> bool:
@@ -150,10 +150,10 @@ class _SystemFolder(Unreadable):
     """A local system folder, skipped whole (counted once, not walked: it may hold thousands, or be unreadable)."""
 
 
-def _walk_s3(location: Location, endpoint_url: str | None, page_size: int) -> Iterator[tuple[str, ObjectInfo]]:
+def _walk_s3(location: Location, page_size: int) -> Iterator[tuple[str, ObjectInfo]]:
     prefix = location.list_prefix
     try:
-        paginator = s3_client(endpoint_url, raw_timestamps=True).get_paginator("list_objects_v2")
+        paginator = s3_client(location, raw_timestamps=True).get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=location.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size})
         for page in pages:
             for obj in page.get("Contents", ()):
@@ -163,13 +163,13 @@ def _walk_s3(location: Location, endpoint_url: str | None, page_size: int) -> It
                 etag = obj.get("ETag", "").strip('"')
                 yield key[len(prefix) :], ObjectInfo(key=key, size=int(obj["Size"]), etag=etag)
     except (boto_errors.BotoCoreError, boto_errors.ClientError) as exc:
-        raise StorageError(describe_error(exc, location, endpoint_url)) from None
+        raise StorageError(describe_error(exc, location)) from None
 
 
-def _walk_s3_fanned(location: Location, endpoint_url: str | None) -> Iterator[tuple[str, ObjectInfo]]:
+def _walk_s3_fanned(location: Location) -> Iterator[tuple[str, ObjectInfo]]:
     prefix = location.list_prefix
     try:
-        client = s3_client(endpoint_url, raw_timestamps=True)
+        client = s3_client(location, raw_timestamps=True)
         leaves: list[str] = []
         yield from _plan_prefixes(client, location.bucket, prefix, leaves)
         if len(leaves) == 1:
@@ -178,7 +178,7 @@ def _walk_s3_fanned(location: Location, endpoint_url: str | None) -> Iterator[tu
             return
         yield from _parallel_pages(client, location.bucket, leaves, prefix)
     except (boto_errors.BotoCoreError, boto_errors.ClientError) as exc:
-        raise StorageError(describe_error(exc, location, endpoint_url)) from None
+        raise StorageError(describe_error(exc, location)) from None
 
 
 def _plan_prefixes(client, bucket: str, root: str, leaves: list[str]) -> Iterator[tuple[str, ObjectInfo]]:

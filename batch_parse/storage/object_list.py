@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from batch_parse.storage.location import Location, parse_location
+from batch_parse.storage.location import Location
 from batch_parse.storage.objects import ObjectInfo
 from batch_parse.storage.s3 import StorageError, describe_error, pyarrow_filesystem
 
@@ -31,10 +31,10 @@ _INVENTORY_FIELDS = {"Bucket": "bucket", "Key": "key", "Size": "size", "ETag": "
                      "IsDeleteMarker": "is_delete_marker"}  # fmt: skip
 
 
-def walk_object_list(path: str, source: Location, endpoint_url: str | None) -> Iterator[tuple[str, ObjectInfo]]:
-    """(key relative to the source, ObjectInfo) for every object of `source` in the list at `path`."""
-    where = parse_location(path)
-    fs = pyarrow_filesystem(where, endpoint_url)
+def walk_object_list(path: str, source: Location) -> Iterator[tuple[str, ObjectInfo]]:
+    """(key relative to the source, ObjectInfo) for every object of `source` in the list at `path` (in the source's store)."""
+    where = source.in_same_store(path)
+    fs = pyarrow_filesystem(where)
     try:
         if where.fs_path().endswith("manifest.json"):
             batches = _inventory_batches(fs, where)
@@ -43,7 +43,7 @@ def walk_object_list(path: str, source: Location, endpoint_url: str | None) -> I
         for batch in batches:
             yield from _entries(batch, source)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise StorageError(f"cannot read the object list {path}: {describe_error(exc, where, endpoint_url)}") from None
+        raise StorageError(f"cannot read the object list {path}: {describe_error(exc, where)}") from None
 
 
 def _parquet_files(fs: pafs.FileSystem, where: Location) -> list[str]:

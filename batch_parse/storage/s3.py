@@ -8,6 +8,7 @@ import boto3
 import botocore.exceptions as boto_errors
 import botocore.session
 import pyarrow.fs as pafs
+from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
 
@@ -27,18 +28,18 @@ class StorageError(Exception):
     """A storage problem the user can fix (missing bucket, credentials, unreachable endpoint); str() is one line."""
 
 
-def s3_client(endpoint_url: str | None = None, max_attempts: int = MAX_ATTEMPTS, raw_timestamps: bool = False, **config):
-    """A boto3 S3 client: standard credential chain, adaptive retries, path-style for custom endpoints.
+def s3_client(location: Location, max_attempts: int = MAX_ATTEMPTS, raw_timestamps: bool = False, **config):
+    """A boto3 S3 client for `location`'s store: its endpoint and credentials, adaptive retries.
 
     raw_timestamps: leave timestamps (LastModified) as the server's text. Parsing them into
     datetimes was ~70% of a listing's client CPU here; listings never use them.
     `config`: further botocore Config settings (e.g. connect_timeout, read_timeout).
     """
     retries = {"mode": "adaptive", "max_attempts": max_attempts}
-    return _client(endpoint_url, Config(retries=retries, max_pool_connections=MAX_POOL_CONNECTIONS, **config), raw_timestamps)
+    return _client(location, Config(retries=retries, max_pool_connections=MAX_POOL_CONNECTIONS, **config), raw_timestamps)
 
 
-def check_access(location: Location, endpoint_url: str | None = None) -> None:
+def check_access(location: Location) -> None:
     """Raise StorageError (one line) unless `location` can be listed; answers in seconds.
 
     The job's clients retry for minutes on a refused connection (right for a flaky network, wrong
@@ -47,21 +48,21 @@ def check_access(location: Location, endpoint_url: str | None = None) -> None:
     if not location.is_s3:
         return
     retries = {"mode": "standard", "max_attempts": 2}
-    client = _client(endpoint_url, Config(retries=retries, connect_timeout=5, read_timeout=15))
+    client = _client(location, Config(retries=retries, connect_timeout=5, read_timeout=15))
     try:
         client.list_objects_v2(Bucket=location.bucket, Prefix=location.list_prefix, MaxKeys=1)
     except (boto_errors.BotoCoreError, boto_errors.ClientError) as exc:
-        raise StorageError(describe_error(exc, location, endpoint_url)) from None
+        raise StorageError(describe_error(exc, location)) from None
 
 
-def abort_unfinished_uploads(location: Location, endpoint_url: str | None = None) -> int:
+def abort_unfinished_uploads(location: Location) -> int:
     """Abort the multipart uploads under `location` (S3); how many there were.
 
     A writer killed mid-upload (a manifest, a data file) leaves its parts stored, invisible and
     billed, until someone aborts the upload. Call this only while holding the output's lease:
     no upload of a live run can be under it then.
     """
-    client = s3_client(endpoint_url)
+    client = s3_client(location)
     aborted = 0
     try:
         for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=location.bucket, Prefix=location.list_prefix):
@@ -71,29 +72,33 @@ def abort_unfinished_uploads(location: Location, endpoint_url: str | None = None
     except boto_errors.ClientError as exc:
         if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchUpload", "NotImplemented", "501"):
             return aborted  # gone meanwhile, or a store that cannot list uploads
-        raise StorageError(describe_error(exc, location, endpoint_url)) from None
+        raise StorageError(describe_error(exc, location)) from None
     except boto_errors.BotoCoreError as exc:
-        raise StorageError(describe_error(exc, location, endpoint_url)) from None
+        raise StorageError(describe_error(exc, location)) from None
     return aborted
 
 
-def _client(endpoint_url: str | None, config: Config, raw_timestamps: bool = False):
+def _client(location: Location, config: Config, raw_timestamps: bool = False):
     # Path-style because S3-compatible stores (MinIO, SeaweedFS, on-prem) rarely have wildcard DNS
     # for virtual-hosted buckets; AWS itself keeps botocore's default.
-    if endpoint_url:
+    if location.endpoint_url:
         config = config.merge(Config(s3={"addressing_style": "path"}))
-    core = botocore.session.get_session()
+    if location.anonymous:
+        # Public buckets: unsigned requests, so no credential lookup (and none sent) at all.
+        config = config.merge(Config(signature_version=UNSIGNED))
+    core = botocore.session.Session(profile=location.profile) if location.profile else botocore.session.get_session()
     if raw_timestamps:
         core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
-    return boto3.session.Session(botocore_session=core).client("s3", endpoint_url=endpoint_url, config=config)
+    return boto3.session.Session(botocore_session=core).client("s3", endpoint_url=location.endpoint_url, config=config)
 
 
-def pyarrow_filesystem(location: Location, endpoint_url: str | None = None) -> pafs.FileSystem:
+def pyarrow_filesystem(location: Location) -> pafs.FileSystem:
     """The pyarrow filesystem that reads and writes `location` (paths from `Location.fs_path`)."""
     if not location.is_s3:
         return pafs.LocalFileSystem()
-    session = boto3.session.Session()
+    session = boto3.session.Session(profile_name=location.profile) if location.profile else boto3.session.Session()
     kwargs: dict = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS)}
+    endpoint_url = location.endpoint_url
     if endpoint_url:
         scheme, _, host = endpoint_url.partition("://")
         if not host:
@@ -102,11 +107,14 @@ def pyarrow_filesystem(location: Location, endpoint_url: str | None = None) -> p
         kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme, region=session.region_name or "us-east-1")
     else:
         kwargs["region"] = session.region_name or _bucket_region(location.bucket)
+    if location.anonymous:
+        return pafs.S3FileSystem(anonymous=True, **kwargs)
     credentials = session.get_credentials()
     if credentials is None:
         # boto3 walked the same chain pyarrow's SDK would and found nothing: public buckets only.
         kwargs["anonymous"] = True
-    elif not isinstance(credentials, RefreshableCredentials):
+    elif location.profile or not isinstance(credentials, RefreshableCredentials):
+        # A named profile must be handed over: the C++ SDK's chain knows only AWS_PROFILE.
         frozen = credentials.get_frozen_credentials()
         kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
     # Refreshable credentials (instance role, IRSA web identity, assume-role) are left to the
@@ -122,11 +130,11 @@ def _bucket_region(bucket: str) -> str:
         return "us-east-1"
 
 
-def describe_error(exc: BaseException, location: Location | None = None, endpoint_url: str | None = None) -> str:
+def describe_error(exc: BaseException, location: Location | None = None) -> str:
     """One line a user can act on, for a boto3/botocore/pyarrow storage error; never contains secrets."""
     where = location.uri if location is not None else "S3"
     bucket = location.bucket if location is not None and location.is_s3 else None
-    endpoint = endpoint_url or "the AWS S3 endpoint"
+    endpoint = (location.endpoint_url if location is not None else None) or "the AWS S3 endpoint"
     if isinstance(exc, StorageError):
         return _one_line(str(exc))
     if isinstance(exc, (boto_errors.NoCredentialsError, boto_errors.PartialCredentialsError)):

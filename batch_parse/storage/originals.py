@@ -1,0 +1,46 @@
+"""The original image of an output row, read from the source its file records: what render, export and import share.
+
+Every output file records its source (`source`) and how that store was reached (`endpoint_url`,
+`source_anonymous`; output/schema.py). Files written before source and output could be in
+different stores record no endpoint of the source: their run had one endpoint for both, so the
+output's own is the right guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from batch_parse.storage.fetch import FetchError, fetch_objects
+from batch_parse.storage.location import Location, parse_location
+from batch_parse.storage.s3 import describe_error
+
+
+def recorded_source(metadata: dict, output: Location | None = None) -> Location:
+    """Where a file's images were read from, reached as its run reached them; ValueError when not recorded."""
+    source = metadata.get("source")
+    if not source:
+        raise ValueError("the output does not record where its images were read from")
+    endpoint = metadata.get("endpoint_url") or (output.endpoint_url if output is not None and output.is_s3 else None)
+    return parse_location(source, endpoint, anonymous=bool(metadata.get("source_anonymous")))
+
+
+def fetch_originals(metadata: dict, keys: Sequence[str], output: Location | None = None,
+                    max_bytes: int | None = None) -> list[bytes | FetchError]:
+    """The encoded bytes of each row's original (by its `key`), or a FetchError saying why not.
+
+    Never raises: a source that is not recorded, cannot be parsed or cannot be reached gives the
+    same FetchError for every key, so a report still renders what it can.
+    """
+    try:
+        source = recorded_source(metadata, output)
+    except ValueError as exc:
+        return [FetchError("not_found", str(exc), retry_now=False)] * len(keys)
+    try:
+        return fetch_objects(list(keys), source, max_bytes=max_bytes)
+    except Exception as exc:  # no credentials, a bad endpoint: the caller shows it per image
+        return [FetchError("fetch_failed", describe_error(exc, source), retry_now=False)] * len(keys)
+
+
+def fetch_original(metadata: dict, key: str, output: Location | None = None, max_bytes: int | None = None) -> bytes | FetchError:
+    """fetch_originals for one row."""
+    return fetch_originals(metadata, [key], output, max_bytes)[0]
