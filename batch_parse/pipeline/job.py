@@ -26,9 +26,10 @@ import pyarrow.parquet as pq
 
 from batch_parse.model.weights import file_sha256, resolve, weights_class_names
 from batch_parse.output.layout import OutputLayout
-from batch_parse.pipeline import commit, migrate, plan, ray_reaper, stages
+from batch_parse.pipeline import commit, migrate, plan, ray_noise, ray_reaper, stages
 from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.progress import ProgressPrinter, start_counter
+from batch_parse.model.licence import weights_licence
 from batch_parse.output.schema import output_schema
 from batch_parse.pipeline.summary import JobSummary
 from batch_parse.output import lease
@@ -45,11 +46,12 @@ def connect_ray() -> None:
 
     if ray.is_initialized():
         return
+    logs = ray_noise.init_kwargs()  # our lines only, unless --verbose
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level="WARNING")
+        ray.init(**logs)
     else:
         # "local" forces a fresh single-machine cluster: never join a stray `ray start` by accident.
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", include_dashboard=False, **logs)
         _start_reaper()
 
 
@@ -198,7 +200,7 @@ def _run_chain(options: JobOptions, fs, source: Location, manifest_path: str, da
     ctx = ray.data.DataContext.get_current()
     # Our own one-line progress (progress.py) replaces Ray's per-operator bars and logs.
     ctx.enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray_noise.quiet_ray_data()
     gpus = options.gpus_per_actor
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
@@ -253,7 +255,7 @@ def run_schema(options: JobOptions, source: Location, model_version: str, sha: s
     the output records it, so a data file checks on its own (source_identity.data_file_check)."""
     return output_schema(model_version.split("@")[0], sha, options.crop_format, source=source,
                          policy=inference_policy(options), class_names=weights_class_names(resolve(options.model)[1]),
-                         source_record=canonical_source(source))
+                         licence=weights_licence(*resolve(options.model)).as_dict(), source_record=canonical_source(source))
 
 
 def inference_policy(options: JobOptions) -> dict:
