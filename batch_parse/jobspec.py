@@ -40,6 +40,9 @@ _OPTION_KEYS = {
     "fetch_attempts": (int,),
     "retry_errors": (bool,),
     "object_list": (str, type(None)),
+    "source_format": (str,),
+    "image_column": (str,),
+    "key_column": (str, type(None)),
     "rows_per_file": (int,),
     "device": (str, type(None)),
     **_POLICY_KEYS,  # faces, detector, min_face, detector_threshold

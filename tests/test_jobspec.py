@@ -69,6 +69,7 @@ def test_spec_keys_cover_every_job_option(tmp_path: Path):
         "fetch_attempts": 2, "retry_errors": False, "object_list": "s3://faces/inventory/manifest.json",
         "faces": "largest", "detector": "mtcnn", "min_face": 32, "detector_threshold": 0.8,
         "source_endpoint_url": "http://127.0.0.1:9001", "output_endpoint_url": "http://127.0.0.1:9002", "source_anonymous": True,
+        "source_format": "webdataset", "image_column": "jpg", "key_column": "url",
     }  # fmt: skip
     resources = {"gpus_per_actor": 0.5, "cpus_per_actor": 2, "min_actors": 2, "max_actors": 3}
     body = MINIMAL + "".join(f"{k}: {v}\n" for k, v in values.items()) + f"resources: {resources}\n"
@@ -118,7 +119,7 @@ def test_unknown_keys_get_a_suggestion(tmp_path: Path):
         "max_actors: unknown key (did you mean 'resources.max_actors'?)",
         "frobnicate: unknown key (known keys: name, source, output, endpoint_url, source_endpoint_url, output_endpoint_url, "
         "source_anonymous, model, batch_size, crop_format, "
-        "jpeg_quality, max_pixels, max_bytes, fetch_attempts, retry_errors, object_list, rows_per_file, device, faces, detector, min_face, detector_threshold, "
+        "jpeg_quality, max_pixels, max_bytes, fetch_attempts, retry_errors, object_list, source_format, image_column, key_column, rows_per_file, device, faces, detector, min_face, detector_threshold, "
         "resources, schedule, runtime_env)",
         "resources.gpu_per_actor: unknown key (did you mean 'resources.gpus_per_actor'?)",
         "runtime_env.env_var: unknown key (did you mean 'runtime_env.env_vars'?)",

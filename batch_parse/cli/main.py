@@ -11,7 +11,7 @@ from batch_parse import __version__
 from batch_parse.cli import corrections, demo, export, jobs, model, progress
 from batch_parse.cli.redact import echo, redact
 from batch_parse.cli.policy import policy_options
-from batch_parse.pipeline.options import CROP_FORMATS, JobOptions
+from batch_parse.pipeline.options import CROP_FORMATS, SOURCE_FORMATS, JobOptions
 
 _DEFAULTS = JobOptions(source="", output="")
 _MESSAGE_LIMIT = 500
@@ -137,6 +137,11 @@ def _given(ctx: click.Context, name: str) -> bool:
                    "from earlier runs.")
 @click.option("--object-list", help="Read SRC's keys from this object list instead of listing SRC: an S3 Inventory "
                                     "manifest.json, or Parquet with a `key` column (local or s3://).")
+@click.option("--source-format", type=click.Choice(SOURCE_FORMATS), default=_DEFAULTS.source_format, show_default=True,
+              help="What SRC holds: image files, WebDataset .tar shards, or Parquet image tables; auto: by the extensions listed.")
+@click.option("--image-column", default=_DEFAULTS.image_column, show_default=True,
+              help="Parquet sources: the column of image bytes (binary, or Hugging Face's {bytes, path} struct).")
+@click.option("--key-column", show_default="the row number in its file", help="Parquet sources: the column that names each image.")
 @click.option("--rows-per-file", type=int, default=_DEFAULTS.rows_per_file, show_default=True, help="Rows per output Parquet file.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), show_default="cuda when the actor has a GPU", help="Model device.")
 @policy_options(_DEFAULTS.policy)

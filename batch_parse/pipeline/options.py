@@ -8,6 +8,7 @@ from batch_parse.storage.location import Location, parse_location
 from batch_parse.faces.policy import DEFAULT_POLICY, FACE_MODES, InferencePolicy  # noqa: F401 (FACE_MODES: re-exported)
 
 CROP_FORMATS = ("jpeg", "png")
+SOURCE_FORMATS = ("auto", "files", "webdataset", "parquet")  # storage/sources.py
 DEFAULT_MODEL = "stn-icnn/default"
 # Pillow refuses more than 2x its own limit (~179 MP); we cap lower: a 50 MP photo is
 # ~150 MB as RGB, which is already more than a worker should hold per image.
@@ -39,6 +40,9 @@ class JobOptions:
     max_bytes: int = DEFAULT_MAX_BYTES  # largest source object to fetch, in bytes
     fetch_attempts: int = DEFAULT_FETCH_ATTEMPTS  # tries per S3 object on errors that can pass, with backoff
     object_list: str | None = None  # read the source's keys from this object list (S3 Inventory, Parquet of keys) instead of listing
+    source_format: str = "auto"  # files, webdataset (tar shards) or parquet (image tables); auto: by the listed extensions
+    image_column: str = "image"  # Parquet sources: the column of image bytes (binary, or HF's {bytes, path} struct)
+    key_column: str | None = None  # Parquet sources: the column naming each image (source_key); None: the row number
     retry_errors: bool = True  # redo images whose rows are retryable errors (output/errors.py) from earlier runs
     rows_per_file: int = 1000  # bounds output Parquet file size (crops make rows ~50-200 KB)
     device: str | None = None  # None: cuda when the actor has a GPU, else cpu
@@ -81,6 +85,10 @@ class JobOptions:
             problems.append(f"gpus_per_actor: must be in 0..{_MAX_RESOURCE}, got {self.gpus_per_actor}")
         if not 0 < self.cpus_per_actor <= _MAX_RESOURCE:
             problems.append(f"cpus_per_actor: must be > 0 and <= {_MAX_RESOURCE}, got {self.cpus_per_actor}")
+        if self.source_format not in SOURCE_FORMATS:
+            problems.append(f"source_format: must be one of {', '.join(SOURCE_FORMATS)}, got {self.source_format!r}")
+        if not self.image_column:
+            problems.append("image_column: must name a column")
         if self.crop_format not in CROP_FORMATS:
             problems.append(f"crop_format: must be one of {', '.join(CROP_FORMATS)}, got {self.crop_format!r}")
         return problems + self.policy.problems()
