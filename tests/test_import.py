@@ -267,7 +267,7 @@ def test_labelstudio_round_trip(demo_output, original, tmp_path):
 
     # --helen: the trainer's own reader and loader take the corrected faces, aligned as inference aligns them.
     from batch_parse.train.datasets import SPLITS, open_dataset
-    from batch_parse.train.train import load_split
+    from batch_parse.train.pool import open_pool, pack
 
     names = {}
     for split in SPLITS:
@@ -285,8 +285,8 @@ def test_labelstudio_round_trip(demo_output, original, tmp_path):
     changed_frame = names[face_name(*changed_key)][1]
     assert (changed_frame == CLASS_NAMES.index("brow_1")).sum() == 0 and (changed_frame == CLASS_NAMES.index("eye_2")).any()
     split = next(s for s in SPLITS if len(open_dataset(helen, s)))
-    images, labels = load_split(str(helen), split, canvas=64)
-    assert images.shape[1:] == (3, 64, 64) and labels.shape[1:] == (64, 64) and int(labels.max()) > 0
+    pooled = open_pool(pack([helen], tmp_path / "pool", canvas=64), split)
+    assert pooled.images.shape[1:] == (3, 64, 64) and pooled.labels.shape[1:] == (64, 64) and int(pooled.labels.max()) > 0
     # And `batch-parse train` itself takes the folder as DATA: one optimiser step of the part networks.
     run = CliRunner().invoke(cli, ["train", str(helen), str(tmp_path / "run"), "--stage", "c", "--steps", "1", "--batch-size", "2",
                                    "--val-images", "2", "--threads", "1"])  # fmt: skip

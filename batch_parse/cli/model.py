@@ -34,19 +34,32 @@ DEFAULT_STEPS = {"a": 900, "b": 400, "c": 450, "e2e": 160}  # what stn-icnn/v1 w
 @click.option("--export", "export_path", type=click.Path(dir_okay=False), help="After training, write the last stage's best weights here (fp16).")
 @click.option("--extra", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Another Helen-layout folder whose train split is added (e.g. self-training labels); repeatable.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, cuda:1 ...")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="bf16 autocasts the forward pass; auto = bf16 on CUDA and on CPUs with native bf16, else fp32.")
+@click.option("--checkpoint-minutes", type=click.FloatRange(min=0), default=3.0, show_default=True,
+              help="Write the resumable state at least this often (and at every validation).")
 def train(data, run_dir, stage, steps, batch_size, val_every, val_images, threads, limit, lr, zoom_min, init_path, export_path,
-          extra) -> None:
-    """Train STN-iCNN on a labelled dataset folder.
+          extra, device, precision, checkpoint_minutes) -> None:
+    """Train STN-iCNN on a labelled dataset folder or a packed pool.
 
-    DATA is a Helen- or CelebAMask-HQ-layout folder (a face-pool folder is one); validation uses its
-    val split. RUN_DIR keeps checkpoints, and a rerun resumes.
+    DATA is a Helen- or CelebAMask-HQ-layout folder (a face-pool folder is one), packed once into
+    RUN_DIR/pool, or a pool packed by `python -m batch_parse.train.pool`; validation uses its val
+    split. RUN_DIR keeps checkpoints: a rerun (after a crash, a kill, a reboot) resumes to the step.
+    The whole recipe in the background: scripts/train-background.
     """
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise click.UsageError(f"--device {device}: this torch has no CUDA device ({torch.__version__})")
     from batch_parse.train.train import TrainOptions, export_weights, train_stage
 
     for name in (["a", "b", "c", "e2e"] if stage == "all" else [stage]):
         best = train_stage(TrainOptions(data, run_dir, name, steps or DEFAULT_STEPS[name], batch_size, val_every=val_every,
                                         val_images=val_images, threads=threads, limit=limit, lr=lr, zoom_min=zoom_min,
-                                        init=init_path, extra=tuple(extra)))
+                                        init=init_path, extra=tuple(extra), device=device, precision=precision,
+                                        checkpoint_minutes=checkpoint_minutes))
         echo(f"stage {name}: best weights in {best}")
     if export_path:
         echo(f"exported {export_weights(run_dir, export_path, stage=name)}")

@@ -60,6 +60,7 @@ SOURCES: dict[str, tuple[str, bool]] = {  # name -> (glob under the pool root, o
 }
 UTKFACE = "utkface"
 
+PARTIAL = "faces.partial.jsonl"  # the build's journal: one line per photo done, removed when the build ends
 # Faces whose frame would be smaller than this (photo pixels) are too small for the teacher to
 # label; they are recorded (and probed) but not written.
 MIN_FRAME = 48
@@ -212,8 +213,12 @@ def _start_worker(pool: str, dst: str) -> None:
     _roots.update(pool=Path(pool), dst=Path(dst))
 
 
-def process_photo(photo: Photo) -> tuple[list[FaceRecord], int, str | None]:
-    """Detects, aligns, labels and writes one photo's faces: (records, annotated faces missed, error)."""
+def process_photo(photo: Photo) -> tuple[str, list[FaceRecord], int, str | None]:
+    """Detects, aligns, labels and writes one photo's faces: (photo path, records, annotated faces missed, error)."""
+    return (photo.path, *_process_photo(photo))
+
+
+def _process_photo(photo: Photo) -> tuple[list[FaceRecord], int, str | None]:
     from batch_parse.faces import align
 
     src = Path(photo.path) if photo.source == UTKFACE else _roots["pool"] / photo.path
@@ -240,7 +245,11 @@ def process_photo(photo: Photo) -> tuple[list[FaceRecord], int, str | None]:
         status, flip, clean = "skipped", None, False
         if written:
             frame = align.warp(tensor, alignment).permute(1, 2, 0).numpy()
-            helen = teacher.label_rgb(frame)
+            mesh = teacher.mesh_rgb(frame)
+            helen = None if mesh is None else teacher.labels_from_mesh(mesh, *frame.shape[:2])
+            if mesh is not None:
+                # Kept for pose synthesis (train/pool.py): the 3-D mesh rotates, its labels come along.
+                np.save(_roots["dst"] / "mesh" / f"{name}.npy", mesh.astype(np.float32))
             if helen is None:
                 status = "no_face"
             else:
@@ -292,27 +301,47 @@ def build(pool: str | Path, dst: str | Path, utkface: str | Path | None = None, 
     photos = list_photos(pool, Path(utkface) if utkface else None, limit)
     (dst / "images").mkdir(parents=True, exist_ok=True)
     (dst / "labels").mkdir(parents=True, exist_ok=True)
+    (dst / "mesh").mkdir(parents=True, exist_ok=True)
     records: list[FaceRecord] = []
     missed_probed, errors = 0, []
+    # Every photo's result is appended to a journal as it lands, so a build that is stopped (an
+    # hour of work on a small CPU) resumes where it was instead of starting over.
+    journal = dst / PARTIAL
+    done: set[str] = set()
+    if journal.is_file():
+        for line in journal.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # the line a kill cut short: that photo is redone
+                continue
+            done.add(entry["photo"])
+            records += [FaceRecord(**r) for r in entry["records"]]
+            missed_probed += entry["missed"]
+            errors += [entry["error"]] if entry["error"] else []
+        print(f"facepool: resuming, {len(done)} of {len(photos)} photos already done", file=sys.stderr, flush=True)
+    todo = [p for p in photos if p.path not in done]
     # Fail fast here: a worker whose initializer raises is respawned by Pool forever.
     try:
         _start_worker(str(pool), str(dst))
     except Exception as exc:  # noqa: BLE001 - a missing detector or mesh install, reported in one line
         raise RuntimeError(f"the face stage or the teacher cannot start ({type(exc).__name__}: {exc}); see scripts/setup-env") from None
     start = last = time.monotonic()
-    with Pool(workers, initializer=_start_worker, initargs=(str(pool), str(dst))) as workers_pool:
-        for i, (recs, missed, error) in enumerate(workers_pool.imap_unordered(process_photo, photos, chunksize=4), 1):
+    with Pool(workers, initializer=_start_worker, initargs=(str(pool), str(dst))) as workers_pool, open(journal, "a") as log:
+        for i, (photo, recs, missed, error) in enumerate(workers_pool.imap_unordered(process_photo, todo, chunksize=4), 1):
             records += recs
             missed_probed += missed
             if error:
                 errors.append(error)
+            log.write(json.dumps({"photo": photo, "records": [asdict(r) for r in recs], "missed": missed, "error": error}) + "\n")
+            log.flush()
             now = time.monotonic()
-            if now - last > 15 or i == len(photos):
+            if now - last > 15 or i == len(todo):
                 last = now
-                print(f"facepool: {i}/{len(photos)} photos, {len(records)} faces, {i / (now - start):.1f} photos/s",
+                print(f"facepool: {len(done) + i}/{len(photos)} photos, {len(records)} faces, {i / (now - start):.1f} photos/s",
                       file=sys.stderr, flush=True)
     summary = write_index(dst, records, {"photos": len(photos), "unreadable": errors,
                                          "annotated_faces_missed_by_detector": missed_probed})
+    journal.unlink()
     return summary
 
 

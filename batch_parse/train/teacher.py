@@ -162,8 +162,9 @@ def start_mesh() -> None:
     _topology = _mesh_topology()
 
 
-def label_rgb(rgb: np.ndarray) -> np.ndarray | None:
-    """(H, W) Helen label map of the face in an RGB uint8 image, or None if the mesh finds no face.
+def mesh_rgb(rgb: np.ndarray) -> np.ndarray | None:
+    """(478, 3) mesh of the face in an RGB uint8 image, in pixels (x, y; z on x's scale, MediaPipe's
+    relative depth, smaller = nearer the camera), or None if the mesh finds no face.
 
     Needs the mesh started in this process (start_mesh)."""
     result = _mesh.process(np.ascontiguousarray(rgb))
@@ -171,8 +172,18 @@ def label_rgb(rgb: np.ndarray) -> np.ndarray | None:
         return None
     height, width = rgb.shape[:2]
     landmarks = result.multi_face_landmarks[0].landmark
-    points = np.array([(p.x * width, p.y * height) for p in landmarks], dtype=np.float64)
-    return helen_label_map(points, height, width, _topology)
+    return np.array([(p.x * width, p.y * height, p.z * width) for p in landmarks], dtype=np.float64)
+
+
+def label_rgb(rgb: np.ndarray) -> np.ndarray | None:
+    """(H, W) Helen label map of the face in an RGB uint8 image, or None if the mesh finds no face."""
+    points = mesh_rgb(rgb)
+    return None if points is None else labels_from_mesh(points, *rgb.shape[:2])
+
+
+def labels_from_mesh(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W) Helen label map drawn from a mesh's x, y (pixels)."""
+    return helen_label_map(points[:, :2], height, width, _topology or _mesh_topology())
 
 
 def write_sample(dst: Path, name: str, image: bytes | np.ndarray, helen_map: np.ndarray | None) -> None:

@@ -8,22 +8,31 @@
     e2e  A and B frozen, C fine-tuned on the localiser's own windows, kept only if
          validation F1 after paste-back improves
 
-Each stage writes RUN/stage_<s>.safetensors (best by validation) and RUN/stage_<s>.ckpt
-(resumable state: our own file, read back with weights_only=True). Stages a and c are
-independent and can run in parallel processes; b needs a; e2e needs b and c.
-The schedule is a step budget per stage (Adam, cosine decay) instead of the authors' epochs,
-so a CPU-only run can be planned in minutes.
+Data comes from a training pool (batch_parse.train.pool: faces packed once into uint8 arrays read
+by memory map); given a labelled folder instead, the stage packs one into RUN/pool first. A step
+then costs the augmentation and the network only.
+
+Each stage writes RUN/stage_<s>.safetensors (best by validation), RUN/stage_<s>.ckpt (resumable
+state: model, optimiser, schedule, the data order and the random generator, every few minutes
+and at each validation; our own file, read back with weights_only=True), RUN/curve_<s>.json
+(the validation curve) and RUN/stage_<s>.json when the stage is done. A resumed stage gives the
+same weights as one that was never stopped. Stages a and c are independent; b needs a; e2e needs
+b and c. The schedule is a step budget per stage (Adam, cosine decay) instead of the authors'
+epochs, so a CPU-only run can be planned.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +46,7 @@ from batch_parse.model.weights import load_weights, save_weights
 from batch_parse.train import augment
 from batch_parse.train.datasets import open_dataset
 from batch_parse.train.evaluate import evaluate, format_scores
+from batch_parse.train.pool import PoolSplit, is_pool, open_pool, pack, pool_canvas
 
 STAGES = ("a", "b", "c", "e2e")
 LEARNING_RATES = {"a": 9e-4, "b": 8e-4, "c": 8e-4, "e2e": 2.5e-3}  # the authors' values
@@ -60,33 +70,14 @@ class TrainOptions:
     init: str | None = None  # weights file to start from (fine-tuning), before the stage's own inputs
     lr: float | None = None  # default: the authors' rate for the stage
     extra: tuple[str, ...] = ()  # more folders whose train split is added (e.g. self-training labels)
+    device: str = "cpu"
+    precision: str = "auto"  # "bf16": autocast the forward pass; "auto": bf16 on CUDA and CPUs with native bf16
+    checkpoint_minutes: float = 3.0  # resumable state written at least this often (and at every validation)
+    channels_last: bool | None = None  # None: with bf16 (oneDNN's bf16 convolutions want NHWC; benchmarks/train_speed.py)
 
 
 def log(msg: str) -> None:
     print(f"[train {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def load_split(root: str, split: str, canvas: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of a split, squared (edge-padded) and resized to canvas: uint8 (N,3,S,S), (N,S,S)."""
-    ds = open_dataset(root, split)
-    n = len(ds) if limit is None else min(limit, len(ds))
-    images = torch.empty(n, 3, canvas, canvas, dtype=torch.uint8)
-    labels = torch.empty(n, canvas, canvas, dtype=torch.uint8)
-    t0 = time.time()
-    for i in range(n):
-        _, image, label = ds[i]
-        img = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-        lab = torch.from_numpy(label)[None, None].float()
-        h, w = label.shape
-        side = max(h, w)
-        pads = ((side - w) // 2, side - w - (side - w) // 2, (side - h) // 2, side - h - (side - h) // 2)
-        img = F.pad(img, pads, mode="replicate") if side != min(h, w) else img
-        lab = F.pad(lab, pads) if side != min(h, w) else lab
-        images[i] = F.interpolate(img, size=(canvas, canvas), mode="bilinear", antialias=True, align_corners=False)[0].round().clamp(0, 255).byte()
-        labels[i] = F.interpolate(lab, size=(canvas, canvas), mode="nearest")[0, 0].byte()
-        if (i + 1) % 2000 == 0:
-            log(f"loaded {i + 1}/{n} {split} images ({(i + 1) / (time.time() - t0):.0f}/s)")
-    return images, labels
 
 
 def has_coarse(labels: torch.Tensor) -> torch.Tensor:
@@ -96,21 +87,33 @@ def has_coarse(labels: torch.Tensor) -> torch.Tensor:
 
 
 class Batches:
-    """Endless shuffled augmented batches from in-memory tensors (+ per image: has skin labels)."""
+    """Endless shuffled augmented batches from a pool's train split (+ per image: has skin labels).
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, zoom_min: float = 0.4):
-        self.images, self.labels, self.batch_size, self.zoom_min = images, labels, batch_size, zoom_min
-        self.coarse = has_coarse(labels)
+    Its whole state (generator, epoch order, position) goes into the checkpoint, so a resumed
+    stage draws the same batches it would have drawn."""
+
+    def __init__(self, split: PoolSplit, batch_size: int, seed: int, zoom_min: float = 0.4):
+        self.split, self.batch_size, self.zoom_min = split, batch_size, zoom_min
         self.gen = torch.Generator().manual_seed(seed)
-        self.order, self.pos = torch.randperm(len(images), generator=self.gen), 0
+        self.order, self.pos = torch.randperm(len(split), generator=self.gen), 0
+
+    def state(self) -> dict:
+        return {"gen": self.gen.get_state(), "order": self.order.clone(), "pos": self.pos}
+
+    def load_state(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+        self.order, self.pos = state["order"], int(state["pos"])
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.pos + self.batch_size > len(self.order):
-            self.order, self.pos = torch.randperm(len(self.images), generator=self.gen), 0
+            self.order, self.pos = torch.randperm(len(self.split), generator=self.gen), 0
         idx = self.order[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
-        images, labels = augment.augment(self.images[idx].float() / 255, self.labels[idx].long(), self.gen, self.zoom_min)
-        return images, labels, self.coarse[idx]
+        images, labels = self.split.rows(idx.numpy())
+        labels = labels.long()
+        coarse = has_coarse(labels)
+        images, labels = augment.augment(images.float() / 255, labels, self.gen, self.zoom_min)
+        return images, labels, coarse
 
 
 def stage1_loss(logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
@@ -188,28 +191,40 @@ def initial_model(opts: TrainOptions, run: Path) -> STNiCNN:
     return model
 
 
-def validation_score(model: STNiCNN, stage: str, data: str, n: int, canvas: int) -> tuple[float, str]:
-    """Higher is better. a: part IoU at 128; b: -window error; c: part F1 on label windows;
-    e2e: overall F1 of the whole model at original resolution (the authors' selection)."""
+def validation_split(opts: "TrainOptions", pool: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first val_images faces of the pool's val split: float 0..1 images, long labels."""
+    val = open_pool(pool, "val")
+    n = min(opts.val_images, len(val))
+    if n == 0:
+        raise ValueError(f"{pool}: the val split is empty; a pool needs validation faces")
+    images, labels = val.rows(np.arange(n))
+    return images.float() / 255, labels.long()
+
+
+def validation_score(model: STNiCNN, stage: str, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, str, dict]:
+    """(score, text, metrics); higher score is better. a: part IoU at 128 (with skin: mean of part
+    and skin IoU); b: -window error; c: part F1 on label windows; e2e: overall F1 of the whole model
+    at the pool's resolution (the authors' selection)."""
     model.eval()
+    canvas = images.shape[-1]
     if stage == "e2e":
-        ds = open_dataset(data, "val")
-        samples = [ds[i] for i in range(min(n, len(ds)))]
-        parser = FaceParser(model, "val", "0" * 64, device="cpu")
+        samples = [(str(i), (im.permute(1, 2, 0) * 255).round().byte().numpy(), lab.byte().numpy())
+                   for i, (im, lab) in enumerate(zip(images, labels))]
+        parser = FaceParser(model, "val", "0" * 64, device=str(next(model.parameters()).device))
         _, scores = evaluate(lambda ims: [r.label_map for r in parser.parse(ims)], samples)
-        return scores["overall"], format_scores(scores)
-    images, labels = load_split(data, "val", canvas, n)
-    images, labels = images.float() / 255, labels.long()
+        return scores["overall"], format_scores(scores), {"overall F1": scores["overall"]}
+    device = next(model.parameters()).device
+    images, labels = images.to(device), labels.to(device)
     with torch.no_grad():
         if stage == "c":
-            crops, label_crops = augment.sample_windows(images, labels, augment.target_windows(labels), model.cfg.part_size)
+            crops, label_crops = augment.sample_windows(images, labels, augment.target_windows(labels.cpu()).to(device), model.cfg.part_size)
             both = total = 0
-            for logits, target in zip(model.parse_parts(crops), augment.part_targets(label_crops)):
-                pred = logits.argmax(1)
+            for logits, target in zip(model.parse_parts(crops), augment.part_targets(label_crops.cpu())):
+                pred = logits.argmax(1).cpu()
                 both += ((pred == target) & (target > 0)).sum().item()
                 total += (pred > 0).sum().item() + (target > 0).sum().item()
             f1 = 2 * both / max(1, total)
-            return f1, f"part F1 on label windows {f1:.4f}"
+            return f1, f"part F1 on label windows {f1:.4f}", {"part F1": f1}
         probs = model.stage1(stage1_batch(images, model.cfg)).softmax(1)
         if stage == "a":
             target = F.interpolate(labels[:, None].float(), size=probs.shape[-2:], mode="nearest")[:, 0].long()
@@ -219,14 +234,44 @@ def validation_score(model: STNiCNN, stage: str, data: str, n: int, canvas: int)
             fg = (t_part > 0) | (p_part > 0)
             iou = ((p_part == t_part) & fg).sum().item() / max(1, fg.sum().item())
             if model.cfg.num_classes <= SKIN:
-                return iou, f"stage-1 part IoU {iou:.4f}"
+                return iou, f"stage-1 part IoU {iou:.4f}", {"part IoU": iou}
             t_skin, p_skin = target == SKIN, pred == SKIN
             skin = (t_skin & p_skin).sum().item() / max(1, (t_skin | p_skin).sum().item())
             # Selected on both: the new class must be learnt without losing the parts.
-            return (iou + skin) / 2, f"stage-1 part IoU {iou:.4f} skin IoU {skin:.4f}"
-        target = windows_to_theta(augment.target_windows(labels), [(canvas, canvas)] * len(images), model.cfg)
+            return (iou + skin) / 2, f"stage-1 part IoU {iou:.4f} skin IoU {skin:.4f}", {"part IoU": iou, "skin IoU": skin}
+        target = windows_to_theta(augment.target_windows(labels.cpu()), [(canvas, canvas)] * len(images), model.cfg).to(device)
         err = F.l1_loss(model.localise(probs), target).item()
-        return -err, f"theta L1 {err:.5f}"
+        return -err, f"theta L1 {err:.5f}", {"theta L1": err}
+
+
+def use_bf16(opts: "TrainOptions") -> bool:
+    """Autocast to bfloat16 where it is native (CUDA, CPUs with AVX512-BF16 or AMX); else fp32."""
+    if opts.precision == "fp32":
+        return False
+    if opts.precision == "bf16" or opts.device.startswith("cuda"):
+        return True
+    from batch_parse.model.parser import native_bf16_cpu
+
+    return native_bf16_cpu()
+
+
+def training_pool(opts: "TrainOptions", run: Path) -> Path:
+    """DATA itself when it is a pool; else a pool packed once from DATA (+ extras) into RUN/pool."""
+    if is_pool(opts.data):
+        if opts.extra:
+            raise ValueError(f"{opts.data} is a packed pool: pack the extra folders into it (python -m batch_parse.train.pool)")
+        return Path(opts.data)
+    pool = run / "pool"
+    if not is_pool(pool):
+        log(f"packing {opts.data} {' '.join(opts.extra)} into {pool} (once)")
+    return pack([opts.data, *opts.extra], pool, canvas=opts.canvas, limit=opts.limit)
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    """A checkpoint is replaced whole or not at all: a kill mid-write leaves the previous one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def train_stage(opts: TrainOptions) -> Path:
@@ -237,36 +282,54 @@ def train_stage(opts: TrainOptions) -> Path:
     torch.manual_seed(opts.seed)
     run = Path(opts.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    model = initial_model(opts, run)
+    device = torch.device(opts.device)
+    pool = training_pool(opts, run)
+    model = initial_model(opts, run).to(device)
+    bf16 = use_bf16(opts)
+    channels_last = bf16 if opts.channels_last is None else opts.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     params = trainable(model, opts.stage)
     optimizer = torch.optim.Adam(params, lr=opts.lr or LEARNING_RATES[opts.stage])
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, opts.steps) / opts.steps)))
     ckpt_path, best_path = run / f"stage_{opts.stage}.ckpt", run / f"stage_{opts.stage}.safetensors"
-    step, best = 0, -math.inf
+    curve_path = run / f"curve_{opts.stage}.json"
+    batch_size = opts.batch_size or BATCH_SIZES[opts.stage]
+    batches = Batches(open_pool(pool, "train"), batch_size, opts.seed, opts.zoom_min)
+    val_images, val_labels = validation_split(opts, pool)
+    step, best, curve = 0, -math.inf, []
     if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        step, best = state["step"], state["best"]
+        batches.load_state(state["data"])
+        step, best, curve = state["step"], state["best"], state["curve"]
         log(f"stage {opts.stage}: resumed at step {step} (best {best:.4f})")
     if opts.stage == "e2e" and step == 0:
-        best, text = validation_score(model, opts.stage, opts.data, opts.val_images, opts.canvas)
+        best, text, metrics = validation_score(model, opts.stage, val_images, val_labels)
+        curve.append({"step": 0, "samples": 0, "score": best, "text": text, "metrics": metrics})
         log(f"stage e2e: staged model before fine-tuning: {text}")
         save_weights(model, best_path, info={"stage": "e2e", "step": 0, "val": text})
 
-    parts = [load_split(root, "train", opts.canvas, opts.limit) for root in (opts.data, *opts.extra)]
-    images, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    del parts
-    log(f"stage {opts.stage}: {len(images)} training images, {opts.steps} steps")
-    batches = Batches(images, labels, opts.batch_size or BATCH_SIZES[opts.stage], opts.seed + step, opts.zoom_min)
-    t0, seen, running = time.time(), 0, None
+    def checkpoint() -> None:
+        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                      "data": batches.state(), "step": step, "best": best, "curve": curve}, ckpt_path)
+        curve_path.write_text(json.dumps({"stage": opts.stage, "batch_size": batch_size, "steps": opts.steps, "curve": curve}, indent=1))
+
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    log(f"stage {opts.stage}: {len(batches.split)} training faces, {opts.steps} steps of {batch_size} on {device}"
+        f"{' (bf16 autocast)' if bf16 else ''}{' channels-last' if channels_last else ''}, pool {pool}")
+    t0, last_ckpt, seen, running = time.time(), time.monotonic(), 0, None
     while step < opts.steps:
         set_modes(model, opts.stage)
         imgs, labs, labelled = batches.next()
-        loss = stage_loss(model, opts.stage, imgs, labs, batches.gen, labelled)
+        if channels_last:
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            loss = stage_loss(model, opts.stage, imgs.to(device), labs.to(device), batches.gen, labelled.to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.float().backward()
         optimizer.step()
         schedule.step()
         step, seen = step + 1, seen + len(imgs)
@@ -274,16 +337,28 @@ def train_stage(opts: TrainOptions) -> Path:
         if step % 25 == 0:
             log(f"stage {opts.stage} step {step}/{opts.steps} loss {running:.4f} lr {schedule.get_last_lr()[0]:.2e} {seen / (time.time() - t0):.1f} img/s")
         if step % opts.val_every == 0 or step == opts.steps:
-            score, text = validation_score(model, opts.stage, opts.data, opts.val_images, opts.canvas)
+            score, text, metrics = validation_score(model, opts.stage, val_images, val_labels)
+            curve.append({"step": step, "samples": step * batch_size, "score": score, "text": text, "metrics": metrics})
             improved = score > best
             if improved:
                 best = score
                 save_weights(model, best_path, info={"stage": opts.stage, "step": step, "val": text})
             log(f"stage {opts.stage} step {step}: val {text}{' (best, saved)' if improved else ''}")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                        "step": step, "best": best}, ckpt_path)
+            checkpoint()
+            last_ckpt = time.monotonic()
+        elif time.monotonic() - last_ckpt > opts.checkpoint_minutes * 60:
+            checkpoint()
+            last_ckpt = time.monotonic()
+    if not ckpt_path.is_file() or step == 0:
+        checkpoint()
     (run / f"stage_{opts.stage}.json").write_text(json.dumps({"steps": step, "best": best}))
     return best_path
+
+
+def stage_done(run_dir: str | Path, stage: str, steps: int) -> bool:
+    """The stage finished a budget of at least `steps` (a larger budget resumes it)."""
+    path = Path(run_dir) / f"stage_{stage}.json"
+    return path.is_file() and json.loads(path.read_text()).get("steps", 0) >= steps
 
 
 def export_weights(run_dir: str, out: str, fp16: bool = True, stage: str = "e2e") -> Path:

@@ -1,0 +1,159 @@
+"""Training machinery: the packed pool, resuming a stage to the step, and the whole recipe restarting.
+
+The faces are real UTKFace crops from ../shared/data with simple part ellipses as labels: these
+tests check that training state survives interruption exactly, not what the model learns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from batch_parse.labels import HELEN_LABELS
+from batch_parse.model.weights import load_weights
+from batch_parse.train import augment
+from batch_parse.train.datasets import open_dataset
+from batch_parse.train.pool import is_pool, open_pool, pack, square_resize
+
+UTKFACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface"
+V3 = str(Path(__file__).resolve().parents[1] / "batch_parse" / "model" / "weights" / "stn-icnn-v3.safetensors")
+# Helen label -> ellipse (x0, y0, x1, y1) as fractions of the side; drawn in this order (later wins).
+ELLIPSES = {
+    "face_skin": (0.12, 0.10, 0.88, 0.98), "left_brow": (0.22, 0.28, 0.42, 0.33), "right_brow": (0.58, 0.28, 0.78, 0.33),
+    "left_eye": (0.25, 0.36, 0.40, 0.42), "right_eye": (0.60, 0.36, 0.75, 0.42), "nose": (0.43, 0.40, 0.57, 0.62),
+    "upper_lip": (0.36, 0.68, 0.64, 0.73), "inner_mouth": (0.38, 0.73, 0.62, 0.75), "lower_lip": (0.36, 0.75, 0.64, 0.81),
+}
+
+
+def write_helen(root: Path, splits: dict[str, int]) -> Path:
+    """A Helen-layout folder of real face crops (UTKFace) with ellipse labels, sizes varied."""
+    photos = sorted(UTKFACE.glob("*.jpg"))
+    if len(photos) < sum(splits.values()):
+        pytest.skip(f"needs {sum(splits.values())} UTKFace crops in {UTKFACE}")
+    (root / "images").mkdir(parents=True)
+    files = {"train": "exemplars.txt", "val": "tuning.txt", "test": "testing.txt"}
+    k = 0
+    for split, count in splits.items():
+        names = []
+        for _ in range(count):
+            name = f"face{k:03d}"
+            side = (96, 120, 150)[k % 3]
+            with Image.open(photos[k]) as im:
+                im.convert("RGB").resize((side, side + 8 * (k % 2))).save(root / "images" / f"{name}.jpg")
+            w, h = side, side + 8 * (k % 2)
+            index = Image.new("L", (w, h), 0)
+            draw = ImageDraw.Draw(index)
+            for label, (x0, y0, x1, y1) in ELLIPSES.items():
+                draw.ellipse((x0 * w, y0 * h, x1 * w, y1 * h), fill=HELEN_LABELS.index(label))
+            index = np.asarray(index)
+            (root / "labels" / name).mkdir(parents=True)
+            for i in range(len(HELEN_LABELS)):
+                Image.fromarray(np.where(index == i, 255, 0).astype(np.uint8)).save(root / "labels" / name / f"{name}_lbl{i:02d}.png")
+            names.append(name)
+            k += 1
+        (root / files[split]).write_text("".join(f"{n}\n" for n in names))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_pool(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("pool")
+    helen = write_helen(tmp / "helen", {"train": 12, "val": 4, "test": 2})
+    return pack([helen], tmp / "pool", canvas=96)
+
+
+def test_pool_holds_the_dataset_as_training_reads_it(tiny_pool, tmp_path):
+    info = json.loads((tiny_pool / "pool.json").read_text())
+    helen = Path(info["sources"][0])
+    for split, n in (("train", 12), ("val", 4), ("test", 2)):
+        pool = open_pool(tiny_pool, split)
+        assert len(pool) == n == info["splits"][split]["count"]
+        ds = open_dataset(helen, split)
+        rows = np.array([n - 1, 0])  # any order: rows come back in the order asked
+        images, labels = pool.rows(rows)
+        for got_image, got_label, i in zip(images, labels, rows):
+            name, image, label = ds[int(i)]
+            want_image, want_label = square_resize(image, label, 96)
+            assert pool.names[i] == name
+            assert torch.equal(got_image, want_image) and torch.equal(got_label, want_label)
+        assert np.allclose(pool.windows, augment.target_windows(torch.from_numpy(np.asarray(pool.labels)).long()).numpy())
+        assert isinstance(pool.images, np.memmap)
+    # A packing that never finished is not a pool, and packing again replaces it.
+    half = tmp_path / "pool.packing"
+    half.mkdir()
+    (half / "train_images.npy").write_bytes(b"partial")
+    assert not is_pool(half) and not is_pool(tmp_path / "pool")
+    with pytest.raises(ValueError, match="not a training pool"):
+        open_pool(tmp_path / "pool", "train")
+
+
+def _train_cmd(pool: Path, run: Path, stage: str, steps: int) -> list[str]:
+    return [sys.executable, "-m", "batch_parse.cli", "train", str(pool), str(run), "--stage", stage, "--steps", str(steps),
+            "--batch-size", "3", "--val-every", "8", "--val-images", "4", "--threads", "1", "--init", V3,
+            "--precision", "fp32", "--checkpoint-minutes", "0"]
+
+
+@pytest.mark.parametrize("stage", ["a", "c"])
+def test_a_killed_stage_resumes_to_the_same_weights(tiny_pool, tmp_path, stage):
+    """SIGKILL mid-stage (checkpoints every step), rerun: the same weights, bit for bit, as a run never stopped."""
+    steps = 24
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(tiny_pool, straight, stage, steps), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(tiny_pool, killed, stage, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed / f"stage_{stage}.ckpt"
+    # Every checkpoint replaces the file (a new inode): kill after the third, mid-stage.
+    seen: set[int] = set()
+    while proc.poll() is None and len(seen) < 3:
+        try:
+            seen.add(ckpt.stat().st_ino)
+        except FileNotFoundError:
+            pass
+        time.sleep(0.005)
+    assert proc.poll() is None, "the stage ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed_from = torch.load(ckpt, weights_only=True)["step"]
+    assert 3 <= resumed_from < steps
+    done = subprocess.run(_train_cmd(tiny_pool, killed, stage, steps), check=True, env=env, capture_output=True, text=True)
+    assert f"resumed at step {resumed_from}" in done.stderr
+    a = torch.load(straight / f"stage_{stage}.ckpt", weights_only=True)
+    b = torch.load(killed / f"stage_{stage}.ckpt", weights_only=True)
+    assert a["step"] == b["step"] == steps
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [p["score"] for p in a["curve"]] == [p["score"] for p in b["curve"]]
+    assert torch.equal(a["data"]["order"], b["data"]["order"]) and a["data"]["pos"] == b["data"]["pos"]
+    curve = json.loads((killed / f"curve_{stage}.json").read_text())
+    assert [p["step"] for p in curve["curve"]] == [8, 16, 24]
+
+
+def test_the_recipe_restarts_skipping_what_is_done(tiny_pool, tmp_path):
+    from batch_parse.train.recipe import RECIPES, run_recipe
+
+    home = tmp_path / "home"
+    out = run_recipe(RECIPES["smoke"], home, pool=tiny_pool)
+    run = home / "runs" / "smoke"
+    for stage in ("a", "b", "c", "e2e"):
+        assert json.loads((run / f"stage_{stage}.json").read_text())["steps"] == RECIPES["smoke"].stages[0].steps or stage == "e2e"
+    model, info = load_weights(out)
+    assert model.cfg.num_classes == 10 and info["stage"] == "e2e"
+    assert (run / "curves.png").stat().st_size > 10_000
+    with Image.open(run / "curves.png") as png:
+        assert png.size[0] > png.size[1]
+    before = {p.name: p.stat().st_mtime_ns for p in run.glob("stage_*.ckpt")}
+    done = subprocess.run([sys.executable, "-m", "batch_parse.train.recipe", "--recipe", "smoke", "--home", str(home), "--pool", str(tiny_pool)],
+                          check=True, capture_output=True, text=True)
+    assert done.stderr.count("done (") == 4
+    assert before == {p.name: p.stat().st_mtime_ns for p in run.glob("stage_*.ckpt")}
