@@ -31,6 +31,8 @@ _OPTION_KEYS = {
     "source_endpoint_url": (str, type(None)),
     "output_endpoint_url": (str, type(None)),
     "source_anonymous": (bool,),
+    "source_profile": (str, type(None)),
+    "output_profile": (str, type(None)),
     "model": (str,),
     "batch_size": (int,),
     "crop_format": (str,),

@@ -127,6 +127,8 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--output-endpoint-url", show_default="--endpoint-url", help="S3-compatible endpoint of DST when it differs from SRC's.")
 @click.option("--source-anonymous/--no-source-anonymous", default=_DEFAULTS.source_anonymous, show_default=True,
               help="Read SRC with unsigned requests, no credentials (a public bucket).")
+@click.option("--source-profile", show_default="the default AWS chain", help="AWS profile whose credentials read SRC.")
+@click.option("--output-profile", show_default="the default AWS chain", help="AWS profile whose credentials write DST.")
 @click.option("--max-pixels", type=int, default=_DEFAULTS.max_pixels, show_default=True, help="Largest image to decode, in pixels.")
 @click.option("--max-bytes", type=int, default=_DEFAULTS.max_bytes, show_default=True,
               help="Largest source object to fetch, in bytes; larger ones are error rows.")

@@ -29,6 +29,8 @@ class JobOptions:
     source_endpoint_url: str | None = None  # the source's store when it differs (wins over endpoint_url)
     output_endpoint_url: str | None = None  # the output's store when it differs (wins over endpoint_url)
     source_anonymous: bool = False  # read the source with unsigned requests (a public bucket), no credentials
+    source_profile: str | None = None  # AWS profile (~/.aws) for the source's store instead of the default chain
+    output_profile: str | None = None  # AWS profile for the output's store
     batch_size: int = 16  # images per model call
     min_actors: int = 1
     max_actors: int = 1
@@ -55,11 +57,12 @@ class JobOptions:
 
     def source_location(self) -> Location:
         """The source, parsed, with the store it is read from (ValueError on a bad one)."""
-        return parse_location(self.source, self.source_endpoint_url or self.endpoint_url, anonymous=self.source_anonymous)
+        return parse_location(self.source, self.source_endpoint_url or self.endpoint_url, anonymous=self.source_anonymous,
+                              profile=self.source_profile)
 
     def output_location(self) -> Location:
         """The output, parsed, with the store it is written to (ValueError on a bad one)."""
-        return parse_location(self.output, self.output_endpoint_url or self.endpoint_url)
+        return parse_location(self.output, self.output_endpoint_url or self.endpoint_url, profile=self.output_profile)
 
     @property
     def policy(self) -> InferencePolicy:
@@ -85,6 +88,8 @@ class JobOptions:
             problems.append(f"gpus_per_actor: must be in 0..{_MAX_RESOURCE}, got {self.gpus_per_actor}")
         if not 0 < self.cpus_per_actor <= _MAX_RESOURCE:
             problems.append(f"cpus_per_actor: must be > 0 and <= {_MAX_RESOURCE}, got {self.cpus_per_actor}")
+        if self.source_anonymous and self.source_profile:
+            problems.append("source_profile: an anonymous source sends no credentials; give one of source_anonymous, source_profile")
         if self.source_format not in SOURCE_FORMATS:
             problems.append(f"source_format: must be one of {', '.join(SOURCE_FORMATS)}, got {self.source_format!r}")
         if not self.image_column:
