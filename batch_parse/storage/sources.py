@@ -1,6 +1,6 @@
 """What a source holds: one object per image (`files`), WebDataset tar shards, or Parquet image tables.
 
-`--source-format auto` (the default) looks at the first objects the source lists: a source whose
+The formats are pipeline/options.py's SOURCE_FORMATS. `--source-format auto` (the default) looks at the first objects the source lists: a source whose
 objects are mostly `.tar` is read as WebDataset shards, mostly `.parquet` as Parquet image
 tables, anything else as files. The format is resolved once per run and recorded in every output
 file's metadata (`source_format`), which is how render, export and import find an original.
@@ -19,7 +19,6 @@ from batch_parse.storage.objects import ObjectInfo
 from batch_parse.storage.shards import ShardStats, is_shard_key, plan_shard
 from batch_parse.storage.tables import is_parquet_key
 
-FORMATS = ("auto", "files", "webdataset", "parquet")
 PLAN_THREADS = 8  # shards whose headers are read at once (ranged reads: latency-bound on S3)
 _PROBE = 200  # objects looked at by `auto`
 
