@@ -59,7 +59,10 @@ def test_planning_reads_headers_and_agrees_with_webdataset(tmp_path, face_jpegs,
     samples.append(("b00011", {"webp.json": b"{}", "jpeg": faces[4]}))
     shard = write_shard(tmp_path / "src", "000.tar", samples)
 
-    planned = _plan(tmp_path / "src")
+    listing = ShardSamples(parse_location(str(tmp_path / "src")))
+    planned = list(listing)
+    assert (listing.stats.images, listing.stats.skipped_non_image) == (5, 1)  # the caption-only sample: counted, shown
+    assert listing.stats.non_image_examples == ["000.tar/a/caption-only (no image member)"]
     theirs = [(s["__key__"], s) for s in wds.WebDataset(str(shard), shardshuffle=False)]
     with_image = [(k, next(v for e, v in s.items() if e.split(".")[-1] in ("jpg", "jpeg", "png", "webp"))) for k, s in theirs
                   if any(e.split(".")[-1] in ("jpg", "jpeg", "png", "webp") for e in s if not e.startswith("__"))]

@@ -31,7 +31,7 @@ import io
 import posixpath
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
@@ -54,7 +54,7 @@ class ShardStats:
     shards: int = 0
     samples: int = 0
     samples_without_image: int = 0
-    examples: list[str] | None = None
+    examples: list[str] = field(default_factory=list)  # "shard/key" of a few samples without an image
 
 
 def is_shard_key(key: str) -> bool:
@@ -160,6 +160,8 @@ def plan_shard(fs: pafs.FileSystem, path: str, shard_key: str, stats: ShardStats
         if member is None:
             if stats is not None:
                 stats.samples_without_image += 1
+                if len(stats.examples) < 5:
+                    stats.examples.append(f"{shard_key}/{key} (no image member)")
             return None
         if ordinal >= MAX_SAMPLES:
             return None  # counted below: a shard this large is split by its writer in practice

@@ -47,7 +47,6 @@ class ShardSamples:
         self.source = source
         self.listing = iter_objects(source, fan_out=True, object_list=object_list, wanted=is_shard_key)
         self.stats: ListingStats = self.listing.stats
-        self.shard_stats = ShardStats()
         self._samples = self._plan()
 
     def __iter__(self) -> Iterator[ObjectInfo]:
@@ -59,19 +58,27 @@ class ShardSamples:
     def _plan(self) -> Iterator[ObjectInfo]:
         fs = self.source.filesystem()
 
-        def plan(shard: ObjectInfo) -> list[ObjectInfo]:
+        def plan(shard: ObjectInfo) -> tuple[list[ObjectInfo], ShardStats]:
             path = self.source.fs_path(shard_relative(self.source, shard.key))
-            return list(plan_shard(fs, path, shard.key, self.shard_stats))
+            stats = ShardStats()  # one per shard: the threads share nothing
+            return list(plan_shard(fs, path, shard.key, stats)), stats
+
+        def done(future) -> list[ObjectInfo]:
+            samples, stats = future.result()
+            self.stats.images += stats.samples - 1  # the listing counted the shard itself as one
+            # Samples without an image (captions only) are skipped like non-image objects, with examples.
+            self.stats.skipped_non_image += stats.samples_without_image
+            self.stats.non_image_examples += stats.examples[: max(0, 5 - len(self.stats.non_image_examples))]
+            return samples
 
         with ThreadPoolExecutor(PLAN_THREADS) as pool:
             pending = []
             for shard in self.listing:
                 pending.append(pool.submit(plan, shard))
                 if len(pending) >= 2 * PLAN_THREADS:  # bounded: a few shards in flight
-                    yield from pending.pop(0).result()
+                    yield from done(pending.pop(0))
             for future in pending:
-                yield from future.result()
-        self.stats.images = self.shard_stats.samples
+                yield from done(future)
 
 
 def shard_relative(source: Location, shard_key: str) -> str:
