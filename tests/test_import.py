@@ -329,7 +329,7 @@ def test_labelstudio_bad_input_is_one_line_and_writes_nothing(demo_output, origi
         (edited(foreign_id), "names image 12345, which"),
         (edited(other_size), "drawn on a"),
         (edited(short_rle), "brush mask holds 25 pixels, the image has"),
-        (edited(unknown_label), "brush label ['hair'] is not one part class"),
+        (edited(unknown_label), "paints 'hair', a class stn-icnn/default@"),
         (json.loads((ls / "tasks.json").read_text()), "no task has a submitted annotation"),
     ]
     cvat = tmp_path / "cvat"
@@ -352,6 +352,40 @@ def test_labelstudio_bad_input_is_one_line_and_writes_nothing(demo_output, origi
         result = CliRunner().invoke(cli, ["import", *args, "--from", "labelstudio", "--original", str(demo_output)])
         assert result.exit_code == 1 and result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ") and message in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_class_the_model_lacks_is_refused_before_reading_or_skipped(demo_output, original, tmp_path):
+    """An annotator's `skin` stroke on the default (9-class) model's labels: one line naming the task
+    before anything is read or written; with --skip-unknown-labels the stroke is left out, noted,
+    and the photo's rows come back exactly as the model labelled them."""
+    from label_studio_converter import brush
+
+    exported, _ = _labelstudio_export(demo_output, tmp_path)
+    target = next(t for t in exported if t["data"]["key"] == GROUP)
+    rows, _, before, _ = _photo(original, GROUP)
+    width, height = rows[0]["width"], rows[0]["height"]
+    cheek = np.zeros((height, width), np.uint8)
+    cheek[(before == 0)] = 255  # everything the model called background, e.g. the skin it has no class for
+    target["annotations"][0]["result"].append({
+        "id": "skin1", "from_name": "parts", "to_name": "image", "type": "brushlabels", "original_width": width,
+        "original_height": height, "value": {"format": "rle", "rle": brush.mask2rle(cheek), "brushlabels": ["skin"]}})  # fmt: skip
+    src = _write(tmp_path, "skin.json", exported)
+    out = tmp_path / "refused"
+    with pytest.raises(ValueError, match=r"task \d+ \(key 'group_canvas.jpg'\) paints 'skin', a class stn-icnn/default@\w+ does "
+                                         r"not label .*--skip-unknown-labels") as caught:
+        import_corrections(src, out, "labelstudio", str(demo_output))
+    assert "\n" not in str(caught.value) and not out.exists()
+    result = CliRunner().invoke(cli, ["import", str(src), str(out), "--from", "labelstudio", "--original", str(demo_output)])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "paints 'skin'" in result.stderr and not out.exists()
+
+    result = import_corrections(src, out, "labelstudio", str(demo_output), skip_unknown_labels=True)
+    assert any("left out 1 region(s) labelled 'skin' in 1 task(s)" in n for n in result.notes)
+    imported = _rows(out)
+    group = [r for r in imported.values() if r["key"] == GROUP]
+    assert group and all(r["changed_pixels"] == 0 for r in group)
+    _equal_maps = [np.array_equal(decode_label_map(r["label_map"]), decode_label_map(original[(r["id"], r["face_index"])]["label_map"]))
+                   for r in group]  # fmt: skip
+    assert all(_equal_maps)
 
 
 # -- CVAT --------------------------------------------------------------------------------------
@@ -455,7 +489,7 @@ def test_cvat_bad_input_is_one_line_and_writes_nothing(demo_output, tmp_path):
         (no_labelmap, "has no labelmap.txt"),
         (_cvat_zip(archive, {item: _rgb_png(group[:-1])}, "size"), f"the mask is {group.shape[1]}x{group.shape[0] - 1}, the image"),
         (_cvat_zip(archive, {item: buffer.getvalue()}, "colour"), r"colour \(1, 2, 3\) is no label of labelmap.txt"),
-        (_cvat_zip(archive, {"labelmap.txt": labelmap.replace("nose:", "skin:").encode()}, "skin"), "label 'skin' is no batch-parse class"),
+        (_cvat_zip(archive, {"labelmap.txt": labelmap.replace("nose:", "skin:").encode()}, "skin"), "paints 'skin', a class stn-icnn/default@"),
         (_cvat_zip(archive, {"SegmentationClass/somebody_else.png": _rgb_png(group)}, "stranger"), "somebody_else.png matches no image"),
     ]
     for n, (src, message) in enumerate(cases):

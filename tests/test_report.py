@@ -19,6 +19,7 @@ from batch_parse.labels import BACKGROUND, CLASS_COLORS, CLASS_NAMES, NUM_CLASSE
 from batch_parse.output.schema import BASE_SCHEMA, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, file_metadata, output_schema, read_metadata
 from batch_parse.storage.location import parse_location
 from batch_parse.report import overlay as ov
+from batch_parse.output.quality import parse_score
 from batch_parse.report.inspect import inspect_output
 from batch_parse.report.render import render_output
 
@@ -81,6 +82,7 @@ def _ok_row(key: str, jpeg: bytes, lm: np.ndarray, confidences) -> dict:
         row[f"{part.name}_window"] = [box[0], box[1], box[2], box[1], box[2], box[3], box[0], box[3]]
         row[f"{part.name}_crop"] = _jpeg(image.crop(tuple(int(v) for v in box)))
         row[f"{part.name}_confidence"] = confidence
+    row["parse_score"] = parse_score(confidences)  # stored, as the job stores it
     for c, name in enumerate(CLASS_NAMES):
         row[f"pixels_{name}"] = int((lm == c).sum())
     return row
@@ -451,3 +453,37 @@ def test_render_cli_takes_where_and_min_face_and_says_what_limit_counts(job_outp
     bad = runner.invoke(cli, ["render", str(dst), "--out", str(tmp_path / "bad"), "--where", "face_score >> 1"])
     lines = [line for line in bad.output.splitlines() if line.strip()]
     assert bad.exit_code != 0 and len(lines) == 1 and lines[0].startswith("Error: ") and "--where" in lines[0]
+
+
+def test_render_puts_the_worst_reviewable_face_first_and_counts_the_tiny_ones(job_output, tmp_path):
+    """By default faces under REVIEW_MIN_FACE px are counted, not drawn: the worst face (face1, parse
+    score 0.5) is 30 px wide, so the page opens on the worst face a reviewer can correct (face2, 0.7)."""
+    from click.testing import CliRunner
+
+    from batch_parse.cli.main import cli
+    from batch_parse.report import REVIEW_MIN_FACE
+
+    dst, source, rows = job_output
+    rows = [dict(r) for r in rows]
+    next(r for r in rows if r["key"] == "faces/face1.jpg")["face_box"] = [10.0, 10.0, 40.0, 50.0]  # 30 x 40 px
+    tiny = tmp_path / "tiny"
+    _write(tiny / VERSION_DIR / "data" / "part-0.parquet", rows,
+           BASE_SCHEMA.with_metadata(file_metadata(MODEL, WEIGHTS, "jpeg", source=str(source))))  # fmt: skip
+    assert 30 < REVIEW_MIN_FACE <= 200  # the 200 px faces are shown, the 30 px one is not
+
+    index = render_output(str(tiny), tmp_path / "default")
+    names = [Path(s).name for s in _panel_sources(index)]
+    page = index.read_text(encoding="utf-8")
+    ids = {r["key"]: r["id"] for r in rows}
+    assert [k for i in names for k, v in ids.items() if i == f"{v:016x}-0.png"] == ["faces/face2.jpg", "faces/face0.jpg"]
+    assert f"--min-face {REVIEW_MIN_FACE:g}" in page and "1 smaller face(s) left out" in page
+    everything = [Path(s).name for s in _panel_sources(render_output(str(tiny), tmp_path / "all", min_face=0))]
+    assert everything[0] == f"{ids['faces/face1.jpg']:016x}-0.png"  # --min-face 0: the tiny worst face first again
+
+    runner = CliRunner()
+    help_text = " ".join(runner.invoke(cli, ["render", "--help"]).output.split())
+    assert f"[default: {REVIEW_MIN_FACE}; x>=0]" in help_text and "0 shows every face" in help_text
+    result = runner.invoke(cli, ["render", str(tiny), "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert (f"drew 2 of 2 face(s), lowest parse score first; 1 face(s) under {REVIEW_MIN_FACE:g} px not shown "
+            "(--min-face 0 shows them)") in result.output

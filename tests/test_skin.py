@@ -201,6 +201,7 @@ def _write_output(dst: Path, names: tuple[str, ...], label_map: np.ndarray, sour
         row[f"{part.name}_box"] = box
         row[f"{part.name}_window"] = [box[0], box[1], box[2], box[1], box[2], box[3], box[0], box[3]]
         row[f"{part.name}_confidence"] = 0.8
+    row["parse_score"] = 0.8
     for c, name in enumerate(names):
         row[f"pixels_{name}"] = int((label_map == c).sum())
     folder = dst / f"{model.replace('/', '_')}-{sha[:8]}" / "data"
@@ -247,6 +248,13 @@ def test_inspect_reads_nine_and_ten_class_files_together(outputs):
     by_model = {v.split("@")[0]: s for v, s in versions.items()}
     assert by_model["stn-icnn/v3"].class_present[SKIN] == 1
     assert by_model["stn-icnn/v2"].class_present[SKIN] == 0 and by_model["stn-icnn/v2"].class_present[5] == 1
+    # The report lists each version's classes from its files' metadata: no skin line for v2.
+    from batch_parse.report.inspect import inspect_output
+
+    text = "\n".join(inspect_output(str(mixed)))
+    v3_block, v2_block = sorted(text.split("\nmodel_version ")[1:], key=lambda b: "stn-icnn/v2" in b.splitlines()[0])
+    assert "classes (10, from the files' metadata)" in v3_block and "\n    skin " in v3_block
+    assert "classes (9, from the files' metadata)" in v2_block and "\n    skin " not in v2_block
 
 
 def test_render_draws_skin_in_its_colour_and_lists_it_from_the_metadata(outputs, tmp_path):
@@ -283,21 +291,57 @@ def test_exports_carry_skin_masks_and_nine_class_outputs_still_export(outputs, t
         out = tmp_path / f"coco-{folder.name}"
         export_output(str(folder), out, "coco")
         coco = COCO(str(out / "annotations.json"))
-        # Category ids are class indices: skin is 9 in every export, absent classes just have no masks.
+        # Category ids are class indices, one per class of the output's own model: skin (9) only for v3.
         parts = [c for c in coco.loadCats(coco.getCatIds()) if c["name"] != "face"]  # "face": the keypoint category
-        assert [(c["id"], c["name"]) for c in parts] == list(enumerate(CLASS_NAMES))[1:]
+        names = CLASS_NAMES if folder is v3 else CLASS_NAMES[:9]
+        assert [(c["id"], c["name"]) for c in parts] == list(enumerate(names))[1:]
         masks = {a["category_id"]: coco.annToMask(a).astype(bool) for a in coco.loadAnns(coco.getAnnIds(catIds=[c["id"] for c in parts]))}
         if folder is v3:
             np.testing.assert_array_equal(masks[SKIN], lm == SKIN)
         else:
             assert SKIN not in masks
         np.testing.assert_array_equal(masks[5], lm == 5)
-    out = tmp_path / "cvat"
-    export_output(str(v3), out, "cvat")
     import zipfile
 
-    with zipfile.ZipFile(next(out.glob("*.zip"))) as archive:
-        assert "skin:0,170,150::" in archive.read("labelmap.txt").decode()
+    for folder in (v3, v2):
+        out = tmp_path / f"cvat-{folder.name}"
+        export_output(str(folder), out, "cvat")
+        with zipfile.ZipFile(next(out.glob("*.zip"))) as archive:
+            assert ("skin:0,170,150::" in archive.read("labelmap.txt").decode()) == (folder is v3)
+
+
+def test_every_export_offers_only_the_classes_of_the_outputs_model(outputs, tmp_path):
+    """A 9-class output's exports name no `skin` anywhere a tool offers classes: Label Studio's brush
+    labels, CVAT's labelmap, the HF ClassLabel and card, FiftyOne's mask targets (read by the tools' own parsers)."""
+    import json
+    import zipfile
+
+    from huggingface_hub import DatasetCard
+    from label_studio_converter import Converter
+
+    from batch_parse.export import export_output
+
+    v3, v2, _ = outputs
+    for folder, names in ((v3, CLASS_NAMES), (v2, CLASS_NAMES[:9])):
+        ls = tmp_path / f"ls-{folder.name}"
+        export_output(str(folder), ls, "labelstudio")
+        converter = Converter(config=str(ls / "labeling_config.xml"), project_dir=str(tmp_path), download_resources=False)
+        assert converter._schema["parts"]["labels"] == list(names[1:])
+        cvat = tmp_path / f"cvat-{folder.name}"
+        export_output(str(folder), cvat, "cvat")
+        with zipfile.ZipFile(next(cvat.glob("*.zip"))) as archive:
+            lines = [line for line in archive.read("labelmap.txt").decode().splitlines()[1:] if not line.startswith("#")]
+        assert [line.split(":")[0] for line in lines] == list(names)
+        hf = tmp_path / f"hf-{folder.name}"
+        export_output(str(folder), hf, "hf")
+        card = DatasetCard.load(hf / "README.md")
+        (feature,) = [f for f in card.data.dataset_info["features"] if f["name"] == "classes"]
+        assert list(feature["list"]["class_label"]["names"].values()) == list(names)
+        assert ("`skin`" in card.text) == (folder is v3)
+        fo = tmp_path / f"fo-{folder.name}"
+        export_output(str(folder), fo, "fiftyone")
+        targets = json.loads((fo / "metadata.json").read_text())["info"]["mask_targets"]["segmentation"]
+        assert list(targets.values()) == list(names)
 
 
 # ---- scoring ----

@@ -20,7 +20,10 @@ def demo(out_dir: Path) -> None:
     from batch_parse.report.inspect import inspect_output
     from batch_parse.report.render import render_output
 
+    from batch_parse.pipeline.ray_noise import filter_native_stderr
+
     labels = out_dir / "labels"
+    filter_native_stderr()  # Ray's C++ log lines off the terminal (unless --verbose), as `run`
     summary = run_job(JobOptions(source=str(IMAGES_DIR), output=str(labels), batch_size=4))
     for line in summary.lines():
         echo(line)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
 import click
@@ -11,32 +9,25 @@ import click
 from batch_parse.cli.redact import echo
 from batch_parse.export import FORMATS
 
-PROGRESS_SECONDS = 2.0
+QUIET_SECONDS = 2.0  # an export shorter than this shows no progress at all
 
 
 class _Progress:
-    """One stderr line every few seconds (redrawn in place on a terminal): rows read, images written, rate."""
+    """The export's progress (report/meter.py): rows read of the output's total, images written."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream, self.tty = stream, stream.isatty()
-        self.start = self.last = time.monotonic()
-        self.shown = False
+    def __init__(self, stream=None):
+        self.stream, self.meter = stream, None
 
     def __call__(self, rows: int, total: int, images: int) -> None:
-        now = time.monotonic()
-        if now - self.last < PROGRESS_SECONDS and rows < total:
-            return
-        if not self.shown and rows >= total and now - self.start < PROGRESS_SECONDS:
-            return  # a short export needs no progress line
-        self.last, self.shown = now, True
-        rate = images / max(now - self.start, 1e-9)
-        line = f"exporting: {rows:,}/{total:,} rows read ({100 * rows / max(total, 1):.0f}%), {images:,} images written, {rate:.1f} images/s"
-        self.stream.write(("\r" + line) if self.tty else line + "\n")
-        self.stream.flush()
+        if self.meter is None:
+            from batch_parse.report.meter import Meter
+
+            self.meter = Meter(total, "exporting: read", unit="rows", stream=self.stream, quiet_for=QUIET_SECONDS)
+        self.meter.set(rows, f"{images:,} images written")
 
     def close(self) -> None:
-        if self.shown and self.tty:
-            self.stream.write("\n")
+        if self.meter is not None:
+            self.meter.close()
 
 
 @click.command()

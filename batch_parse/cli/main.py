@@ -12,6 +12,7 @@ from batch_parse.cli import corrections, demo, export, jobs, model, progress
 from batch_parse.cli.redact import echo, redact
 from batch_parse.cli.policy import policy_options
 from batch_parse.pipeline.options import CROP_FORMATS, SOURCE_FORMATS, JobOptions
+from batch_parse.report import REVIEW_MIN_FACE
 
 _DEFAULTS = JobOptions(source="", output="")
 _MESSAGE_LIMIT = 500
@@ -86,8 +87,12 @@ def _one_line(e: BaseException) -> str:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="batch-parse", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show the traceback of unexpected errors.")
-def cli(debug: bool) -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Show Ray's own logs too (its warnings, core worker and worker lines).")
+def cli(debug: bool, verbose: bool) -> None:
     """Face parsing (STN-iCNN) of image corpora on Ray: S3 or a folder in, Parquet out."""
+    from batch_parse.pipeline.ray_noise import set_verbose
+
+    set_verbose(verbose)
 
 
 def _spec_as_defaults(ctx: click.Context, _param, spec_path: Path | None) -> Path | None:
@@ -180,6 +185,9 @@ def run(ctx: click.Context, src: str | None, dst: str | None, spec_path: Path | 
     plan.check_locations(options)
     from batch_parse.pipeline.job import run_job
 
+    from batch_parse.pipeline.ray_noise import filter_native_stderr
+
+    filter_native_stderr()  # Ray's C++ log lines off the terminal (unless --verbose)
     summary = run_job(options)
     for line in summary.lines():
         echo(line)
@@ -222,15 +230,20 @@ def inspect(dst: str, endpoint_url: str | None) -> None:
                    "Up to as many images without a face and error rows are listed.")
 @click.option("--where", help="Show only rows matching COLUMN OP VALUE clauses joined by 'and', as `export --where`, "
                               "e.g. \"face_score >= 0.99 and mouth_confidence < 0.8\".")
-@click.option("--min-face", type=click.FloatRange(min=0), help="Skip faces whose box is smaller than PX pixels on its shorter side.")
+@click.option("--min-face", type=click.FloatRange(min=0), default=REVIEW_MIN_FACE, show_default=True, metavar="PX",
+              help="Show faces whose box is at least PX pixels on its shorter side (smaller ones cannot be reviewed; "
+                   "they are counted). 0 shows every face.")
 @click.option("--endpoint-url", show_default="AWS", help="S3-compatible endpoint.")
-def render(dst: str, out_dir: Path, limit: int, where: str | None, min_face: float | None, endpoint_url: str | None) -> None:
+def render(dst: str, out_dir: Path, limit: int, where: str | None, min_face: float, endpoint_url: str | None) -> None:
     """Draw label overlays of an output as an HTML page."""
-    from batch_parse.report.render import render_output
+    from batch_parse.report.render import render as render_pages
 
     from batch_parse.storage.location import parse_location
 
-    index = render_output(parse_location(dst, endpoint_url), out_dir, limit, where=where, min_face=min_face)
+    index, selection = render_pages(parse_location(dst, endpoint_url), out_dir, limit, where=where, min_face=min_face)
+    echo(f"drew {len(selection.rows)} of {selection.ok_total:,} face(s), lowest parse score first"
+         + (f"; {selection.faces_too_small:,} face(s) under {min_face:g} px not shown (--min-face 0 shows them)"
+            if selection.faces_too_small else ""))
     echo(f"wrote {index}")
 
 

@@ -32,7 +32,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from batch_parse.corrections.split import FaceRegion, split_photo
-from batch_parse.output.codec import decode_label_map, encode_png
+from batch_parse.output.codec import decode_label_map, encode_label_map
 from batch_parse.output.layout import DATA_DIR, STATE_DIR
 from batch_parse.storage.location import Location
 from batch_parse.output.schema import (
@@ -84,8 +84,11 @@ class ImportResult:
 
 
 def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str, original: str | Location, *,
-                       helen: str | os.PathLike | None = None) -> ImportResult:
-    """Import the corrected labels in `src` (a `tool` export) of the output `original` into the new folder `out`."""
+                       helen: str | os.PathLike | None = None, skip_unknown_labels: bool = False) -> ImportResult:
+    """Import the corrected labels in `src` (a `tool` export) of the output `original` into the new folder `out`.
+
+    A label the original's model lacks (`skin` painted on a 9-class output) is refused in one line
+    naming the task, before any row is read; skip_unknown_labels leaves those regions out instead."""
     from batch_parse.output.dataset import open_output
 
     if tool not in TOOLS:
@@ -115,6 +118,8 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
         if not tasks:
             raise ValueError(f"{src}: no task has a submitted annotation (tasks.json as exported holds predictions only: "
                              "review in Label Studio, then Export > JSON)")
+        _check_labels(labelstudio.unknown_labels(tasks, class_names), src, versions, class_names, skip_unknown_labels,
+                      result, "region(s)")
         wanted = {}
         for task in tasks:
             if task.id in wanted:
@@ -131,6 +136,7 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
         from batch_parse.corrections import cvat
 
         items, colours = cvat.read_archive(src, class_names)
+        _check_labels(cvat.unknown_labels(items, colours), src, versions, class_names, skip_unknown_labels, result, "pixel(s)")
         by_name = _names(faces)
         ids = {}
         for item in items:
@@ -145,18 +151,22 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
     # 2. Every photo split back into its faces, all in memory before anything is written.
     built: list[dict] = []
     photos = list(wanted.values()) if tool == "labelstudio" else list(ids.items())
-    for entry in photos:
+    from batch_parse.report.meter import Meter
+
+    meter = Meter(len(photos), "importing", unit="images", quiet_for=2.0)  # shown only when it takes a while
+    for done, entry in enumerate(photos):
+        meter.set(done)
         image_id = entry.id if tool == "labelstudio" else entry[0]
         photo_rows = rows[image_id]
         first = photo_rows[0]
         width, height = first["width"], first["height"]
         regions = [_region(r) for r in photo_rows if r["status"] == STATUS_OK]
         if tool == "labelstudio":
-            drawn = labelstudio.drawn(entry, width, height, regions, class_names)
+            drawn = labelstudio.drawn(entry, width, height, regions, class_names, skip_unknown_labels)
             classes, hint, boxes, who, when = drawn.classes, drawn.hint, drawn.boxes, entry.corrected_by, entry.corrected_at
             result.unmatched_boxes += drawn.unmatched_boxes
         else:
-            classes, hint, boxes, who, when = cvat.classes(entry[1], colours, width, height), None, {}, None, None
+            classes, hint, boxes, who, when = cvat.classes(entry[1], colours, width, height, skip_unknown_labels), None, {}, None, None
         if not regions:  # a no_face image: confirmed as such; anything drawn has no face row to go to
             result.left_out_pixels += int((classes != 0).sum())
             built.append(_mark(dict(first), tool, who, when, 0))
@@ -167,7 +177,7 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
         for k, (row, region) in enumerate(zip(photo_rows, regions)):
             row = dict(row)
             if split.changed[k]:
-                row["label_map"] = encode_png(split.maps[k])
+                row["label_map"] = encode_label_map(split.maps[k])
                 for c, count in enumerate(np.bincount(split.maps[k].ravel(), minlength=len(class_names))[: len(class_names)]):
                     row[f"pixels_{class_names[c]}"] = int(count)
                 result.faces_changed += 1
@@ -178,6 +188,7 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
             built.append(_mark(row, tool, who, when, split.changed[k]))
             result.faces += 1
         result.images += 1
+    meter.close(len(photos))
     if result.not_reviewed:
         result.notes.append(f"{result.not_reviewed} task(s) without a submitted annotation were not reviewed: left out")
     if result.left_out_pixels:
@@ -213,6 +224,23 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
             shutil.rmtree(out, ignore_errors=True)  # the second move failed: neither stays
         raise
     return result
+
+
+def _check_labels(unknown: list[tuple], src: Path, versions: list[str], class_names: list[str], skip: bool,
+                  result: ImportResult, unit: str) -> None:
+    """Refuse (one line, naming the first task or item) or note labels the original's model lacks."""
+    if not unknown:
+        return
+    labels = sorted({label for _, label, _ in unknown})
+    first, label, _ = unknown[0]
+    where = f"{first.where}" + (f" (key {first.key!r})" if getattr(first, "key", None) else "")
+    model = versions[0] if versions else "the original's model"
+    if not skip:
+        raise ValueError(f"{src}: {where} paints {label!r}, a class {model} does not label (its classes: "
+                         f"{', '.join(class_names[1:])}); {len({id(u[0]) for u in unknown})} task(s) use {', '.join(map(repr, labels))}: "
+                         "remove those regions in the tool, or import with --skip-unknown-labels to leave them out")
+    result.notes.append(f"left out {sum(n for _, _, n in unknown):,} {unit} labelled {', '.join(map(repr, labels))} in "
+                        f"{len({id(u[0]) for u in unknown})} task(s): not a class of {model}")
 
 
 def _staging(target: Path) -> Path:

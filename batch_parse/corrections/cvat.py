@@ -70,24 +70,46 @@ def _labelmap(text: str, class_names: list[str], path: Path) -> dict[int, int | 
     return colours
 
 
-def classes(item: Item, colours: dict[int, int | str], width: int, height: int) -> np.ndarray:
-    """The item's (height, width) class map; ValueError for another size or a colour that is no class."""
+def unknown_labels(items: list[Item], colours: dict[int, int | str]) -> list[tuple[Item, str, int]]:
+    """(item, label, pixels) for every label of labelmap.txt the output's model lacks that an item
+    uses (e.g. `skin` painted on a 9-class output), checked before any row is read."""
+    named = {colour: name for colour, name in colours.items() if isinstance(name, str)}
+    found = []
+    if not named:
+        return found
+    for item in items:
+        packed = _packed(item)[0]
+        values, counts = np.unique(packed, return_counts=True)
+        found += [(item, named[v], int(n)) for v, n in zip(values.tolist(), counts.tolist()) if v in named]
+    return found
+
+
+def _packed(item: Item) -> tuple[np.ndarray, tuple[int, int]]:
     try:
         with Image.open(io.BytesIO(item.png)) as png:
             size = png.size
             rgb = np.asarray(png.convert("RGB"), np.uint32)
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad bytes
         raise ValueError(f"{item.where}: not a readable PNG ({exc})") from None
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2], size
+
+
+def classes(item: Item, colours: dict[int, int | str], width: int, height: int, skip_unknown: bool = False) -> np.ndarray:
+    """The item's (height, width) class map; ValueError for another size or a colour that is no class.
+
+    skip_unknown: pixels of a label the output's model lacks read as background (as not painted)."""
+    packed, size = _packed(item)
     if size != (width, height):
         raise ValueError(f"{item.where}: the mask is {size[0]}x{size[1]}, the image in the original output is {width}x{height}")
-    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     found, inverse = np.unique(packed, return_inverse=True)
     lut = np.zeros(len(found), np.uint8)
     for i, colour in enumerate(found.tolist()):
         cls = colours.get(colour)
         if cls is None:
             raise ValueError(f"{item.where}: colour {(colour >> 16, (colour >> 8) & 255, colour & 255)} is no label of {LABELMAP}")
-        if isinstance(cls, str):
+        if isinstance(cls, str) and skip_unknown:
+            cls = 0
+        elif isinstance(cls, str):
             raise ValueError(f"{item.where}: label {cls!r} is no batch-parse class (background or a part: "
                              "the model has no other classes)")
         lut[i] = cls

@@ -150,8 +150,27 @@ def decode_brush(rle: list[int], size: int) -> np.ndarray:
     return values.reshape(-1, CHANNELS)[:, 3] >= 128
 
 
-def drawn(task: Task, width: int, height: int, faces: list[FaceRegion], class_names: list[str]) -> Drawn:
-    """Paint the task's brush regions into a class map of the photo's size; match its boxes to faces."""
+def unknown_labels(tasks: list[Task], class_names: list[str]) -> list[tuple[Task, str, int]]:
+    """(task, label, regions) for every brush label the output's model lacks (e.g. `skin` painted on
+    a 9-class output), checked before any row is read so an import never fails half way."""
+    found: dict[tuple[int, str], list] = {}
+    for number, task in enumerate(tasks):
+        for result in task.results:
+            if not isinstance(result, dict) or result.get("type") != BRUSH:
+                continue
+            labels = (result.get("value") or {}).get(BRUSH) or []
+            for label in labels if isinstance(labels, list) else [labels]:
+                if label not in class_names[1:]:
+                    found.setdefault((number, str(label)), [task, str(label), 0])[2] += 1
+    return [tuple(v) for v in found.values()]
+
+
+def drawn(task: Task, width: int, height: int, faces: list[FaceRegion], class_names: list[str],
+          skip_unknown: bool = False) -> Drawn:
+    """Paint the task's brush regions into a class map of the photo's size; match its boxes to faces.
+
+    skip_unknown: leave out regions labelled with a class the output's model lacks (unknown_labels
+    says which), as if they were not drawn; otherwise they are an error."""
     classes = np.zeros((height, width), np.uint8)
     hint = np.full((height, width), -1, np.int32)
     positions = {f.index: k for k, f in enumerate(faces)}
@@ -177,6 +196,8 @@ def drawn(task: Task, width: int, height: int, faces: list[FaceRegion], class_na
         if value.get("format") != "rle" or not isinstance(value.get("rle"), list):
             raise ValueError(f"{task.where} (key {task.key!r}) result {number}: a brush region not in RLE format")
         labels = value.get(BRUSH) or []
+        if skip_unknown and len(labels) == 1 and labels[0] not in class_names[1:]:
+            continue
         if len(labels) != 1 or labels[0] not in class_names[1:]:
             raise ValueError(f"{task.where} (key {task.key!r}) result {number}: brush label {labels!r} is not one part class "
                              f"({', '.join(class_names[1:])})")

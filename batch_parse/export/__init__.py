@@ -1,7 +1,9 @@
 """`batch-parse export`: a job's output in the formats labelling and dataset tools open as they are.
 
 One module per format (coco, cvat, labelstudio, hf, fiftyone), each a function
-`export(photos, out, originals, result)`; faces.py reads the output photo by photo for all of them.
+`export(photos, out, originals, result, labels)`; faces.py reads the output photo by photo for all of them.
+`labels` (LabelSet) is what the output's own metadata says about its labels: the classes and
+colours of the model that wrote it, so a 9-class output never offers a `skin` class to annotate.
 Every format writes into a fresh local folder OUT; originals are referenced by their key (a local
 path or an s3:// URI) unless `--copy-images` puts them in OUT/images (hf: inside the Parquet).
 """
@@ -15,10 +17,42 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batch_parse.model.licence import Licence, output_licence
 from batch_parse.storage.location import Location
 
 FORMATS = ("coco", "cvat", "labelstudio", "hf", "fiftyone")
 IMAGES_DIR = "images"  # where --copy-images puts the originals, named by faces.copied_name(key)
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """The labels an export describes, from the output files' metadata (never from labels.py's full list)."""
+
+    class_names: tuple[str, ...]  # label map values index these; background first
+    class_colors: tuple[tuple[int, int, int], ...]
+    model_versions: tuple[str, ...]  # model@hash of the files exported
+    licence: Licence  # the labels' terms, from the files' metadata (model/licence.py)
+
+    @property
+    def part_classes(self) -> tuple[tuple[int, str], ...]:
+        """(index, name) of every class but background: the categories and labels a tool offers."""
+        return tuple((i, name) for i, name in enumerate(self.class_names) if i)
+
+
+def label_set(files) -> LabelSet:
+    """The LabelSet of output files (reader.OutputFile): their model's classes and colours.
+
+    Class lists are prefixes of labels.CLASS_NAMES (a 9-class model's are a 10-class one's minus
+    skin), so files of two models (exported apart by --where model_version) describe their labels
+    with the longest list; one model's files always agree.
+    """
+    from batch_parse.output.schema import file_class_colors, file_class_names
+
+    metas = [f.metadata for f in files]
+    longest = max(metas, key=lambda m: len(file_class_names(m)))
+    versions = sorted({f"{m.get('model')}@{str(m.get('weights_sha256'))[:8]}" for m in metas})
+    # One model per export (export_output refuses two unless --where picks one): its files share one licence.
+    return LabelSet(file_class_names(longest), file_class_colors(longest), tuple(versions), output_licence(longest))
 
 
 @dataclass
@@ -89,7 +123,7 @@ def export_output(dst: str | Location, out: str | os.PathLike, fmt: str, *, wher
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        module.export(photos, out, Originals(output.location) if copy_images else None, result)
+        module.export(photos, out, Originals(output.location) if copy_images else None, result, label_set(output.files))
     except BaseException:
         # No half export left behind to be imported by mistake; the folder was empty or new.
         if created:

@@ -1,7 +1,8 @@
 """COCO instance segmentation (annotations.json): one annotation per part class per face, masks as RLE,
 and one `face` annotation per face with its box and five landmarks as keypoints.
 
-Part categories: ids are our class indices (labels.CLASS_NAMES; background has none), masks are
+Part categories: ids are our class indices, one per class of the output's model (its metadata's
+`class_names`: no `skin` category for 9-class weights; background has none), masks are
 pycocotools' compressed RLE over the whole image, `bbox` and `area` are pycocotools' own, and
 `score` is the confidence of the part the class belongs to (`mouth` for the three lip/mouth
 classes). The `face` category (id FACE_CATEGORY_ID) is a keypoint category: its annotations hold
@@ -26,15 +27,16 @@ from pathlib import Path
 import numpy as np
 
 from batch_parse.export.faces import IMAGES_DIR, Originals, Photo
-from batch_parse.labels import CLASS_NAMES, CLASS_PART, LANDMARK_EDGES, LANDMARK_NAMES, NUM_CLASSES, PART_NAMES
+from batch_parse.labels import CLASS_PART, LANDMARK_EDGES, LANDMARK_NAMES, NUM_CLASSES, PART_NAMES
 from batch_parse.output.quality import PARSE_SCORE
 
 COLUMNS: tuple[str, ...] = ()
 ANNOTATIONS = "annotations.json"
 SUPERCATEGORY = "face"
-FACE_CATEGORY_ID = NUM_CLASSES  # after the part classes 1..NUM_CLASSES-1
+FACE_CATEGORY_ID = NUM_CLASSES  # after every class any model has: the same id whatever the output's classes
 FACE_CATEGORY = "face"
 VISIBLE = 2  # COCO keypoint visibility: labelled and visible
+LICENCE_ID = 1
 
 
 def check_installed() -> None:
@@ -44,7 +46,7 @@ def check_installed() -> None:
         raise ValueError("--to coco needs pycocotools: pip install 'batch-parse[export]'") from exc
 
 
-def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result) -> None:
+def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result, labels) -> None:
     from pycocotools import mask as coco_mask
 
     images, annotations, sources, versions = [], [], set(), set()
@@ -57,7 +59,7 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
         images.append({
             "id": image_id, "file_name": photo.key if copied is None else copied.removeprefix(f"{IMAGES_DIR}/"),
             "width": photo.width, "height": photo.height, "coco_url": photo.uri(),
-            "batch_parse_id": str(photo.id), "key": photo.key, "face_count": len(photo.faces),
+            "batch_parse_id": str(photo.id), "key": photo.key, "face_count": len(photo.faces), "license": LICENCE_ID,
             PARSE_SCORE: min(scores) if scores else None,
         })  # fmt: skip
         for position, face in enumerate(photo.faces):
@@ -80,12 +82,16 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
             "model_version": ", ".join(sorted(versions)),
             "image_root": IMAGES_DIR if originals else ", ".join(sorted(s or "unknown" for s in sources)),
             "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "licence": labels.licence.as_dict(),
         },
-        "licenses": [],
+        # COCO's licence list: one entry, the labels' (every image and annotation is under it; the
+        # images keep their own terms, which the output does not know).
+        "licenses": [{"id": LICENCE_ID, "name": labels.licence.name, "url": labels.licence.link,
+                      "terms": labels.licence.terms, "source": labels.licence.source}],
         "images": images,
         "annotations": annotations,
         "categories": [
-            *({"id": cls, "name": name, "supercategory": SUPERCATEGORY} for cls, name in enumerate(CLASS_NAMES) if cls),
+            *({"id": cls, "name": name, "supercategory": SUPERCATEGORY} for cls, name in labels.part_classes),
             {"id": FACE_CATEGORY_ID, "name": FACE_CATEGORY, "supercategory": SUPERCATEGORY, "keypoints": list(LANDMARK_NAMES),
              "skeleton": [[a + 1, b + 1] for a, b in LANDMARK_EDGES]},  # COCO skeletons count keypoints from 1
         ],

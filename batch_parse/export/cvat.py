@@ -1,6 +1,6 @@
 """CVAT "Segmentation mask 1.1" archive (Pascal VOC segmentation layout), importable into a CVAT task as is.
 
-    labelmap.txt                          our classes and colours (labels.py), background first
+    labelmap.txt                          the output's classes and colours (its metadata), background first
     ImageSets/Segmentation/default.txt    one item per image: its key without the extension
     SegmentationClass/<item>.png          paletted PNG: pixel index = class index, palette = class colours
     SegmentationObject/<item>.png         paletted PNG: pixel index = instance (one per part class per face), VOC palette
@@ -22,11 +22,12 @@ import numpy as np
 from PIL import Image
 
 from batch_parse.export.faces import IMAGES_DIR, Originals, Photo, safe_relative
-from batch_parse.labels import CLASS_COLORS, CLASS_NAMES
+from batch_parse.labels import CLASS_COLORS
 
 COLUMNS: tuple[str, ...] = ()
 ARCHIVE = "segmentation-mask-1.1.zip"
 LABELMAP_HEADER = "# label:color_rgb:parts:actions"
+LICENCE_FILE = "LICENCE.txt"
 MAX_INSTANCES = 255  # SegmentationObject is an 8-bit paletted PNG; 0 is background
 
 
@@ -34,8 +35,10 @@ def check_installed() -> None:
     """Nothing beyond Pillow: the archive is PNGs and text."""
 
 
-def labelmap() -> str:
-    lines = [LABELMAP_HEADER] + [f"{name}:{','.join(map(str, color))}::" for name, color in zip(CLASS_NAMES, CLASS_COLORS)]
+def labelmap(class_names: tuple[str, ...], class_colors: tuple[tuple[int, int, int], ...], licence=None) -> str:
+    # CVAT and Datumaro skip '#' lines: the licence rides along as a comment, and in LICENCE.txt.
+    notes = [f"# licence: {licence.line()}"] if licence else []
+    lines = [LABELMAP_HEADER, *notes] + [f"{name}:{','.join(map(str, color))}::" for name, color in zip(class_names, class_colors)]
     return "\n".join(lines) + "\n"
 
 
@@ -53,6 +56,7 @@ def voc_palette(n: int = 256) -> np.ndarray:
     return palette
 
 
+# Every class any model has: an output's label maps index a prefix of them.
 _CLASS_PALETTE = np.zeros((256, 3), np.uint8)
 _CLASS_PALETTE[: len(CLASS_COLORS)] = CLASS_COLORS
 _INSTANCE_PALETTE = voc_palette()
@@ -66,10 +70,11 @@ def _paletted_png(indices: np.ndarray, palette: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result) -> None:
+def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result, labels) -> None:
     items: dict[str, str] = {}  # item name -> key, to refuse two images CVAT would take for one
     with zipfile.ZipFile(out / ARCHIVE, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("labelmap.txt", labelmap())
+        archive.writestr("labelmap.txt", labelmap(labels.class_names, labels.class_colors, labels.licence))
+        archive.writestr(LICENCE_FILE, labels.licence.line() + "\n")
         for photo in photos:
             if originals is not None:
                 # The task is made from OUT/images: items are named as the copies are (unique already).

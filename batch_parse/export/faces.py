@@ -32,7 +32,7 @@ from batch_parse.output.quality import (
     parse_score,
     parts_found,
 )
-from batch_parse.output.reader import Output, OutputFile
+from batch_parse.output.reader import Output, OutputFile, derive_columns, source_columns
 from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
@@ -188,10 +188,12 @@ def _file_batches(output: Output, file: OutputFile, columns: list[str]) -> Itera
     try:
         with output.filesystem.open_input_file(file.path) as stream:
             parquet = pq.ParquetFile(stream)
-            missing = [c for c in columns if c not in parquet.schema_arrow.names]
+            required = source_columns(parquet.schema_arrow.names, columns)  # parse_score of older files: computed
+            missing = [c for c in required if c not in parquet.schema_arrow.names]
             if missing:
                 raise ValueError(f"{name}: column(s) {', '.join(missing)} missing: written by an incompatible batch-parse version?")
-            yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=required):
+                yield derive_columns(batch, columns)
     except OSError as exc:
         raise StorageError(f"cannot read {name}: {describe_error(exc, output.location)}") from exc
 

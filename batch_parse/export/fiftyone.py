@@ -3,7 +3,7 @@
 FiftyOne's JSON dataset layout (the one its importer recognises by a metadata.json without a
 `version`, and reads with Sample.from_dict):
 
-    metadata.json                 mask targets = our class names, class colours for the App, model version
+    metadata.json                 mask targets = the output's class names, class colours for the App, model version
     samples.json                  {"samples": [...]}: filepath, key, batch_parse_id, segmentation, faces, landmarks
     fields/segmentation/<id>.png  each image's label map (8-bit, pixel = class index): a Segmentation's mask_path
 
@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from batch_parse.export.faces import Originals, Photo, write_file
-from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, LANDMARK_EDGES, LANDMARK_NAMES, PART_NAMES
+from batch_parse.labels import LANDMARK_EDGES, LANDMARK_NAMES, PART_NAMES
 from batch_parse.output.quality import PARSE_SCORE
 from batch_parse.storage.location import parse_location
 
@@ -51,15 +51,17 @@ def check_installed() -> None:
     """Nothing: the folder is JSON and PNGs; loading it needs fiftyone (see the README)."""
 
 
-def metadata(model_versions: list[str]) -> dict:
-    mask_colors = [{"intTarget": i, "color": "#" + bytes(color).hex()} for i, color in enumerate(CLASS_COLORS) if i]
+def metadata(model_versions: list[str], labels) -> dict:
+    """metadata.json: mask targets and colours of the output's own classes (labels: export.LabelSet)."""
+    mask_colors = [{"intTarget": i, "color": "#" + bytes(color).hex()} for i, color in enumerate(labels.class_colors) if i]
     return {
         "name": "batch-parse",
         "media_type": "image",
         "info": {
             "description": "batch-parse face parsing labels (STN-iCNN)",
             "model_version": ", ".join(model_versions),
-            "mask_targets": {SEGMENTATION_FIELD: {str(i): name for i, name in enumerate(CLASS_NAMES)}},
+            "licence": labels.licence.as_dict(),  # dataset.info["licence"] once loaded
+            "mask_targets": {SEGMENTATION_FIELD: {str(i): name for i, name in enumerate(labels.class_names)}},
             "classes": {FACES_FIELD: [FACE_LABEL], LANDMARKS_FIELD: [FACE_LABEL]},
             "skeletons": {LANDMARKS_FIELD: {"labels": list(LANDMARK_NAMES), "edges": [list(e) for e in LANDMARK_EDGES]}},
             "app_config": {
@@ -139,7 +141,7 @@ def _sample(photo: Photo, filepath: str, mask_path: str, size_bytes: int | None)
     }
 
 
-def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result) -> None:
+def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result, labels) -> None:
     versions: set[str] = set()
     with open(out / SAMPLES, "w", encoding="utf-8") as f:
         f.write('{"samples": [')
@@ -164,5 +166,5 @@ def export(photos: Iterable[Photo], out: Path, originals: Originals | None, resu
             result.images += 1
             result.faces += len(photo.faces)
         f.write("\n]}\n")
-    (out / METADATA).write_text(json.dumps(metadata(sorted(versions)), indent=1), encoding="utf-8")
+    (out / METADATA).write_text(json.dumps(metadata(sorted(versions), labels), indent=1), encoding="utf-8")
     result.files += [METADATA, SAMPLES, MASKS_DIR + "/"]

@@ -2,7 +2,7 @@
 
 One row per image: `image`, `label_map` (the photo-sized class map, union of its faces) and every
 face's crops are `Image` features, so `ds[0]["label_map"]` is a PIL image; `classes` (the classes
-present) is a list of `ClassLabel(names=CLASS_NAMES)`, which carries the class names in the
+present) is a list of `ClassLabel(names=<the output's class_names>)`, which carries the class names in the
 features (`ds.features["classes"].feature.names`). The features travel in the Parquet schema
 metadata (key `huggingface`), written by the installed `datasets` itself so its version reads them.
 `image` holds the original's path (local path or s3:// URI, which needs s3fs) or, with
@@ -25,13 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch_parse.export.faces import Originals, Photo, copied_name
-from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, PART_NAMES
+from batch_parse.labels import PART_NAMES
 from batch_parse.output.codec import encode_png
 from batch_parse.output.quality import PARSE_SCORE, PARSE_SCORE_DOC
 
 COLUMNS: tuple[str, ...] = ("label_map", *(f"{p}_{c}" for p in PART_NAMES for c in ("crop", "box", "confidence")))
 DATA = "data/train-00000-of-00001.parquet"
 CARD = "README.md"
+LICENCE = "LICENCE.md"  # the card's license_link: a file of the dataset itself, as the Hub resolves it
 ROW_GROUP = 64  # images per row group: embedded originals keep a group to tens of MB
 
 
@@ -44,8 +45,8 @@ def check_installed() -> None:
         raise ValueError(f"--to hf needs datasets >= 4 (installed: {datasets.__version__}): pip install -U datasets")
 
 
-def features():
-    """The dataset's features (datasets.Features)."""
+def features(class_names: tuple[str, ...]):
+    """The dataset's features (datasets.Features) for an output with these classes (its metadata's)."""
     from datasets import ClassLabel, Features, List, Value
     from datasets import Image as ImageFeature
 
@@ -73,7 +74,7 @@ def features():
         "model_version": Value("string"),
         PARSE_SCORE: Value("float32"),  # the lowest of the faces'; null without a face
         "label_map": ImageFeature(),
-        "classes": List(ClassLabel(names=list(CLASS_NAMES))),
+        "classes": List(ClassLabel(names=list(class_names))),
         "faces": List(face),
     })  # fmt: skip
 
@@ -82,7 +83,7 @@ def _image(data: bytes | None, path: str | None = None) -> dict | None:
     return None if data is None and path is None else {"bytes": data, "path": path}
 
 
-def _row(photo: Photo, originals: Originals | None) -> dict:
+def _row(photo: Photo, originals: Originals | None, num_classes: int) -> dict:
     label_map, _ = photo.label_maps()
     image = _image(originals.read(photo), copied_name(photo.key)) if originals else _image(None, photo.uri())
     faces = []
@@ -98,7 +99,7 @@ def _row(photo: Photo, originals: Originals | None) -> dict:
             row[f"{part}_box"] = face.columns[f"{part}_box"]
             row[f"{part}_confidence"] = face.columns[f"{part}_confidence"]
         faces.append(row)
-    present = np.flatnonzero(np.bincount(label_map.ravel(), minlength=len(CLASS_NAMES)))
+    present = np.flatnonzero(np.bincount(label_map.ravel(), minlength=num_classes))
     scores = photo.parse_scores()
     return {
         "image": image, "id": photo.id, "key": photo.key, "width": photo.width, "height": photo.height,
@@ -107,22 +108,26 @@ def _row(photo: Photo, originals: Originals | None) -> dict:
     }  # fmt: skip
 
 
-def card(images: int, faces: int, versions: list[str], sources: list[str]) -> str:
+def card(images: int, faces: int, versions: list[str], sources: list[str], labels, num_bytes: int = 0) -> str:
     """README.md: the dataset card, a YAML header the Hub and `datasets` read, then what the columns mean."""
     from huggingface_hub import DatasetCardData
 
     header = DatasetCardData(
         pretty_name="batch-parse face parsing labels",
-        license="other",  # the labels inherit the weights' terms: see the body
+        license="other",  # the labels inherit the weights' terms, named here and in LICENCE.md
+        license_name=labels.licence.name,
+        license_link=LICENCE,
         annotations_creators=["machine-generated"],
         task_categories=["image-segmentation"],
         task_ids=["semantic-segmentation"],
         size_categories=[_size_category(images)],
         tags=["face-parsing", "batch-parse", "stn-icnn"],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
-        dataset_info={"features": features()._to_yaml_list(), "splits": [{"name": "train", "num_examples": images}]},
+        # num_bytes: datasets calls a split without it malformed and warns on every load.
+        dataset_info={"features": features(labels.class_names)._to_yaml_list(),
+                      "splits": [{"name": "train", "num_bytes": num_bytes, "num_examples": images}]},
     )
-    rows = "\n".join(f"| {i} | `{name}` | rgb{tuple(color)} |" for i, (name, color) in enumerate(zip(CLASS_NAMES, CLASS_COLORS)))
+    rows = "\n".join(f"| {i} | `{name}` | rgb{tuple(color)} |" for i, (name, color) in enumerate(zip(labels.class_names, labels.class_colors)))
     return (
         f"---\n{header.to_yaml()}\n---\n\n"
         "# batch-parse face parsing labels\n\n"
@@ -139,8 +144,8 @@ def card(images: int, faces: int, versions: list[str], sources: list[str]) -> st
         'ds.features["classes"].feature.names\n'
         'doubtful = ds.sort("parse_score").select(range(20))  # the least confident images first\n```\n\n'
         f"| index | class | colour |\n|---|---|---|\n{rows}\n\n"
-        "## Licence\n\nThe labels are the output of batch-parse's STN-iCNN weights, trained on data sets for non-commercial\n"
-        "research only (see the model card in batch_parse/model/weights/MODEL_CARD.md); the images keep their own terms.\n"
+        f"## Licence\n\n`{labels.licence.name}`: {labels.licence.terms}. Why: {labels.licence.source}. "
+        f"See {labels.licence.link} (in the batch-parse package) and {LICENCE}.\n"
     )
 
 
@@ -152,24 +157,31 @@ def _size_category(n: int) -> str:
     return "10M<n<100M"
 
 
-def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result) -> None:
-    schema = features().arrow_schema
+def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result, labels) -> None:
+    schema = features(labels.class_names).arrow_schema
     path = out / DATA
     path.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     versions, sources = set(), set()
+    num_bytes = 0  # Arrow bytes of the split, as datasets counts them
     with pq.ParquetWriter(path, schema) as writer:
         for photo in photos:
             versions.add(photo.model_version)
             sources.add(photo.source or "")
-            rows.append(_row(photo, originals))
+            rows.append(_row(photo, originals, len(labels.class_names)))
             result.copied += originals is not None
             result.images += 1
             result.faces += len(photo.faces)
             if len(rows) == ROW_GROUP:
-                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                table = pa.Table.from_pylist(rows, schema=schema)
+                writer.write_table(table)
+                num_bytes += table.nbytes
                 rows = []
         if rows or result.images == 0:
-            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-    (out / CARD).write_text(card(result.images, result.faces, sorted(versions), sorted(filter(None, sources))), encoding="utf-8")
-    result.files += [DATA, CARD]
+            table = pa.Table.from_pylist(rows, schema=schema)
+            writer.write_table(table)
+            num_bytes += table.nbytes
+    (out / CARD).write_text(card(result.images, result.faces, sorted(versions), sorted(filter(None, sources)), labels, num_bytes),
+                            encoding="utf-8")
+    (out / LICENCE).write_text(f"# Licence of these labels\n\n{labels.licence.line()}\n", encoding="utf-8")
+    result.files += [DATA, CARD, LICENCE]

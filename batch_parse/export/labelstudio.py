@@ -3,7 +3,8 @@
 Each part class of each face is one `brushlabels` result in Label Studio's own RLE (the
 rle-pack bit stream its brush tool decodes: an RGBA image of the photo's size, flattened), and
 each face one `rectanglelabels` box. labeling_config.xml has one <BrushLabels> label per class
-with our colours. Import: create a project, paste the config (Settings > Labeling Interface >
+with our colours, for the classes of the output's model only (its metadata's `class_names`: a
+9-class output offers no `skin` to paint, which its import could not take back). Import: create a project, paste the config (Settings > Labeling Interface >
 Code), then Import tasks.json.
 
 Parse quality, where Label Studio sorts and filters by it: each brush region's `score` is its
@@ -30,7 +31,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from batch_parse.export.faces import Originals, Photo
-from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, CLASS_PART, PART_NAMES
+from batch_parse.labels import CLASS_NAMES, CLASS_PART, PART_NAMES
 from batch_parse.output.quality import PARSE_SCORE
 from batch_parse.storage.location import parse_location
 
@@ -46,19 +47,30 @@ RUN_BITS = (3, 4, 8, 16)
 CHANNELS = 4  # the brush mask is RGBA; all four channels carry the mask
 
 
+# Our brush RLE, not label-studio-sdk's converter (issue 27 item 8), for measured reasons: `pip install
+# label-studio-sdk` (2.1.2, Apache-2.0) would pull 29 more packages into a labelling job's
+# environment (black, Faker, datamodel-code-generator, opencv-python-headless, rich, typer, ...) and
+# pin numpy back to 2.2; and its mask2rle, a Python loop per pixel, took 3.4 ms for a 640x480 part
+# mask and 37.5 ms for 1440x1080 where brush_rle takes 1.0 and 7.5 ms (runs from the mask's
+# transitions), for the same bytes. Both directions are checked against the converter's own
+# decoder and encoder in tests/test_export.py and tests/test_import.py.
+
+
 def check_installed() -> None:
     """Nothing: the RLE is written here and checked against label-studio-converter's decoder in the tests."""
 
 
-def labeling_config() -> str:
+def labeling_config(class_names: tuple[str, ...], class_colors: tuple[tuple[int, int, int], ...], licence=None) -> str:
+    """The project's labeling interface; licence (model/licence.py) is shown above every task."""
     labels = "\n".join(
         f"    <Label value={quoteattr(name)} background={quoteattr('#' + bytes(color).hex())}/>"
-        for name, color in zip(CLASS_NAMES, CLASS_COLORS)
-        if name != CLASS_NAMES[0]
+        for name, color in zip(class_names[1:], class_colors[1:])
     )
+    notice = f"  <Header value={quoteattr('Labels: ' + licence.name + ' - ' + licence.terms)} size=\"6\"/>\n" if licence else ""
     return (
         "<View>\n"
         '  <Header value="$key"/>\n'
+        f"{notice}"
         f'  <Image name="{IMAGE_TAG}" value="$image" zoom="true" zoomControl="true"/>\n'
         f'  <BrushLabels name="{BRUSH_TAG}" toName="{IMAGE_TAG}">\n{labels}\n  </BrushLabels>\n'
         f'  <RectangleLabels name="{FACE_TAG}" toName="{IMAGE_TAG}">\n'
@@ -149,14 +161,15 @@ def quality_fields(photo: Photo) -> dict:
     }
 
 
-def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result) -> None:
-    (out / CONFIG).write_text(labeling_config(), encoding="utf-8")
+def export(photos: Iterable[Photo], out: Path, originals: Originals | None, result, labels) -> None:
+    (out / CONFIG).write_text(labeling_config(labels.class_names, labels.class_colors, labels.licence), encoding="utf-8")
     with open(out / TASKS, "w", encoding="utf-8") as f:
         f.write("[")
         for photo in photos:
             copied = originals.copy(photo, out) if originals is not None else None
             result.copied += copied is not None
             task, parts = _task(photo, copied)
+            task["data"]["licence"] = labels.licence.name  # travels with every task, and into Label Studio's exports
             f.write(("\n" if result.images == 0 else ",\n") + json.dumps(task, separators=(",", ":")))
             result.images += 1
             result.faces += len(photo.faces)

@@ -21,6 +21,7 @@ from batch_parse import __version__
 from batch_parse.faces import mtcnn
 from batch_parse.labels import PART_NAMES
 from batch_parse.model.fuse import optimize_for_inference
+from batch_parse.model.licence import DETECTOR, SHIPPED
 from batch_parse.model.weights import file_sha256, load_weights, resolve
 
 FORMAT = "batch-parse-onnx/1"
@@ -28,12 +29,7 @@ MANIFEST = "batch-parse-onnx.json"
 # 17: GridSample-free graphs need nothing newer, and onnxruntime, TensorRT and OpenVINO releases
 # of the last three years all run it.
 DEFAULT_OPSET = 17
-LICENCES = {
-    "parser": "weights trained by batch-parse on data sets for non-commercial research only "
-    "(UTKFace, CFP, Caltech Web Faces, CUHK, RMFD, facial_expressions, WIDER FACE): non-commercial "
-    "research use only; see the model card (batch_parse/model/weights/MODEL_CARD.md)",
-    "detector": "MTCNN P/R/O-Net weights from facenet-pytorch 2.6.0 (MIT licence, Tim Esler)",
-}
+LICENCES = {"parser": SHIPPED.line(), "detector": DETECTOR.terms}  # model/licence.py: the one text
 
 
 class _Localiser(nn.Module):

@@ -1,4 +1,4 @@
-"""The bytes in the output's image columns, both ways: label maps (8-bit grey PNG) and part crops.
+"""The bytes in the output's image columns, both ways: label maps (8-bit palette PNG) and part crops.
 
 Written once: the job encodes with it, and every reader (open_output, render, exports) decodes with it.
 """
@@ -19,11 +19,35 @@ def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
     return buffer.getvalue()
 
 
+def _label_palette() -> list[int]:
+    from batch_parse.labels import CLASS_COLORS
+
+    palette = [v for color in CLASS_COLORS for v in color]
+    return palette + [0] * (768 - len(palette))
+
+
+# Class colours (labels.py) as a PNG palette: every value any model writes gets its colour.
+LABEL_PALETTE = _label_palette()
+
+
+def encode_label_map(label_map: np.ndarray) -> bytes:
+    """A label map ((h, w) uint8 class indices) as an 8-bit palette PNG: the pixel values are the
+    class indices, as before, and the palette holds the class colours, so an image viewer shows the
+    parts in colour instead of a near-black grey 0..9 picture. Level 1 as encode_png."""
+    image = Image.fromarray(np.ascontiguousarray(label_map, dtype=np.uint8), mode="P")
+    image.putpalette(LABEL_PALETTE)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def decode_label_map(data: bytes) -> np.ndarray:
-    """The (h, w) uint8 class indices of a `label_map` cell; ValueError if the bytes are no image."""
+    """The (h, w) uint8 class indices of a `label_map` cell; ValueError if the bytes are no image.
+
+    Palette PNGs (0.6 on) and grey ones (before) both hold the indices as pixel values: read as they are."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image if image.mode == "L" else image.convert("L"), dtype=np.uint8)
+            return np.asarray(image if image.mode in ("L", "P") else image.convert("L"), dtype=np.uint8)
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad bytes; one meaning here
         raise ValueError(f"unreadable label map: {exc}") from exc
 

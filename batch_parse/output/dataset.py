@@ -26,6 +26,7 @@ from batch_parse.output.codec import decode_crop, decode_label_map, place_label_
 from batch_parse.output.layout import DATA_DIR
 from batch_parse.output.reader import Output
 from batch_parse.output.reader import open_output as _scan
+from batch_parse.output.schema import file_class_colors, file_class_names
 from batch_parse.storage.location import Location
 
 
@@ -53,11 +54,11 @@ class FaceDataset:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.metadata["class_names"])
+        return list(file_class_names(self.metadata))  # files from before the key existed: their 9 classes
 
     @property
     def class_colors(self) -> list[tuple[int, int, int]]:
-        return [tuple(c) for c in self.metadata["class_colors"]]
+        return [tuple(c) for c in file_class_colors(self.metadata)]
 
     def label_map(self, row: dict) -> np.ndarray | None:
         """The face's label map, (h, w) uint8 class indices over its region (place it at label_map_x/_y)."""

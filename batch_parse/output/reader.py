@@ -12,13 +12,15 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from batch_parse.output.schema import read_metadata
+from batch_parse.output.quality import PARSE_SCORE, parse_scores
+from batch_parse.output.schema import DERIVED_COLUMNS, read_metadata
 from batch_parse.storage.location import Location, as_location
 from batch_parse.storage.s3 import StorageError, describe_error
 
@@ -60,10 +62,10 @@ class Output:
                 with self.filesystem.open_input_file(file.path) as stream:
                     parquet = pq.ParquetFile(stream)
                     names = parquet.schema_arrow.names
-                    required = [c for c in columns if c not in optional or c in names]
+                    required = source_columns(names, [c for c in columns if c not in optional or c in names])
                     _require_columns(parquet.schema_arrow, required, self.relative(file.path))
                     for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=required):
-                        yield file, _with_nulls(batch, columns)
+                        yield file, _with_nulls(derive_columns(batch, columns), columns)
             except OSError as exc:
                 raise StorageError(f"cannot read {self.relative(file.path)}: {describe_error(exc, self.location)}") from exc
 
@@ -71,8 +73,12 @@ class Output:
         """The rows of one file whose id is in `ids`; Parquet statistics skip row groups without them."""
         try:
             dataset = ds.dataset(file.path, filesystem=self.filesystem, format="parquet")
-            _require_columns(dataset.schema, columns, self.relative(file.path))
-            return dataset.to_table(columns=list(columns), filter=pc.field("id").isin(pa.array(ids, pa.int64())))
+            required = source_columns(dataset.schema.names, columns)
+            _require_columns(dataset.schema, required, self.relative(file.path))
+            table = dataset.to_table(columns=required, filter=pc.field("id").isin(pa.array(ids, pa.int64())))
+            batch = derive_columns(table.combine_chunks().to_batches()[0] if table.num_rows else
+                                   pa.RecordBatch.from_pylist([], schema=table.schema), columns)  # fmt: skip
+            return pa.Table.from_batches([batch.select(list(columns))])
         except OSError as exc:
             raise StorageError(f"cannot read {self.relative(file.path)}: {describe_error(exc, self.location)}") from exc
 
@@ -121,6 +127,29 @@ def open_output(dst: str | Location) -> Output:
     if not output.files:
         raise ValueError(f"no batch-parse output under {location.uri}: {len(paths)} Parquet file(s), none written by batch-parse")
     return output
+
+
+def source_columns(names: Sequence[str], columns: Sequence[str]) -> list[str]:
+    """The columns to read from a file with columns `names` to give `columns`: a derived column the
+    file lacks (parse_score before 0.6) is replaced by the columns it is computed from."""
+    wanted: list[str] = []
+    for column in columns:
+        wanted += DERIVED_COLUMNS[column] if column in DERIVED_COLUMNS and column not in names else [column]
+    return list(dict.fromkeys(wanted))
+
+
+def derive_columns(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.RecordBatch:
+    """The batch (read with source_columns) with the derived `columns` it lacks appended, computed.
+
+    Old outputs read as new ones: the computed parse_score is the value the job now stores
+    (output/quality.py, rounded to float32 as the column is), so filters and sorting agree."""
+    for column in columns:
+        if column == PARSE_SCORE and column not in batch.schema.names:
+            confidences = np.column_stack([pc.fill_null(pc.cast(batch.column(c), pa.float64()), float("nan")).to_numpy(zero_copy_only=False)
+                                           for c in DERIVED_COLUMNS[column]])  # fmt: skip
+            score = parse_scores(confidences).astype(np.float32)
+            batch = batch.append_column(column, pa.array(score, pa.float32(), mask=np.isnan(score)))
+    return batch
 
 
 def _with_nulls(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.RecordBatch:

@@ -16,6 +16,7 @@ import pyarrow as pa
 if TYPE_CHECKING:
     from batch_parse.storage.location import Location
 from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, NUM_PART_CLASSES, PART_NAMES, PARTS
+from batch_parse.output.quality import PARSE_SCORE, PARSE_SCORE_DOC
 
 SCHEMA_VERSION = 2
 METADATA_KEY = b"batch_parse"
@@ -80,6 +81,9 @@ def _fields(class_names: tuple[str, ...]) -> list[pa.Field]:
         pa.field("label_map_x", pa.int32()),
         pa.field("label_map_y", pa.int32()),
         *_part_fields(),
+        # The review score (output/quality.py), stored so SQL, DuckDB, pandas and `--where` filter by it;
+        # after the confidences it is computed from. Files written before 0.6 lack it: readers compute it.
+        pa.field(PARSE_SCORE, pa.float32()),
         *_pixel_fields(class_names),
         pa.field("model_version", pa.string(), nullable=False),
         pa.field("processed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
@@ -98,6 +102,9 @@ SHARD_COLUMNS = tuple(f.name for f in SHARD_FIELDS)
 BASE_SCHEMA = table_schema(CLASS_NAMES)
 # Columns a file may lack: pixel counts of classes its model does not have.
 OPTIONAL_COLUMNS = tuple(f"pixels_{c}" for c in CLASS_NAMES[NUM_PART_CLASSES:])
+# Columns files written before them lack and readers compute from columns every file has
+# (output/reader.py derive_columns): column -> the columns it is computed from.
+DERIVED_COLUMNS: dict[str, tuple[str, ...]] = {PARSE_SCORE: tuple(f"{p}_confidence" for p in PART_NAMES)}
 
 # Columns only in sets of human-corrected labels (`batch-parse import`, batch_parse/corrections/): the job's
 # own rows have none of them (their labels are the model's). An imported row is BASE_SCHEMA's row of
@@ -126,20 +133,21 @@ COLUMN_DOCS: dict[str, str] = {
     "error_code": "Short machine-readable reason for `error` rows (e.g. `truncated`, `not_an_image`, `too_large`, `not_found`, `model_failed`).",
     "error": "One-line human-readable error message, null unless status is `error`.",
     "face_box": "Detector box [x0, y0, x1, y1] in original pixels (`--faces whole-image`: the whole image).",
-    "landmarks": "Detector landmarks [x, y] x 5 in original pixels: eye (image left), eye (image right), nose tip, mouth corner (image left), mouth corner (image right); null for whole-image.",
-    "face_score": "Detector confidence 0..1; null for whole-image.",
+    "landmarks": "Detector landmarks as a flat list of 10 floats [x0, y0, x1, y1, ..., x4, y4] in original pixels (`numpy.reshape(5, 2)` gives the points): eye (image left), eye (image right), nose tip, mouth corner (image left), mouth corner (image right); null for whole-image.",
+    "face_score": "Detector (MTCNN O-Net) confidence 0..1 that the box is a face; null for whole-image. Not the parse quality: see parse_score.",
     "transform": "Row-major 2x3 similarity matrix M mapping an original pixel (x, y, 1) to the aligned frame (u, v), pixel centres at integer coordinates; the face was parsed in that frame. Redo the frame with PIL: `photo.transform((aligned_width, aligned_height), Image.AFFINE, batch_parse.faces.align.Alignment(M, aligned_width, aligned_height).pil_affine())`. Identity for whole-image.",
     "aligned_width": "Width of the aligned frame in pixels (<= the face's own resolution, at most 256 for detected faces).",
     "aligned_height": "Height of the aligned frame in pixels.",
-    "label_map": "8-bit grey PNG covering the face's region of the original image (the aligned frame mapped back, clipped to the image), pixel value = class index (class_names in the metadata). Place it at (label_map_x, label_map_y).",
+    "label_map": "8-bit palette PNG covering the face's region of the original image (the aligned frame mapped back, clipped to the image), pixel value = class index (class_names in the metadata), palette = the class colours (class_colors, batch_parse/labels.py), so image viewers show it in colour while `numpy.asarray(PIL.Image.open(...))` still gives the indices (files before 0.6: grey, same values). Readers that convert to RGB (OpenCV's imread) get colours: read with PIL or IMREAD_UNCHANGED. Place it at (label_map_x, label_map_y).",
     "label_map_x": "Column of the original image where the label map's left edge lies.",
     "label_map_y": "Row of the original image where the label map's top edge lies.",
     "<part>_crop": "The part's window cut upright from the aligned frame, JPEG or PNG (`crop_format` in the metadata); null when the window is off the frame. Parts: "
     + ", ".join(PART_NAMES)
     + ".",
     "<part>_box": "Axis-aligned bounds [x0, y0, x1, y1] of the part's window in original pixels (may extend past the image edge).",
-    "<part>_window": "The part's window as 4 corners [x, y] in original pixels (top-left, top-right, bottom-right, bottom-left of the upright crop): a rotated rectangle when the face was tilted.",
+    "<part>_window": "The part's window as a flat list of 8 floats [x0, y0, ..., x3, y3], its 4 corners in original pixels (`numpy.reshape(4, 2)`: top-left, top-right, bottom-right, bottom-left of the upright crop): a rotated rectangle when the face was tilted.",
     "<part>_confidence": "Mean stage-2 max class probability over the window pixels labelled as the part, 0..1 (0 = part not found in its window).",
+    PARSE_SCORE: "The face's review score: " + PARSE_SCORE_DOC + ". Low = look at this face first (`render` orders by it; `export --where \"parse_score < 0.5\"`); on human-labelled photos the 20% lowest-scored faces held 70% of the 20% worst labels. Null for no_face and error rows; files written before batch-parse 0.6 lack the column and every batch-parse reader computes it.",
     "pixels_<class>": "Number of pixels of this face's label map with that class (background counts only the face's region). Classes: " + ", ".join(CLASS_NAMES) + " (pixels_skin only in files of models with the skin class, stn-icnn/v3 on; `class_names` in the metadata lists a file's classes).",
     "model_version": "Model name and weights hash, e.g. `stn-icnn/default@1a2b3c4d`; one output holds one model's labels (`.batch-parse/model.json`).",
     "processed_at": "UTC time the row was produced.",
@@ -173,8 +181,11 @@ def file_metadata(
     source_format: str = "files",
     image_column: str | None = None,
     key_column: str | None = None,
+    licence: dict | None = None,
 ) -> dict[bytes, bytes]:
     """Schema-level metadata written into every output file.
+
+    licence: the labels' terms and their source (model/licence.py Licence.as_dict()), inherited from the weights.
 
     class_names: the model's classes (label map values index them; one pixels_<class> each).
 
@@ -193,6 +204,7 @@ def file_metadata(
         "class_colors": [list(c) for c in CLASS_COLORS[: len(class_names)]],
         "parts": [{"name": p.name, "classes": list(p.classes)} for p in PARTS],
         "crop_format": crop_format,
+        "licence": licence,
         "source": source if source is None or isinstance(source, str) else source.uri,
         "endpoint_url": getattr(source, "endpoint_url", None),
         "source_anonymous": bool(getattr(source, "anonymous", False)),
@@ -209,11 +221,11 @@ def file_metadata(
 def output_schema(
     model_name: str, weights_sha256: str, crop_format: str, *, source: Location | str | None = None,
     policy: dict | None = None, class_names: tuple[str, ...] = CLASS_NAMES, source_format: str = "files",
-    image_column: str | None = None, key_column: str | None = None,
+    image_column: str | None = None, key_column: str | None = None, licence: dict | None = None,
 ) -> pa.Schema:
     return table_schema(class_names, sharded=source_format != "files").with_metadata(
         file_metadata(model_name, weights_sha256, crop_format, source=source, policy=policy, class_names=class_names,
-                      source_format=source_format, image_column=image_column, key_column=key_column)
+                      source_format=source_format, image_column=image_column, key_column=key_column, licence=licence)
     )
 
 

@@ -26,9 +26,10 @@ import pyarrow.parquet as pq
 
 from batch_parse.model.weights import file_sha256, resolve, weights_class_names
 from batch_parse.output.layout import OutputLayout
-from batch_parse.pipeline import commit, migrate, plan, ray_reaper, stages
+from batch_parse.pipeline import commit, migrate, plan, ray_noise, ray_reaper, stages
 from batch_parse.pipeline.options import JobOptions
 from batch_parse.pipeline.progress import ProgressPrinter, start_counter
+from batch_parse.model.licence import weights_licence
 from batch_parse.output.schema import output_schema
 from batch_parse.pipeline.summary import JobSummary
 from batch_parse.output import lease
@@ -45,11 +46,12 @@ def connect_ray() -> None:
 
     if ray.is_initialized():
         return
+    logs = ray_noise.init_kwargs()  # our lines only, unless --verbose
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level="WARNING")
+        ray.init(**logs)
     else:
         # "local" forces a fresh single-machine cluster: never join a stray `ray start` by accident.
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", include_dashboard=False, **logs)
         _start_reaper()
 
 
@@ -192,7 +194,7 @@ def _run_chain(options: JobOptions, fs, source: Location, manifest_path: str, da
     ctx = ray.data.DataContext.get_current()
     # Our own one-line progress (progress.py) replaces Ray's per-operator bars and logs.
     ctx.enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray_noise.quiet_ray_data()
     gpus = options.gpus_per_actor
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
@@ -202,7 +204,8 @@ def _run_chain(options: JobOptions, fs, source: Location, manifest_path: str, da
                            policy=inference_policy(options), source_format=options.source_format,
                            image_column=options.image_column if options.source_format == "parquet" else None,
                            key_column=options.key_column if options.source_format == "parquet" else None,
-                           class_names=weights_class_names(resolve(options.model)[1]))
+                           class_names=weights_class_names(resolve(options.model)[1]),
+                           licence=weights_licence(*resolve(options.model)).as_dict())
     counter = start_counter()
 
     with ProgressPrinter(counter, todo):

@@ -17,13 +17,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_parse.labels import CLASS_NAMES, NUM_CLASSES, PART_NAMES
-from batch_parse.output.schema import OPTIONAL_COLUMNS, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from batch_parse.model.licence import output_licence
+from batch_parse.output.quality import PARSE_SCORE, PARSE_SCORE_DOC
+from batch_parse.output.schema import OPTIONAL_COLUMNS, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, file_class_names
 from batch_parse.output.reader import Output, open_output
 from batch_parse.storage.location import Location
 
 CONFIDENCE_COLUMNS = tuple(f"{p}_confidence" for p in PART_NAMES)
 PIXEL_COLUMNS = tuple(f"pixels_{c}" for c in CLASS_NAMES)
-COLUMNS = ("id", "face_index", "key", "status", "error_code", "width", "height", "model_version", *CONFIDENCE_COLUMNS, *PIXEL_COLUMNS)
+COLUMNS = ("id", "face_index", "key", "status", "error_code", "width", "height", "model_version", PARSE_SCORE,
+           *CONFIDENCE_COLUMNS, *PIXEL_COLUMNS)
+LOW_SCORE = 0.5  # the cut `inspect` counts below and suggests for `export --where`
 
 CONFIDENCE_BINS = 1000
 # Area as a fraction of the image, log-spaced: 1e-8 (a pixel of a 100 MP image) .. 1, ~0.9% per bin.
@@ -56,8 +60,13 @@ class VersionStats:
     confidence_sum: np.ndarray = field(default_factory=lambda: np.zeros(len(PART_NAMES), np.float64))
     confidence_hist: np.ndarray = field(default_factory=lambda: np.zeros((len(PART_NAMES), CONFIDENCE_BINS), np.int64))
     sizes: Counter = field(default_factory=Counter)
+    score_hist: np.ndarray = field(default_factory=lambda: np.zeros(CONFIDENCE_BINS, np.int64))
+    score_sum: float = 0.0
     # (model, weights_sha256, schema_version, source) from file metadata -> the files saying so
     provenance: dict[tuple, set[str]] = field(default_factory=dict)
+    # The version's classes as its files' metadata lists them (one model, one list): what is reported.
+    class_names: tuple[str, ...] = ()
+    licences: set[str] = field(default_factory=set)  # the labels' terms, as the files record them
 
     def add(self, batch: pa.RecordBatch) -> None:
         self.rows += batch.num_rows
@@ -91,6 +100,11 @@ class VersionStats:
             self.class_area_sum[c] += float(share.sum())
             bins = np.clip(np.searchsorted(AREA_EDGES, share, side="right") - 1, 0, len(AREA_CENTERS) - 1)
             self.class_area_hist[c] += np.bincount(bins, minlength=len(AREA_CENTERS))
+        scores = _floats(done.column(PARSE_SCORE))
+        scores = scores[np.isfinite(scores)]
+        self.score_sum += float(scores.sum())
+        self.score_hist += np.bincount(np.clip((scores * CONFIDENCE_BINS).astype(np.int64), 0, CONFIDENCE_BINS - 1),
+                                       minlength=CONFIDENCE_BINS)  # fmt: skip
         for p, column in enumerate(CONFIDENCE_COLUMNS):
             values = _floats(done.column(column))
             values = values[np.isfinite(values)]
@@ -139,6 +153,10 @@ def collect_stats(dst: str | Location) -> tuple[Output, dict[str, VersionStats]]
             stats = versions.setdefault(version, VersionStats())
             stats.files.add(file.path)
             stats.provenance.setdefault(signature, set()).add(file.path)
+            stats.licences.add(output_licence(meta).line())
+            names = file_class_names(meta)
+            if len(names) > len(stats.class_names):
+                stats.class_names = names
             stats.add(batch if len(in_batch) == 1 else batch.filter(pc.equal(model_versions, version)))
     return output, versions
 
@@ -165,6 +183,7 @@ def _version_lines(version: str, stats: VersionStats) -> list[str]:
             f"  model {model}, weights sha256 {str(weights)[:16]}..., schema v{schema_version}, "
             f"source {source or '(not recorded)'} ({len(files)} file(s))"
         )
+    lines += [f"  licence {licence}" for licence in sorted(stats.licences)]
     other = stats.rows - stats.ok - stats.errors - stats.no_face
     lines.append(
         f"  files {len(stats.files)}   images {stats.images():,}   rows {stats.rows:,}: faces {stats.ok:,}   "
@@ -182,17 +201,35 @@ def _version_lines(version: str, stats: VersionStats) -> list[str]:
         for code, count in stats.error_codes.most_common():
             lines.append(f"    {code:<{width}}  {count:>8,}   e.g. {stats.error_examples[code]}")
     if stats.ok:
-        lines += _area_lines(stats) + _confidence_lines(stats) + _size_lines(stats)
+        lines += _score_lines(stats) + _area_lines(stats) + _confidence_lines(stats) + _size_lines(stats)
     return lines
 
 
+def _score_lines(stats: VersionStats) -> list[str]:
+    """The review score first: it is what says which faces to look at (render sorts by it)."""
+    count = int(stats.score_hist.sum())
+    if not count:
+        return ["  parse score: (no values)"]
+    q = [nearest_rank(CONFIDENCE_CENTERS, stats.score_hist, x) for x in (0.1, 0.5, 0.9)]
+    low = int(stats.score_hist[: int(LOW_SCORE * CONFIDENCE_BINS)].sum())
+    return [
+        f"  parse score ({PARSE_SCORE_DOC}; low = review first):",
+        f"    mean {stats.score_sum / count:5.3f}  p10 {q[0]:4.2f}  p50 {q[1]:4.2f}  p90 {q[2]:4.2f}  0|{_bars(stats.score_hist)}|1",
+        f"    {low:,} of {count:,} face(s) below {LOW_SCORE} ({100 * low / count:.1f}%): "
+        f"batch-parse export OUTPUT OUT --where \"parse_score < {LOW_SCORE}\", or batch-parse render OUTPUT",
+    ]
+
+
 def _area_lines(stats: VersionStats) -> list[str]:
-    width = max(len(n) for n in CLASS_NAMES)
+    # The model's own classes (file metadata): a 9-class model's report has no `skin` line.
+    names = stats.class_names or CLASS_NAMES
+    width = max(len(n) for n in names)
     lines = [
+        f"  classes ({len(names)}, from the files' metadata): {', '.join(names)}",
         "  class area, % of image pixels (present: share of faces with the class; mean/median among those):",
         f"    {'class':<{width}}  {'present':>7}  {'mean':>8}  {'median':>8}",
     ]
-    for c, name in enumerate(CLASS_NAMES):
+    for c, name in enumerate(names):
         present = stats.class_present[c]
         if present:
             mean = f"{100 * stats.class_area_sum[c] / present:7.3f}%"

@@ -36,6 +36,7 @@ from batch_parse.output.reader import Output, OutputFile, open_output
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_MAX_PIXELS
 from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, file_class_names
+from batch_parse.report import REVIEW_MIN_FACE
 from batch_parse.report.overlay import panel, photo_panel
 from batch_parse.storage.fetch import FetchError
 from batch_parse.storage.location import Location
@@ -109,12 +110,22 @@ class Selection:
     faces_too_small: int = 0  # face rows --min-face left out
 
 
+DEFAULT_MIN_FACE = REVIEW_MIN_FACE  # batch_parse/report/__init__.py says why
+
+
 def render_output(dst: str | Location, out_dir: str | Path, limit: int = 50, *,
-                  where: str | None = None, min_face: float | None = None) -> Path:
+                  where: str | None = None, min_face: float | None = DEFAULT_MIN_FACE) -> Path:
     """Write out_dir/panels/**.png and out_dir/index.html for the `limit` least confident faces; returns index.html.
 
-    where: export's --where clauses every row shown must match; min_face: the smallest face shown (box side, px).
+    where: export's --where clauses every row shown must match; min_face: the smallest face shown (box side, px;
+    default DEFAULT_MIN_FACE, 0 or None = all), the smaller ones counted on the page.
     """
+    return render(dst, out_dir, limit, where=where, min_face=min_face)[0]
+
+
+def render(dst: str | Location, out_dir: str | Path, limit: int = 50, *,
+           where: str | None = None, min_face: float | None = DEFAULT_MIN_FACE) -> tuple[Path, Selection]:
+    """render_output, also returning what was picked (for the command's summary lines)."""
     from batch_parse.export.where import parse_where
 
     if limit < 1:
@@ -129,11 +140,18 @@ def render_output(dst: str | Location, out_dir: str | Path, limit: int = 50, *,
     by_file: dict[str, list[Row]] = defaultdict(list)
     for row in selection.rows:
         by_file[row.file.path].append(row)
+    from batch_parse.report.meter import Meter
+
+    meter = Meter(len(selection.rows), "rendering", unit="faces", quiet_for=2.0)  # originals are fetched: can take a while
+    drawn = 0
     for rows in by_file.values():
         selection.photos.update(_render_file_rows(output, rows, out_dir))
+        drawn += len(rows)
+        meter.set(drawn)
+    meter.close(drawn)
     index = out_dir / "index.html"
     index.write_text(_index_html(output, selection), encoding="utf-8")
-    return index
+    return index, selection
 
 
 def select_rows(output: Output, limit: int, where=None, min_face: float | None = None) -> Selection:

@@ -43,6 +43,7 @@ from batch_parse.model.geometry import theta_to_windows, windows_to_theta
 from batch_parse.model.parser import FaceParser
 from batch_parse.model.stn_icnn import STNiCNN
 from batch_parse.model.weights import load_weights, save_weights
+from batch_parse.report.meter import Meter
 from batch_parse.train import augment
 from batch_parse.train.datasets import open_dataset
 from batch_parse.train.evaluate import evaluate, format_scores
@@ -194,9 +195,14 @@ def initial_model(opts: TrainOptions, run: Path) -> STNiCNN:
 def validation_split(opts: "TrainOptions", pool: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The first val_images faces of the pool's val split: float 0..1 images, long labels."""
     val = open_pool(pool, "val")
+    if len(val) == 0:
+        # A small dataset of the user's with no val split still trains; its selection is then
+        # on faces it learns from, which the log says.
+        log(f"{pool}: the val split is empty; validating on the first train faces")
+        val = open_pool(pool, "train")
     n = min(opts.val_images, len(val))
     if n == 0:
-        raise ValueError(f"{pool}: the val split is empty; a pool needs validation faces")
+        raise ValueError(f"{pool}: no faces to train or validate on")
     images, labels = val.rows(np.arange(n))
     return images.float() / 255, labels.long()
 
@@ -321,6 +327,13 @@ def train_stage(opts: TrainOptions) -> Path:
     log(f"stage {opts.stage}: {len(batches.split)} training faces, {opts.steps} steps of {batch_size} on {device}"
         f"{' (bf16 autocast)' if bf16 else ''}{' channels-last' if channels_last else ''}, pool {pool}")
     t0, last_ckpt, seen, running = time.time(), time.monotonic(), 0, None
+    # A bar on a terminal (steps, smoothed rate, ETA); a log keeps its every-25-steps lines only.
+    meter = Meter(opts.steps, f"stage {opts.stage}:", unit="steps", log_interval=float("inf"))
+    meter.set(step)
+
+    def note(msg: str) -> None:
+        meter.write(f"[train {time.strftime('%H:%M:%S')}] {msg}") if meter.tty else log(msg)
+
     while step < opts.steps:
         set_modes(model, opts.stage)
         imgs, labs, labelled = batches.next()
@@ -334,8 +347,9 @@ def train_stage(opts: TrainOptions) -> Path:
         schedule.step()
         step, seen = step + 1, seen + len(imgs)
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        meter.set(step, f"loss {running:.4f}")
         if step % 25 == 0:
-            log(f"stage {opts.stage} step {step}/{opts.steps} loss {running:.4f} lr {schedule.get_last_lr()[0]:.2e} {seen / (time.time() - t0):.1f} img/s")
+            note(f"stage {opts.stage} step {step}/{opts.steps} loss {running:.4f} lr {schedule.get_last_lr()[0]:.2e} {seen / (time.time() - t0):.1f} img/s")
         if step % opts.val_every == 0 or step == opts.steps:
             score, text, metrics = validation_score(model, opts.stage, val_images, val_labels)
             curve.append({"step": step, "samples": step * batch_size, "score": score, "text": text, "metrics": metrics})
@@ -343,12 +357,13 @@ def train_stage(opts: TrainOptions) -> Path:
             if improved:
                 best = score
                 save_weights(model, best_path, info={"stage": opts.stage, "step": step, "val": text})
-            log(f"stage {opts.stage} step {step}: val {text}{' (best, saved)' if improved else ''}")
+            note(f"stage {opts.stage} step {step}: val {text}{' (best, saved)' if improved else ''}")
             checkpoint()
             last_ckpt = time.monotonic()
         elif time.monotonic() - last_ckpt > opts.checkpoint_minutes * 60:
             checkpoint()
             last_ckpt = time.monotonic()
+    meter.bar.close()  # its figures are in the lines above: no closing line
     if not ckpt_path.is_file() or step == 0:
         checkpoint()
     (run / f"stage_{opts.stage}.json").write_text(json.dumps({"steps": step, "best": best}))
