@@ -36,6 +36,8 @@ _OPTION_KEYS = {
     "source_endpoint_url": (str, type(None)),
     "output_endpoint_url": (str, type(None)),
     "source_anonymous": (bool,),
+    "source_profile": (str, type(None)),
+    "output_profile": (str, type(None)),
     "model": (str,),
     "batch_size": (int,),
     "crop_format": (str,),
@@ -45,6 +47,9 @@ _OPTION_KEYS = {
     "fetch_attempts": (int,),
     "retry_errors": (bool,),
     "object_list": (str, type(None)),
+    "source_format": (str,),
+    "image_column": (str,),
+    "key_column": (str, type(None)),
     "rows_per_file": (int,),
     "device": (str, type(None)),
     **_POLICY_KEYS,  # faces, detector, min_face, detector_threshold

@@ -68,7 +68,8 @@ def test_spec_keys_cover_every_job_option(tmp_path: Path):
         "crop_format": "png", "jpeg_quality": 70, "max_pixels": 1000, "max_bytes": 5000, "rows_per_file": 5, "device": "cpu",
         "fetch_attempts": 2, "retry_errors": False, "object_list": "s3://faces/inventory/manifest.json",
         "faces": "largest", "detector": "mtcnn", "min_face": 32, "detector_threshold": 0.8,
-        "source_endpoint_url": "http://127.0.0.1:9001", "output_endpoint_url": "http://127.0.0.1:9002", "source_anonymous": True,
+        "source_endpoint_url": "http://127.0.0.1:9001", "output_endpoint_url": "http://127.0.0.1:9002", "source_anonymous": False,
+        "source_profile": "reader", "output_profile": "writer", "source_format": "webdataset", "image_column": "jpg", "key_column": "url",
     }  # fmt: skip
     resources = {"gpus_per_actor": 0.5, "cpus_per_actor": 2, "min_actors": 2, "max_actors": 3}
     body = MINIMAL + "".join(f"{k}: {v}\n" for k, v in values.items()) + f"resources: {resources}\n"
@@ -117,8 +118,8 @@ def test_unknown_keys_get_a_suggestion(tmp_path: Path):
         "batchsize: unknown key (did you mean 'batch_size'?)",
         "max_actors: unknown key (did you mean 'resources.max_actors'?)",
         "frobnicate: unknown key (known keys: name, source, output, endpoint_url, source_endpoint_url, output_endpoint_url, "
-        "source_anonymous, model, batch_size, crop_format, "
-        "jpeg_quality, max_pixels, max_bytes, fetch_attempts, retry_errors, object_list, rows_per_file, device, faces, detector, min_face, detector_threshold, "
+        "source_anonymous, source_profile, output_profile, model, batch_size, crop_format, "
+        "jpeg_quality, max_pixels, max_bytes, fetch_attempts, retry_errors, object_list, source_format, image_column, key_column, rows_per_file, device, faces, detector, min_face, detector_threshold, "
         "resources, schedule, runtime_env)",
         "resources.gpu_per_actor: unknown key (did you mean 'resources.gpus_per_actor'?)",
         "runtime_env.env_var: unknown key (did you mean 'runtime_env.env_vars'?)",
@@ -320,3 +321,8 @@ def test_spec_reaches_source_and_output_in_their_own_stores(tmp_path: Path):
     bad = _spec(tmp_path, MINIMAL + "source_endpoint_url: minio:9000\nsource_anonymous: 1\n")
     assert validate_job_spec(bad) == ["source_anonymous: must be true or false, got 1",
                                       "source_endpoint_url: must be an http:// or https:// URL, got 'minio:9000'"]
+    both = _spec(tmp_path, MINIMAL + "source_anonymous: true\nsource_profile: reader\noutput_profile: writer\n")
+    assert validate_job_spec(both) == ["source_profile: an anonymous source sends no credentials; give one of source_anonymous, "
+                                       "source_profile"]
+    spec = load_job_spec(_spec(tmp_path, MINIMAL + "source_profile: reader\noutput_profile: writer\n"))
+    assert (spec.options.source_location().profile, spec.options.output_location().profile) == ("reader", "writer")

@@ -38,7 +38,7 @@ REPO = str(Path(__file__).resolve().parents[1])
 
 def _batch(table) -> dict:
     """A manifest table as the numpy batch Ray hands to fetch_and_decode."""
-    return {name: np.array(table[name].to_pylist(), dtype=object if name in ("key", "etag") else np.int64) for name in table.column_names}
+    return {name: np.array(table[name].to_pylist(), dtype=np.int64 if name in ("id", "size") else object) for name in table.column_names}
 
 
 def _manifest(location, path) -> tuple:

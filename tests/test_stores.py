@@ -23,7 +23,7 @@ from batch_parse.storage.fetch import FetchError, fetch_objects
 from batch_parse.storage.listing import iter_objects
 from batch_parse.storage.location import parse_location
 from batch_parse.storage.originals import fetch_originals
-from batch_parse.storage.s3 import check_access
+from batch_parse.storage.s3 import StorageError, check_access
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLIC_KEY, PUBLIC_SECRET = "publickey", "publicsecret"
@@ -117,3 +117,24 @@ def test_job_reads_a_public_store_anonymously_and_writes_its_own(s3_server, publ
     again = _cli("run", src, dst, *flags, "--source-anonymous", "--dry-run")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "to do:    0 image(s)" in again.stdout, again.stdout
+
+
+def test_a_profile_names_the_credentials_of_one_location(s3_server, tmp_path, monkeypatch):
+    # The environment's keys may write; the profile's (the server's list-only identity) may not:
+    # a location with the profile must use the profile's.
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"[lister]\naws_access_key_id = {s3server.LIST_ONLY_KEY}\n"
+                           f"aws_secret_access_key = {s3server.LIST_ONLY_SECRET}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    bucket = s3_server.make_bucket("profile-writes")
+    default = parse_location(f"s3://{bucket}/state", s3_server.endpoint_url)
+    lister = parse_location(f"s3://{bucket}/state", s3_server.endpoint_url, profile="lister")
+    assert default.store().create("made.json", b"1") is not None
+    with pytest.raises(StorageError, match="access denied"):
+        lister.store().create("refused.json", b"1")
+    with pytest.raises(OSError):  # pyarrow's filesystem uses the profile's keys too
+        with lister.filesystem().open_output_stream(lister.fs_path("by-pyarrow.json")) as f:
+            f.write(b"2")
+    assert [o.key for o in iter_objects(lister, wanted=lambda key: True)] == ["state/made.json"]  # it may list
+    keys = sorted(o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == ["state/made.json"]

@@ -11,7 +11,7 @@ from batch_parse import __version__
 from batch_parse.cli import corrections, demo, export, jobs, model, progress
 from batch_parse.cli.redact import echo, redact
 from batch_parse.cli.policy import policy_options
-from batch_parse.pipeline.options import CROP_FORMATS, JobOptions
+from batch_parse.pipeline.options import CROP_FORMATS, SOURCE_FORMATS, JobOptions
 from batch_parse.report import REVIEW_MIN_FACE
 
 _DEFAULTS = JobOptions(source="", output="")
@@ -132,6 +132,8 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--output-endpoint-url", show_default="--endpoint-url", help="S3-compatible endpoint of DST when it differs from SRC's.")
 @click.option("--source-anonymous/--no-source-anonymous", default=_DEFAULTS.source_anonymous, show_default=True,
               help="Read SRC with unsigned requests, no credentials (a public bucket).")
+@click.option("--source-profile", show_default="the default AWS chain", help="AWS profile whose credentials read SRC.")
+@click.option("--output-profile", show_default="the default AWS chain", help="AWS profile whose credentials write DST.")
 @click.option("--max-pixels", type=int, default=_DEFAULTS.max_pixels, show_default=True, help="Largest image to decode, in pixels.")
 @click.option("--max-bytes", type=int, default=_DEFAULTS.max_bytes, show_default=True,
               help="Largest source object to fetch, in bytes; larger ones are error rows.")
@@ -142,6 +144,11 @@ def _given(ctx: click.Context, name: str) -> bool:
                    "from earlier runs.")
 @click.option("--object-list", help="Read SRC's keys from this object list instead of listing SRC: an S3 Inventory "
                                     "manifest.json, or Parquet with a `key` column (local or s3://).")
+@click.option("--source-format", type=click.Choice(SOURCE_FORMATS), default=_DEFAULTS.source_format, show_default=True,
+              help="What SRC holds: image files, WebDataset .tar shards, or Parquet image tables; auto: by the extensions listed.")
+@click.option("--image-column", default=_DEFAULTS.image_column, show_default=True,
+              help="Parquet sources: the column of image bytes (binary, or Hugging Face's {bytes, path} struct).")
+@click.option("--key-column", show_default="the row number in its file", help="Parquet sources: the column that names each image.")
 @click.option("--rows-per-file", type=int, default=_DEFAULTS.rows_per_file, show_default=True, help="Rows per output Parquet file.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), show_default="cuda when the actor has a GPU", help="Model device.")
 @policy_options(_DEFAULTS.policy)

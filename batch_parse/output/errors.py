@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from batch_parse.storage.fetch import TRANSIENT
 
-PERMANENT = frozenset({"empty", "not_an_image", "truncated", "too_small", "too_large", "decode_failed", "not_found"})
+PERMANENT = frozenset({"empty", "not_an_image", "truncated", "too_small", "too_large", "decode_failed", "not_found", "duplicate_key"})
 RETRYABLE = TRANSIENT | {"model_failed"}
 EXIT_RETRYABLE = 3
 

@@ -42,13 +42,19 @@ def _pixel_fields(class_names: tuple[str, ...]) -> list[pa.Field]:
     return [pa.field(f"pixels_{c}", pa.int64()) for c in class_names]
 
 
-def table_schema(class_names: tuple[str, ...] = CLASS_NAMES) -> pa.Schema:
+def table_schema(class_names: tuple[str, ...] = CLASS_NAMES, sharded: bool = False) -> pa.Schema:
     """The columns of a file labelled by a model with these classes: one pixels_<class> per class.
 
     A 9-class model's files (stn-icnn/v1, v2) have no pixels_skin column; the class list of every
     file is in its metadata (`class_names`), so readers take the classes from there.
+    sharded: the source holds images inside shards or tables: the files have SHARD_FIELDS too
+    (an output has one source, so all its files have them or none does).
     """
-    return pa.schema(_fields(class_names))
+    fields = _fields(class_names)
+    if sharded:
+        at = [f.name for f in fields].index("size") + 1
+        fields[at:at] = SHARD_FIELDS
+    return pa.schema(fields)
 
 
 def _fields(class_names: tuple[str, ...]) -> list[pa.Field]:
@@ -84,6 +90,14 @@ def _fields(class_names: tuple[str, ...]) -> list[pa.Field]:
     ]
 
 
+# Columns of files whose source holds images inside shards (WebDataset tars) or tables (Parquet):
+# where each image came from, to join the labels back to the corpus.
+SHARD_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("source_shard", pa.string()),
+    pa.field("source_key", pa.string()),
+)
+SHARD_COLUMNS = tuple(f.name for f in SHARD_FIELDS)
+
 # The schema of files labelled with every class (skin included): the default model's.
 BASE_SCHEMA = table_schema(CLASS_NAMES)
 # Columns a file may lack: pixel counts of classes its model does not have.
@@ -108,7 +122,9 @@ COLUMN_DOCS: dict[str, str] = {
     "id": "Stable int64 id of the source image, derived from its key (see storage/manifest.py). With `face_index`, unique in the output.",
     "key": "Object key (S3) or path relative to the source folder (local).",
     "etag": "S3 ETag at listing time (local: size-mtime); lets you detect objects changed since.",
-    "size": "Size of the source object in bytes at listing time.",
+    "size": "Size of the source object in bytes at listing time (an image inside a shard or table: its own bytes).",
+    "source_shard": "Only in outputs of WebDataset or Parquet sources: the shard's (or table file's) key, as `key` names objects; join back with `source_key`.",
+    "source_key": "Only in outputs of WebDataset or Parquet sources: the sample's `__key__` in its shard (Parquet: the --key-column value, else the row number in the file).",
     "width": "Width of the decoded image in pixels, after EXIF orientation (null on decode errors).",
     "height": "Height of the decoded image in pixels, after EXIF orientation (null on decode errors).",
     "face_index": "Which face of the image this row is, 0..face_count-1, largest detector box first; null for `no_face` and `error` rows.",
@@ -163,6 +179,9 @@ def file_metadata(
     policy: dict | None = None,
     class_names: tuple[str, ...] = CLASS_NAMES,
     source_record: dict | None = None,
+    source_format: str = "files",
+    image_column: str | None = None,
+    key_column: str | None = None,
     licence: dict | None = None,
 ) -> dict[bytes, bytes]:
     """Schema-level metadata written into every output file.
@@ -193,6 +212,8 @@ def file_metadata(
         "endpoint_url": getattr(source, "endpoint_url", None),
         "source_anonymous": bool(getattr(source, "anonymous", False)),
         **({"source_record": source_record} if source_record else {}),
+        "source_format": source_format,  # files, webdataset or parquet (storage/sources.py)
+        **({"image_column": image_column, "key_column": key_column} if source_format == "parquet" else {}),
         **(policy or {}),
         # Self-describing files: what each column means, and how v1 readers move to this schema.
         "columns": COLUMN_DOCS,
@@ -203,12 +224,14 @@ def file_metadata(
 
 def output_schema(
     model_name: str, weights_sha256: str, crop_format: str, *, source: Location | str | None = None,
-    policy: dict | None = None, class_names: tuple[str, ...] = CLASS_NAMES, source_record: dict | None = None,
-    licence: dict | None = None,
+    policy: dict | None = None, class_names: tuple[str, ...] = CLASS_NAMES, source_format: str = "files",
+    image_column: str | None = None, key_column: str | None = None, licence: dict | None = None,
+    source_record: dict | None = None,
 ) -> pa.Schema:
-    return table_schema(class_names).with_metadata(
+    return table_schema(class_names, sharded=source_format != "files").with_metadata(
         file_metadata(model_name, weights_sha256, crop_format, source=source, policy=policy, class_names=class_names,
-                      source_record=source_record, licence=licence)
+                      source_format=source_format, image_column=image_column, key_column=key_column, licence=licence,
+                      source_record=source_record)
     )
 
 
@@ -222,6 +245,7 @@ def read_metadata(schema: pa.Schema) -> dict:
     meta.setdefault("source", None)
     meta.setdefault("endpoint_url", None)
     meta.setdefault("source_anonymous", False)
+    meta.setdefault("source_format", "files")
     return meta
 
 

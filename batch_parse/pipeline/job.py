@@ -88,7 +88,7 @@ def run_job(options: JobOptions) -> JobSummary:
         summary.migrated = migrate.migrate(fs, layout, sha, held.fence)
         # Another source or other weights are refused before any work; this run's are recorded
         # once the listing found images (an empty or mistyped source must not claim the output).
-        recorded = (claim_source(fs, output, source, record=False),
+        recorded = (claim_source(fs, output, source, plan.resolve_source_format(options, source), record=False),
                     claim_model(fs, output, model_version, sha, record=False))
         return _run_on_output(options, fs, source, output, layout, model_version, sha, held.fence, summary, recorded)
 
@@ -109,7 +109,7 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     with summary.timed("recovery"):
         before = commit.recover(fs, data_dir, index_dir, retry_errors=options.retry_errors, fence=fence,
                                 schema=run_schema(options, source, model_version, sha),
-                                check=data_file_check(output, source, model_version, sha))
+                                check=data_file_check(output, source, model_version, sha, options.source_format))
     summary.recovered_incomplete = len(before.removed_incomplete)
     summary.duplicates_removed = before.duplicates_removed
     summary.incomplete_images_redone = before.incomplete_images
@@ -138,7 +138,7 @@ def _run_on_output(options: JobOptions, fs, source: Location, output: Location, 
     if manifest.listed and not (source_recorded and model_recorded):
         fence()
         if not source_recorded:
-            record_source(fs, output, source)
+            record_source(fs, output, source, options.source_format)
         claim_model(fs, output, model_version, sha)
     if manifest.written == 0:  # a run that found nothing leaves nothing behind
         summary.seconds = time.time() - t0
@@ -215,7 +215,8 @@ def _run_chain(options: JobOptions, fs, source: Location, manifest_path: str, da
             .repartition(target_num_rows_per_block=options.batch_size)
             .map_batches(
                 stages.fetch_and_decode,
-                fn_kwargs={"source": source, "max_pixels": options.max_pixels,
+                fn_kwargs={"source": source, "max_pixels": options.max_pixels, "source_format": options.source_format,
+                           "image_column": options.image_column,
                            "max_bytes": options.max_bytes, "fetch_attempts": options.fetch_attempts},
                 # Same size as the model's batches: Ray fuses this stage into the actors on CPU-only
                 # nodes, and a larger batch there would make each actor task hold several batches
@@ -253,9 +254,13 @@ def run_schema(options: JobOptions, source: Location, model_version: str, sha: s
     """The schema (and metadata) of the files this run writes: the file's columns and class list
     follow the model's classes (no pixels_skin for 9-class weights); each file names its source as
     the output records it, so a data file checks on its own (source_identity.data_file_check)."""
+    parquet = options.source_format == "parquet"
     return output_schema(model_version.split("@")[0], sha, options.crop_format, source=source,
-                         policy=inference_policy(options), class_names=weights_class_names(resolve(options.model)[1]),
-                         licence=weights_licence(*resolve(options.model)).as_dict(), source_record=canonical_source(source))
+                         policy=inference_policy(options), source_format=options.source_format,
+                         image_column=options.image_column if parquet else None, key_column=options.key_column if parquet else None,
+                         class_names=weights_class_names(resolve(options.model)[1]),
+                         licence=weights_licence(*resolve(options.model)).as_dict(),
+                         source_record=canonical_source(source, options.source_format))
 
 
 def inference_policy(options: JobOptions) -> dict:

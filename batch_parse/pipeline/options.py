@@ -8,6 +8,7 @@ from batch_parse.storage.location import Location, parse_location
 from batch_parse.faces.policy import DEFAULT_POLICY, FACE_MODES, InferencePolicy  # noqa: F401 (FACE_MODES: re-exported)
 
 CROP_FORMATS = ("jpeg", "png")
+SOURCE_FORMATS = ("auto", "files", "webdataset", "parquet")  # storage/sources.py
 DEFAULT_MODEL = "stn-icnn/default"
 # Pillow refuses more than 2x its own limit (~179 MP); we cap lower: a 50 MP photo is
 # ~150 MB as RGB, which is already more than a worker should hold per image.
@@ -28,6 +29,8 @@ class JobOptions:
     source_endpoint_url: str | None = None  # the source's store when it differs (wins over endpoint_url)
     output_endpoint_url: str | None = None  # the output's store when it differs (wins over endpoint_url)
     source_anonymous: bool = False  # read the source with unsigned requests (a public bucket), no credentials
+    source_profile: str | None = None  # AWS profile (~/.aws) for the source's store instead of the default chain
+    output_profile: str | None = None  # AWS profile for the output's store
     batch_size: int = 16  # images per model call
     min_actors: int = 1
     max_actors: int = 1
@@ -39,6 +42,9 @@ class JobOptions:
     max_bytes: int = DEFAULT_MAX_BYTES  # largest source object to fetch, in bytes
     fetch_attempts: int = DEFAULT_FETCH_ATTEMPTS  # tries per S3 object on errors that can pass, with backoff
     object_list: str | None = None  # read the source's keys from this object list (S3 Inventory, Parquet of keys) instead of listing
+    source_format: str = "auto"  # files, webdataset (tar shards) or parquet (image tables); auto: by the listed extensions
+    image_column: str = "image"  # Parquet sources: the column of image bytes (binary, or HF's {bytes, path} struct)
+    key_column: str | None = None  # Parquet sources: the column naming each image (source_key); None: the row number
     retry_errors: bool = True  # redo images whose rows are retryable errors (output/errors.py) from earlier runs
     rows_per_file: int = 1000  # bounds output Parquet file size (crops make rows ~50-200 KB)
     device: str | None = None  # None: cuda when the actor has a GPU, else cpu
@@ -51,11 +57,12 @@ class JobOptions:
 
     def source_location(self) -> Location:
         """The source, parsed, with the store it is read from (ValueError on a bad one)."""
-        return parse_location(self.source, self.source_endpoint_url or self.endpoint_url, anonymous=self.source_anonymous)
+        return parse_location(self.source, self.source_endpoint_url or self.endpoint_url, anonymous=self.source_anonymous,
+                              profile=self.source_profile)
 
     def output_location(self) -> Location:
         """The output, parsed, with the store it is written to (ValueError on a bad one)."""
-        return parse_location(self.output, self.output_endpoint_url or self.endpoint_url)
+        return parse_location(self.output, self.output_endpoint_url or self.endpoint_url, profile=self.output_profile)
 
     @property
     def policy(self) -> InferencePolicy:
@@ -81,6 +88,12 @@ class JobOptions:
             problems.append(f"gpus_per_actor: must be in 0..{_MAX_RESOURCE}, got {self.gpus_per_actor}")
         if not 0 < self.cpus_per_actor <= _MAX_RESOURCE:
             problems.append(f"cpus_per_actor: must be > 0 and <= {_MAX_RESOURCE}, got {self.cpus_per_actor}")
+        if self.source_anonymous and self.source_profile:
+            problems.append("source_profile: an anonymous source sends no credentials; give one of source_anonymous, source_profile")
+        if self.source_format not in SOURCE_FORMATS:
+            problems.append(f"source_format: must be one of {', '.join(SOURCE_FORMATS)}, got {self.source_format!r}")
+        if not self.image_column:
+            problems.append("image_column: must name a column")
         if self.crop_format not in CROP_FORMATS:
             problems.append(f"crop_format: must be one of {', '.join(CROP_FORMATS)}, got {self.crop_format!r}")
         return problems + self.policy.problems()

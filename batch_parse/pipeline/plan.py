@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 from batch_parse.output.layout import OutputLayout
 from batch_parse.pipeline import commit
 from batch_parse.pipeline.options import JobOptions
-from batch_parse.storage.listing import iter_objects
+from batch_parse.storage.sources import iter_units, resolve_format
 from batch_parse.storage.location import Location
 from batch_parse.storage.manifest import DoneIds, ManifestStats, write_manifest
 from batch_parse.storage.s3 import check_access
@@ -47,9 +47,20 @@ def check_locations(options: JobOptions) -> tuple[Location, Location]:
     return source, output
 
 
+def resolve_source_format(options: JobOptions, source: Location) -> str:
+    """Settle `options.source_format` (auto: by the extensions the source lists) once for the run; returns it."""
+    options.source_format = resolve_format(source, options.source_format, options.object_list)
+    return options.source_format
+
+
 def list_todo(options: JobOptions, source: Location, fs: pafs.FileSystem, manifest_path: str, committed: DoneIds) -> ManifestStats:
-    """List the source into the manifest at `manifest_path`, leaving out the `committed` images."""
-    listing = iter_objects(source, fan_out=True, object_list=options.object_list)
+    """List the source into the manifest at `manifest_path`, leaving out the `committed` images.
+
+    Sources of shards or tables list their images from the shards' headers or the tables' footers
+    (storage/sources.py), one shard or table at a time: the manifest's two passes bound memory as
+    for a listing of files."""
+    listing = iter_units(source, resolve_source_format(options, source), options.object_list, options.image_column,
+                         options.key_column)
     return write_manifest(listing, manifest_path, fs, committed=committed)
 
 
@@ -134,7 +145,7 @@ def dry_run(options: JobOptions) -> DryRun:
     source, output = check_locations(options)
     fs = output.filesystem()
     layout = OutputLayout(output)
-    claim_source(fs, output, source, record=False)  # reads only: raises on another source
+    claim_source(fs, output, source, resolve_source_format(options, source), record=False)  # reads only: raises on another source
     legacy, check = _check_model(fs, output, source, layout, options)
     view = commit.read_committed(fs, layout.data_dir, layout.index_dir, layout.staging_root, check=check)
     done = _Done(view, options.retry_errors)
@@ -162,5 +173,5 @@ def _check_model(fs: pafs.FileSystem, output: Location, source: Location, layout
     name, path = resolve(options.model)
     sha = file_sha256(path)
     claim_model(fs, output, f"{name}@{sha[:8]}", sha, record=False)  # reads only: raises on other weights
-    check = data_file_check(output, source, f"{name}@{sha[:8]}", sha)
+    check = data_file_check(output, source, f"{name}@{sha[:8]}", sha, options.source_format)
     return legacy_folders(fs, layout, sha), check

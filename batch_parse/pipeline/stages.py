@@ -34,9 +34,10 @@ from batch_parse.output.codec import encode_label_map, encode_png
 from batch_parse.output.quality import PARSE_SCORE, parse_scores
 from batch_parse.pipeline.decode import DecodeError, decode_image
 from batch_parse.pipeline.options import DEFAULT_FETCH_ATTEMPTS, DEFAULT_MAX_BYTES, JobOptions
-from batch_parse.output.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
-from batch_parse.storage.fetch import FetchError, fetch_objects
+from batch_parse.output.schema import SHARD_COLUMNS, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from batch_parse.storage.fetch import FetchError, fetch_members, fetch_objects
 from batch_parse.storage.location import Location
+from batch_parse.storage.tables import read_table_images
 
 _PLACEHOLDER = np.zeros((1, 1, 3), dtype=np.uint8)
 _NO_CROP = np.zeros((0, 0, 3), dtype=np.uint8)
@@ -49,17 +50,37 @@ def _object_column(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def fetch_and_decode(batch: dict[str, np.ndarray], source: Location, max_pixels: int,
-                     max_bytes: int = DEFAULT_MAX_BYTES, fetch_attempts: int = DEFAULT_FETCH_ATTEMPTS) -> dict:
+                     max_bytes: int = DEFAULT_MAX_BYTES, fetch_attempts: int = DEFAULT_FETCH_ATTEMPTS,
+                     source_format: str = "files", image_column: str = "image") -> dict:
     """Manifest rows -> decoded RGB images, or error rows (fetch or decode failures)."""
     keys = [str(k) for k in batch["key"]]
     sizes = [_size(s) for s in batch["size"]]
+    shards = _column(batch, "source_shard", len(keys))
+    planned = _column(batch, "error_code", len(keys))
     # Refused from the listed size: not a byte of an object above max_bytes is fetched (an unknown
     # size, from an object list without sizes, is capped by fetch itself).
     small = [s is None or s <= max_bytes for s in sizes]
-    fetched = iter(fetch_objects([k for k, ok in zip(keys, small) if ok], source,
-                                 max_bytes=max_bytes, attempts=fetch_attempts))
-    blobs = [next(fetched) if ok else FetchError("too_large", f"{k} is {s:,} bytes, above max_bytes={max_bytes:,} (not read)")
-             for k, s, ok in zip(keys, sizes, small)]
+    blobs: list = [FetchError("too_large", f"{k} is {s:,} bytes, above max_bytes={max_bytes:,} (not read)") if not ok else None
+                   for k, s, ok in zip(keys, sizes, small)]
+    for i, code in enumerate(planned):
+        if code:  # planned as an error (a truncated shard, a repeated key): nothing to read
+            blobs[i] = FetchError(str(code), str(batch["error"][i]), retry_now=False)
+    files = [i for i, b in enumerate(blobs) if b is None and not shards[i]]
+    for i, data in zip(files, fetch_objects([keys[i] for i in files], source, max_bytes=max_bytes, attempts=fetch_attempts)):
+        blobs[i] = data
+    # Images inside shards: one ranged read per shard per batch (rows come sorted by id, and a
+    # shard's ids are contiguous and in shard order).
+    by_shard: dict[str, list[int]] = {}
+    for i, b in enumerate(blobs):
+        if b is None:
+            by_shard.setdefault(str(shards[i]), []).append(i)
+    for shard, rows in by_shard.items():
+        if source_format == "parquet":  # rows of a table: its row groups' image column (storage/tables.py)
+            fetched = read_table_images(source, shard, str(batch["etag"][rows[0]]), [int(batch["offset"][i]) for i in rows], image_column)
+        else:
+            fetched = fetch_members(shard, [(int(batch["offset"][i]), sizes[i]) for i in rows], source, attempts=fetch_attempts)
+        for i, data in zip(rows, fetched):
+            blobs[i] = data if not isinstance(data, FetchError) else FetchError(data.code, f"{keys[i]}: {data.message}", data.retry_now)
     images, codes, errors = [], [], []
     for key, blob in zip(keys, blobs):
         if isinstance(blob, FetchError):
@@ -82,6 +103,12 @@ def fetch_and_decode(batch: dict[str, np.ndarray], source: Location, max_pixels:
     out["error_code"] = np.array(codes, dtype=object)
     out["error"] = np.array(errors, dtype=object)
     return out
+
+
+def _column(batch: dict, name: str, rows: int) -> list:
+    """A manifest column as a list (None where the manifest lacks it: one written before it existed)."""
+    values = batch.get(name)
+    return [None] * rows if values is None else [None if v is None or v != v else v for v in values]
 
 
 def _size(value) -> int | None:
@@ -293,6 +320,9 @@ def encode_rows(batch: dict[str, np.ndarray], schema: pa.Schema, model_version: 
     for c, name in enumerate(CLASS_NAMES):
         if f"pixels_{name}" in schema.names:  # the model's classes only (schema.table_schema)
             columns[f"pixels_{name}"] = per_face(batch["class_pixels"][:, c].astype(int).tolist())
+    for name in SHARD_COLUMNS:
+        if name in schema.names:  # sources of shards or tables only (schema.table_schema)
+            columns[name] = [None if v is None or v != v else str(v) for v in batch[name]]
     columns["model_version"] = [model_version] * n
     columns["processed_at"] = [now] * n
     return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)

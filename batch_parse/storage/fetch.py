@@ -89,6 +89,43 @@ def fetch_objects(
         return list(pool.map(read, keys))
 
 
+# One ranged read covers a batch's images of one shard unless they span more than this (then one
+# read per image): sequential reads without holding a shard's worth of bytes in a worker.
+MAX_SPAN_BYTES = 64 << 20
+
+
+def fetch_members(shard_key: str, spans: Sequence[tuple[int, int]], location: Location,
+                  attempts: int = DEFAULT_ATTEMPTS) -> list[bytes | FetchError]:
+    """The bytes at each (offset, size) of one object (a shard's members), read in as few ranged reads as fit.
+
+    `spans` in shard order; a FetchError for every member of a read that failed (the same
+    retries and codes as fetch_objects).
+    """
+    if not spans:
+        return []
+    start, end = min(o for o, _ in spans), max(o + n for o, n in spans)
+    if end - start > MAX_SPAN_BYTES and len(spans) > 1:
+        return [fetch_members(shard_key, [span], location, attempts)[0] for span in spans]
+    if location.is_s3:
+        client = _client(location)
+        for attempt in range(attempts):
+            block = _get_s3(client, location, shard_key, None, (start, end))
+            if not isinstance(block, FetchError) or block.code not in TRANSIENT or not block.retry_now:
+                break
+            if attempt + 1 < attempts:
+                time.sleep(backoff_s(attempt))
+    else:
+        block = _read_local_range(location.path, shard_key, start, end)
+    if isinstance(block, FetchError):
+        return [block] * len(spans)
+    out: list[bytes | FetchError] = []
+    for offset, size in spans:
+        data = block[offset - start : offset - start + size]
+        out.append(data if len(data) == size else FetchError("truncated", f"{shard_key}: the shard ends inside this member "
+                                                                          "(shorter than when it was planned)", retry_now=False))
+    return out
+
+
 def backoff_s(attempt: int) -> float:
     """Pause after failed try number `attempt` (0-based): doubling from BACKOFF_S, capped, jittered."""
     return min(BACKOFF_CAP_S, BACKOFF_S * 2**attempt) * random.uniform(0.5, 1.0)
@@ -106,9 +143,11 @@ def _client(location: Location):
         return client
 
 
-def _get_s3(client, location: Location, key: str, max_bytes: int | None) -> bytes | FetchError:
+def _get_s3(client, location: Location, key: str, max_bytes: int | None,
+            byte_range: tuple[int, int] | None = None) -> bytes | FetchError:
     try:
-        response = client.get_object(Bucket=location.bucket, Key=key)
+        extra = {} if byte_range is None else {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"}
+        response = client.get_object(Bucket=location.bucket, Key=key, **extra)
         body = response["Body"]
         if max_bytes is None:
             return body.read()
@@ -166,6 +205,19 @@ def _read_local(root: str, key: str, max_bytes: int | None) -> bytes | FetchErro
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def _read_local_range(root: str, key: str, start: int, end: int) -> bytes | FetchError:
+    path = os.path.join(root, *key.split("/"))
+    try:
+        with open(local_path(root, key), "rb") as f:
+            return os.pread(f.fileno(), end - start, start)
+    except FileNotFoundError:
+        return FetchError("not_found", f"{path} no longer exists (deleted since planning?)")
+    except PermissionError:
+        return FetchError("access_denied", f"permission denied reading {path}")
+    except OSError as exc:
+        return FetchError("fetch_failed", f"cannot read {path}: {exc.strerror or exc}")
 
 
 def _too_large(where: str, size: int | None, max_bytes: int) -> FetchError:

@@ -19,7 +19,7 @@ import re
 import stat
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -82,8 +82,9 @@ class ObjectListing:
     """Iterator over the images under a location; `stats` counts what was skipped so far."""
 
     def __init__(self, location: Location, page_size: int = 1000, fan_out: bool = False,
-                 object_list: str | None = None):
+                 object_list: str | None = None, wanted: Callable[[str], bool] | None = None):
         self.location = location
+        self.wanted = wanted or is_image_key  # which keys are the source's units (images, or shards)
         self.stats = ListingStats()
         if object_list is not None:
             from batch_parse.storage.object_list import walk_object_list
@@ -116,7 +117,7 @@ class ObjectListing:
                 self.stats.unreadable_reasons[info.reason] += 1
                 if len(self.stats.unreadable_examples) < EXAMPLES_KEPT:
                     self.stats.unreadable_examples.append(f"{relative}: {info.reason}")
-            elif is_image_key(relative):
+            elif self.wanted(relative):
                 self.stats.images += 1
                 yield info
             else:
@@ -126,7 +127,7 @@ class ObjectListing:
 
 
 def iter_objects(location: Location, page_size: int = 1000, fan_out: bool = False,
-                 object_list: str | None = None) -> ObjectListing:
+                 object_list: str | None = None, wanted: Callable[[str], bool] | None = None) -> ObjectListing:
     """Image objects under `location`, streamed: memory does not grow with the number of objects.
 
     S3: in key order from one paginator, or with `fan_out` from LIST_THREADS paginators over the
@@ -136,7 +137,7 @@ def iter_objects(location: Location, page_size: int = 1000, fan_out: bool = Fals
     Raises StorageError (one-line message) for a missing bucket or folder, bad credentials or an
     unreachable endpoint; the error surfaces on the first `next()`, not on this call.
     """
-    return ObjectListing(location, page_size, fan_out, object_list)
+    return ObjectListing(location, page_size, fan_out, object_list, wanted)
 
 
 def is_image_key(key: str) -> bool:

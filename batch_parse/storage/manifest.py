@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batch_parse.storage import id_ranges
-from batch_parse.storage.listing import ObjectListing
+from batch_parse.storage.listing import ListingStats
 from batch_parse.storage.objects import ObjectInfo
 
 MANIFEST_SCHEMA = pa.schema(
@@ -33,6 +33,12 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("key", pa.string(), nullable=False),
         pa.field("size", pa.int64()),
         pa.field("etag", pa.string()),
+        # Images inside shards (storage/shards.py); null for one object per image.
+        pa.field("source_shard", pa.string()),
+        pa.field("source_key", pa.string()),
+        pa.field("offset", pa.int64()),
+        pa.field("error_code", pa.string()),  # planned error rows (truncated shard, repeated key)
+        pa.field("error", pa.string()),
     ]
 )
 # Bounds the writer's memory (~1-2 MB of keys) and gives Ray Data read tasks a useful unit of work.
@@ -133,7 +139,7 @@ def write_manifest(
         filesystem.move(partial, path)
     else:
         _remove_quietly(filesystem, partial)
-    if isinstance(objects, ObjectListing):
+    if isinstance(getattr(objects, "stats", None), ListingStats):  # a listing, or shards planned from one
         stats.skipped_non_image = objects.stats.skipped_non_image
         stats.non_image_examples = list(objects.stats.non_image_examples)
         stats.skipped_system = objects.stats.skipped_system
@@ -150,17 +156,12 @@ def _write_parts(objects: Iterable[ObjectInfo], parts_dir: str, fs: pafs.FileSys
     batch: list[ObjectInfo] = []
 
     def flush() -> None:
-        ids = np.fromiter((object_id(o.key) for o in batch), dtype=np.int64, count=len(batch))
+        ids = np.fromiter((object_id(o.key) if o.id is None else o.id for o in batch), dtype=np.int64, count=len(batch))
         order = np.argsort(ids, kind="stable")
-        table = pa.table(
-            {
-                "id": pa.array(ids[order], pa.int64()),
-                "key": pa.array([batch[i].key for i in order], pa.string()),
-                "size": pa.array([batch[i].size for i in order], pa.int64()),
-                "etag": pa.array([batch[i].etag for i in order], pa.string()),
-            },
-            schema=MANIFEST_SCHEMA,
-        )
+        columns = {"id": pa.array(ids[order], pa.int64())}
+        for name in MANIFEST_SCHEMA.names[1:]:
+            columns[name] = pa.array([getattr(batch[i], name) for i in order], MANIFEST_SCHEMA.field(name).type)
+        table = pa.table(columns, schema=MANIFEST_SCHEMA)
         parts.append(f"{parts_dir}/part-{len(parts):05d}.parquet")
         pq.write_table(table, parts[-1], filesystem=fs, row_group_size=id_ranges.ROW_GROUP_ROWS)
         stats.listed += len(batch)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from batch_parse.storage.fetch import FetchError, fetch_objects
+from batch_parse.storage.fetch import FetchError, fetch_members, fetch_objects
 from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.s3 import describe_error
+from batch_parse.storage.shards import member_list, split_shard_key
+from batch_parse.storage.sources import shard_relative
 
 
 def recorded_source(metadata: dict, output: Location | None = None) -> Location:
@@ -36,9 +38,44 @@ def fetch_originals(metadata: dict, keys: Sequence[str], output: Location | None
     except ValueError as exc:
         return [FetchError("not_found", str(exc), retry_now=False)] * len(keys)
     try:
+        fmt = metadata.get("source_format") or "files"
+        if fmt == "webdataset":
+            return _from_shards(source, list(keys))
+        if fmt == "parquet":
+            from batch_parse.storage.tables import fetch_table_images
+
+            return fetch_table_images(source, list(keys), metadata.get("image_column") or "image", metadata.get("key_column"))
         return fetch_objects(list(keys), source, max_bytes=max_bytes)
     except Exception as exc:  # no credentials, a bad endpoint: the caller shows it per image
         return [FetchError("fetch_failed", describe_error(exc, source), retry_now=False)] * len(keys)
+
+
+def _from_shards(source: Location, keys: list[str]) -> list[bytes | FetchError]:
+    """Images inside shards, by their `key` (shard/member): each shard's headers walked once, then ranged reads."""
+    fs = source.filesystem()
+    out: list[bytes | FetchError | None] = [None] * len(keys)
+    by_shard: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        shard, member = split_shard_key(key)
+        if shard is None:
+            out[i] = FetchError("not_found", f"{key}: not a key inside a .tar shard", retry_now=False)
+        else:
+            by_shard.setdefault(shard, []).append(i)
+    for shard, rows in by_shard.items():
+        path = source.fs_path(shard_relative(source, shard))
+        try:
+            where = {f"{shard}/{m.name}": (m.offset, m.size) for m in member_list(fs, path)}
+        except OSError as exc:
+            for i in rows:
+                out[i] = FetchError("not_found", f"{keys[i]}: cannot read shard {shard}: {describe_error(exc, source)}", retry_now=False)
+            continue
+        found = [i for i in rows if keys[i] in where]
+        for i in rows:
+            if keys[i] not in where:
+                out[i] = FetchError("not_found", f"{keys[i]}: no such member in shard {shard} (rewritten since?)", retry_now=False)
+        for i, data in zip(found, fetch_members(shard, [where[keys[i]] for i in found], source)):
+            out[i] = data
+    return out
 
 
 def fetch_original(metadata: dict, key: str, output: Location | None = None, max_bytes: int | None = None) -> bytes | FetchError:

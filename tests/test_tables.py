@@ -1,0 +1,78 @@
+"""Parquet image tables as a source: binary or Hugging Face {bytes, path} image columns, row groups read as units."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch_parse.pipeline.job import run_job
+from batch_parse.pipeline.options import JobOptions
+from batch_parse.storage.location import parse_location
+from batch_parse.storage.originals import fetch_originals
+from batch_parse.storage.sources import resolve_format
+from batch_parse.storage.tables import ROW_BITS, TableImages, read_table_images
+from shardfiles import write_table
+
+MODEL = "stn-icnn/default"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from batch_parse.pipeline.job import connect_ray
+
+    connect_ray()
+    yield
+    ray.shutdown()
+
+
+def test_planning_reads_footers_and_rows_come_back_by_row_group(tmp_path, face_jpegs):
+    faces = face_jpegs(7)
+    write_table(tmp_path / "src" / "a.parquet", faces[:5], keys=[f"url-{i}" for i in range(5)], row_group_size=2)
+    write_table(tmp_path / "src" / "hf" / "b.parquet", faces[5:], hf_struct=True)
+    pq.write_table(pa.table({"pixels": [b"x"]}), tmp_path / "src" / "no-image.parquet")
+    source = parse_location(str(tmp_path / "src"))
+    assert resolve_format(source, "auto") == "parquet"
+    planned = list(TableImages(source, key_column=None))
+    by_key = {p.key: p for p in planned}
+    assert sorted(by_key) == ["a.parquet/0", "a.parquet/1", "a.parquet/2", "a.parquet/3", "a.parquet/4",
+                              "hf/b.parquet/0", "hf/b.parquet/1", "no-image.parquet/(file)"]
+    bad = by_key["no-image.parquet/(file)"]
+    assert bad.error_code == "not_an_image" and bad.error == (
+        "no-image.parquet/(file): no column 'image' (columns: pixels): name the image column with --image-column (and --key-column)")
+    rows = [by_key[f"a.parquet/{i}"] for i in range(5)]
+    assert [r.id for r in rows] == list(range(rows[0].id, rows[0].id + 5)) and rows[0].id % (1 << ROW_BITS) == 0
+    assert read_table_images(source, "a.parquet", rows[0].etag, [1, 2, 3], "image") == faces[1:4]  # across row groups
+    assert read_table_images(source, "hf/b.parquet", "x", [1], "image") == [faces[6]]
+    keyed = {p.key: p.source_key for p in TableImages(source, key_column="key") if p.source_shard == "a.parquet"}
+    assert keyed == {f"a.parquet/{i}": f"url-{i}" for i in range(5)}
+    missing = [p for p in TableImages(source, key_column="key") if p.source_shard == "hf/b.parquet"]
+    assert len(missing) == 1 and "no key column 'key'" in missing[0].error
+
+
+def test_parquet_table_job_labels_each_row_once(ray_local, tmp_path, face_jpegs):
+    faces = face_jpegs(5)
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_table(src / "part-0.parquet", faces[:3], keys=["x", "y", "z"], hf_struct=True, row_group_size=2)
+    pq.write_table(pa.table({"jpg": [faces[3]]}), src / "other.parquet")  # no `image` column: one error row, not fatal
+    options = dict(source=str(src), output=str(out), model=MODEL, batch_size=2, key_column="key")
+    summary = run_job(JobOptions(**options))
+    assert summary.exit_code == 0
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("data/*.parquet"))])
+    rows = table.select(["key", "source_shard", "source_key", "status", "error"]).to_pylist()
+    good = sorted((r["source_shard"], r["source_key"]) for r in rows if r["status"] != "error")
+    assert good == [("part-0.parquet", "x"), ("part-0.parquet", "y"), ("part-0.parquet", "z")]
+    (bad,) = [r for r in rows if r["status"] == "error"]
+    assert bad["error"].startswith("other.parquet/(file): no column 'image'")
+    meta = json.loads(table.schema.metadata[b"batch_parse"])
+    assert (meta["source_format"], meta["image_column"], meta["key_column"]) == ("parquet", "image", "key")
+    assert fetch_originals(meta, ["part-0.parquet/2"], parse_location(str(out))) == [faces[2]]
+
+    write_table(src / "part-1.parquet", faces[4:], keys=["w"], hf_struct=True)
+    again = run_job(JobOptions(**options))
+    assert (again.listed, again.already_done) == (5, 4)
