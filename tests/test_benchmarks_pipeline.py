@@ -34,7 +34,9 @@ def test_quick_run_prints_the_table_and_both_ratios():
     header = next(line for line in lines if line.startswith("measurement"))
     assert header.split() == ["measurement", "images", "seconds", "images/s"]
     assert _rate(lines, "(a) job, run_job call to return")[0] == 16
-    assert _rate(lines, "(a) job, steady state (progress counter)")[0] == 8  # the second batch
+    # From the first count on: on CPU the counter moves every few images within a batch
+    # (stages.CPU_CHUNK), so the steady state is what is left after the first chunk.
+    assert 0 < _rate(lines, "(a) job, steady state (progress counter)")[0] < 16
     assert _rate(lines, "(b) model alone (whole-image) at batch 8")[0] == 16
     assert _rate(lines, "(c) naive loop: boto3, PIL, parse at batch 1, PNG")[0] == 16
     vs_model = re.search(rf"^ratio \(a\)/\(b\) job / model alone: steady state {NUMBER}, call to return {NUMBER} \(target >= 0.9 for steady state: (met|NOT met)\)$", done.stdout, re.M)
