@@ -28,7 +28,15 @@ from pathlib import Path
 
 from batch_parse.model.registry import REGISTRY
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside a checkout
+
+
+def shared_data() -> Path:
+    """The photos the face pool is built from: $BATCH_PARSE_SHARED/data, else ../shared/data beside the checkout."""
+    env = os.environ.get("BATCH_PARSE_SHARED")
+    root = Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
+    if not (root / "data" / "facepool").is_dir():
+        raise ValueError(f"no face pool photos in {root / 'data' / 'facepool'}: set BATCH_PARSE_SHARED to the shared/ folder")
+    return root / "data"
 
 
 @dataclass(frozen=True)
@@ -94,9 +102,10 @@ def ensure_facepool(home: Path, facepool: Path | None, workers: int) -> Path:
         return dst
     from batch_parse.train import facepool as fp
 
-    log(f"building the face pool into {dst} (about 50 min on 2 cores)")
-    utk = SHARED / "utkface"
-    fp.build(SHARED / "facepool", dst, utk if utk.is_dir() else None, workers=workers)
+    shared = shared_data()
+    log(f"building the face pool into {dst} from {shared} (about 50 min on 2 idle cores; resumes if stopped)")
+    utk = shared / "utkface"
+    fp.build(shared / "facepool", dst, utk if utk.is_dir() else None, workers=workers)
     return dst
 
 
