@@ -45,9 +45,8 @@ from batch_parse.model.stn_icnn import STNiCNN
 from batch_parse.model.weights import load_weights, save_weights
 from batch_parse.report.meter import Meter
 from batch_parse.train import augment
-from batch_parse.train.datasets import open_dataset
 from batch_parse.train.evaluate import evaluate, format_scores
-from batch_parse.train.pool import PoolSplit, is_pool, open_pool, pack, pool_canvas
+from batch_parse.train.pool import PoolSplit, is_pool, open_pool, pack
 
 STAGES = ("a", "b", "c", "e2e")
 LEARNING_RATES = {"a": 9e-4, "b": 8e-4, "c": 8e-4, "e2e": 2.5e-3}  # the authors' values
