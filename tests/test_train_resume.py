@@ -157,3 +157,28 @@ def test_the_recipe_restarts_skipping_what_is_done(tiny_pool, tmp_path):
                           check=True, capture_output=True, text=True)
     assert done.stderr.count("done (") == 4
     assert before == {p.name: p.stat().st_mtime_ns for p in run.glob("stage_*.ckpt")}
+
+
+def test_stages_trained_side_by_side_give_the_same_weights_as_in_turn(tiny_pool, tmp_path):
+    """--jobs 2 trains a and c at once, then b, then e2e, each in its own process: same files as one by one."""
+    from batch_parse.train.recipe import RECIPES, run_recipe
+
+    in_turn = run_recipe(RECIPES["smoke"], tmp_path / "in-turn", pool=tiny_pool)
+    side_by_side = run_recipe(RECIPES["smoke"], tmp_path / "side-by-side", pool=tiny_pool, jobs=2)
+    a, b = load_weights(in_turn)[0].state_dict(), load_weights(side_by_side)[0].state_dict()
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+
+
+def test_a_stage_is_trained_by_one_process_at_a_time(tiny_pool, tmp_path):
+    import fcntl
+
+    from batch_parse.train.train import TrainOptions, train_stage
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "stage_c.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running trainer holds it
+        with pytest.raises(RuntimeError, match="stage c of .* is being trained by another process"):
+            train_stage(TrainOptions(str(tiny_pool), str(run), "c", 2, 4, val_every=2, init=V3))
+    assert not (run / "stage_c.ckpt").exists()

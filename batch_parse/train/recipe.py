@@ -12,7 +12,7 @@ log in HOME/train.log.
     HOME/runs/<recipe>/     each stage's checkpoint, best weights, curve; <recipe>.safetensors
                             (fp16, the shippable file) and curves.png when all stages are done
 
-Usage: python -m batch_parse.train.recipe [--recipe v4] [--home DIR] [--threads 1] [--device cpu]
+Usage: python -m batch_parse.train.recipe [--recipe v4] [--home DIR] [--threads 1] [--jobs 1] [--device cpu]
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def ensure_facepool(home: Path, facepool: Path | None, workers: int) -> Path:
 
 
 def run_recipe(recipe: Recipe, home: Path, threads: int = 1, device: str = "cpu", facepool: Path | None = None,
-               pool: Path | None = None, workers: int = 1, precision: str = "auto") -> Path:
+               pool: Path | None = None, workers: int = 1, precision: str = "auto", jobs: int = 1) -> Path:
     from batch_parse.train.curves import plot_curves
     from batch_parse.train.pool import pack
     from batch_parse.train.train import TrainOptions, export_weights, stage_done, train_stage
@@ -121,18 +121,57 @@ def run_recipe(recipe: Recipe, home: Path, threads: int = 1, device: str = "cpu"
         pack([ensure_facepool(home, facepool, workers)], pool, turns=recipe.turns)
     run = home / "runs" / recipe.name
     init = str(REGISTRY[recipe.init])
+    todo = []
     for s in recipe.stages:
         if stage_done(run, s.stage, s.steps):
             log(f"stage {s.stage}: done ({s.steps} steps), skipped")
-            continue
-        log(f"stage {s.stage}: {s.steps} steps x {s.batch_size}, lr {s.lr}")
-        train_stage(TrainOptions(str(pool), str(run), s.stage, s.steps, s.batch_size, val_every=s.val_every, threads=threads,
-                                 lr=s.lr, zoom_min=recipe.zoom_min, init=init, device=device, precision=precision))
+        else:
+            todo.append((s, TrainOptions(str(pool), str(run), s.stage, s.steps, s.batch_size, val_every=s.val_every,
+                                         threads=threads, lr=s.lr, zoom_min=recipe.zoom_min, init=init, device=device,
+                                         precision=precision)))
+    if jobs <= 1:
+        for s, opts in todo:
+            log(f"stage {s.stage}: {s.steps} steps x {s.batch_size}, lr {s.lr}")
+            train_stage(opts)
+    else:
+        train_in_parallel(todo, run, jobs)
     out = export_weights(str(run), str(run / f"stn-icnn-{recipe.name}.safetensors"))
     plot_curves(run, run / "curves.png")
     (run / "done.json").write_text(json.dumps({"recipe": recipe.name, "weights": str(out), "finished": time.time()}))
     log(f"all stages done: {out}, curves in {run / 'curves.png'}")
     return out
+
+
+def train_in_parallel(todo: list, run: Path, jobs: int) -> None:
+    """Up to `jobs` stages at once, each in its own process, a stage as soon as what it starts from is done.
+
+    Stages a and c are independent (c learns the parts on the labelled windows, not on a's output),
+    so two cores train them side by side; b waits for a, e2e for b and c (train.NEEDS)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from batch_parse.train.train import NEEDS, stage_done, train_stage
+
+    budget = {s.stage: s.steps for s, _ in todo}
+    waiting, running = list(todo), {}
+
+    def ready(stage: str) -> bool:
+        return all(dep not in budget or stage_done(run, dep, budget[dep]) for dep in NEEDS[stage])
+
+    # spawn: a fresh interpreter per stage (torch's thread pools do not survive a fork).
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while waiting or running:
+            for s, opts in [(s, o) for s, o in waiting if ready(s.stage)][: jobs - len(running)]:
+                log(f"stage {s.stage}: {s.steps} steps x {s.batch_size}, lr {s.lr} (in its own process)")
+                running[pool.submit(train_stage, opts)] = s.stage
+                waiting.remove((s, opts))
+            if not running:
+                raise RuntimeError(f"stages {', '.join(s.stage for s, _ in waiting)} wait on stages that are not in the recipe")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                stage = running.pop(future)
+                future.result()  # a stage's error ends the recipe here, with its message
+                log(f"stage {stage}: done")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--portable", type=Path, default=None, help="a portable pool (pool.py --portable), unpacked into HOME/pool")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one leaves the other core of a 2-core machine free)")
     parser.add_argument("--workers", type=int, default=1, help="processes for the face pool build")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="stages trained at once, each in its own process with --threads threads (a and c are independent)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     args = parser.parse_args(argv)
@@ -164,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
             args.pool = unpack_portable(args.portable, home / "pool")
         run_recipe(RECIPES[args.recipe], home, args.threads, args.device, args.facepool, args.pool,
-                   args.workers, args.precision)
+                   args.workers, args.precision, args.jobs)
     except (ValueError, RuntimeError) as error:
         log(f"error: {error}")
         return 2

@@ -23,6 +23,7 @@ epochs, so a CPU-only run can be planned.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -49,6 +50,7 @@ from batch_parse.train.evaluate import evaluate, format_scores
 from batch_parse.train.pool import PoolSplit, is_pool, open_pool, pack
 
 STAGES = ("a", "b", "c", "e2e")
+NEEDS = {"a": (), "c": (), "b": ("a",), "e2e": ("b", "c")}  # what each stage starts from (initial_model)
 LEARNING_RATES = {"a": 9e-4, "b": 8e-4, "c": 8e-4, "e2e": 2.5e-3}  # the authors' values
 BATCH_SIZES = {"a": 16, "b": 32, "c": 32, "e2e": 16}
 
@@ -282,11 +284,22 @@ def _save_atomic(obj: dict, path: Path) -> None:
 def train_stage(opts: TrainOptions) -> Path:
     if opts.stage not in STAGES:
         raise ValueError(f"unknown stage {opts.stage!r}: expected one of {', '.join(STAGES)}")
+    run = Path(opts.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    # Two processes on one stage would write the same checkpoint; the kernel drops the lock
+    # however the holder ends, so a killed run never blocks its own resumption.
+    with open(run / f"stage_{opts.stage}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"stage {opts.stage} of {run} is being trained by another process") from None
+        return _train_stage(opts, run)
+
+
+def _train_stage(opts: TrainOptions, run: Path) -> Path:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
-    run = Path(opts.run_dir)
-    run.mkdir(parents=True, exist_ok=True)
     device = torch.device(opts.device)
     pool = training_pool(opts, run)
     model = initial_model(opts, run).to(device)
