@@ -188,3 +188,19 @@ def test_sigkill_mid_shard_then_rerun_is_exactly_once(face_jpegs, tmp_path):
     images = {(r["source_shard"], r["source_key"]) for r in table.select(["source_shard", "source_key"]).to_pylist()}
     assert images == {("000.tar", f"a{i:05d}") for i in range(12)} | {("001.tar", f"b{i:05d}") for i in range(12)}
     assert " already done" in resumed.stdout
+
+
+def test_a_shard_with_more_samples_than_its_ids_gets_one_row_counting_the_rest(tmp_path, face_jpegs):
+    """Nothing vanishes: samples past a shard's block of ids are named by one error row (capacity 4 here)."""
+    import pyarrow.fs as pafs
+
+    from batch_parse.storage.shards import plan_shard
+
+    shard = write_shard(tmp_path, "big.tar", face_samples(face_jpegs(6), ""))
+    planned = list(plan_shard(pafs.LocalFileSystem(), str(shard), "big.tar", capacity=4))
+    assert [p.source_key for p in planned[:3]] == ["00000", "00001", "00002"] and all(p.error is None for p in planned[:3])
+    over = planned[3]
+    assert len(planned) == 4 and over.error_code == "too_many_samples"
+    assert over.error == ("big.tar/(after sample 3): 3 samples past the first 3 of shard big.tar are not labelled "
+                          "(a shard's ids hold 3): split the shard")
+    assert over.id == planned[0].id + 3 and len({p.id for p in planned}) == 4

@@ -76,3 +76,19 @@ def test_parquet_table_job_labels_each_row_once(ray_local, tmp_path, face_jpegs)
     write_table(src / "part-1.parquet", faces[4:], keys=["w"], hf_struct=True)
     again = run_job(JobOptions(**options))
     assert (again.listed, again.already_done) == (5, 4)
+
+
+def test_a_file_with_more_rows_than_its_ids_gets_one_row_counting_the_rest(tmp_path, face_jpegs):
+    """Nothing vanishes: rows past a file's block of ids are named by one error row (capacity 4 here: 3 rows + that row)."""
+    import pyarrow.fs as pafs
+
+    from batch_parse.storage.tables import plan_table
+
+    path = write_table(tmp_path / "big.parquet", face_jpegs(6), keys=[f"k{i}" for i in range(6)], row_group_size=2)
+    planned = list(plan_table(pafs.LocalFileSystem(), str(path), "big.parquet", "image", "key", capacity=4))
+    assert [p.source_key for p in planned[:3]] == ["k0", "k1", "k2"] and all(p.error is None for p in planned[:3])
+    over = planned[3]
+    assert len(planned) == 4 and over.error_code == "too_many_rows"
+    assert over.error == ("big.parquet/(after row 3): 3 rows past the first 3 of big.parquet are not labelled "
+                          "(a file's ids hold 3): split the file")
+    assert over.id == planned[0].id + 3 and len({p.id for p in planned}) == 4

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from batch_parse.storage.fetch import TRANSIENT
 
-PERMANENT = frozenset({"empty", "not_an_image", "truncated", "too_small", "too_large", "decode_failed", "not_found", "duplicate_key"})
+PERMANENT = frozenset({"empty", "not_an_image", "truncated", "too_small", "too_large", "decode_failed", "not_found", "duplicate_key",
+                       "too_many_samples", "too_many_rows"})
 RETRYABLE = TRANSIENT | {"model_failed"}
 EXIT_RETRYABLE = 3
 

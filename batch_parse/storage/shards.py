@@ -39,8 +39,8 @@ from batch_parse.storage.objects import ObjectInfo
 
 SHARD_EXTENSIONS = (".tar",)
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # WebDataset's image members we label
-ORDINAL_BITS = 18  # samples per shard: 262,144 (img2dataset writes 10,000)
-MAX_SAMPLES = 1 << ORDINAL_BITS
+ORDINAL_BITS = 18  # ids per shard: 262,144 (img2dataset writes 10,000 samples a shard)
+MAX_SAMPLES = 1 << ORDINAL_BITS  # the last id is the shard's own error row: 262,143 samples are labelled
 _IDENTITY_BITS = 63 - ORDINAL_BITS
 # Read-ahead of the header reader (bytes per ranged request): tarfile checks the byte before each
 # header, then reads the 512-byte header (plus long-name blocks). Members larger than this cost one
@@ -144,27 +144,32 @@ def _members(fs: pafs.FileSystem, path: str) -> tuple[list[_Member], bytes, str 
     return members, digest.digest(), problem
 
 
-def plan_shard(fs: pafs.FileSystem, path: str, shard_key: str, stats: ShardStats | None = None) -> Iterator[ObjectInfo]:
-    """The samples of one shard (headers only), in shard order; error samples for what cannot be read."""
+def plan_shard(fs: pafs.FileSystem, path: str, shard_key: str, stats: ShardStats | None = None,
+               capacity: int = MAX_SAMPLES) -> Iterator[ObjectInfo]:
+    """The samples of one shard (headers only), in shard order; error samples for what cannot be read.
+
+    A shard has `capacity` ids: its samples take the first capacity - 1, and a shard with more
+    samples than that gets one error row (the last id) saying how many were not labelled."""
     members, header_digest, problem = _members(fs, path)
     identity = hashlib.blake2b(shard_key.encode() + b"\0" + header_digest, digest_size=16).digest()
     etag = identity.hex()
     shard_size = fs.get_file_info(path).size
-    ordinal = 0
+    ordinal = past_capacity = 0
     seen: set[str] = set()
     current: str | None = None
     image: _Member | None = None
 
     def sample(member: _Member | None, key: str) -> ObjectInfo | None:
-        nonlocal ordinal
+        nonlocal ordinal, past_capacity
         if member is None:
             if stats is not None:
                 stats.samples_without_image += 1
                 if len(stats.examples) < 5:
                     stats.examples.append(f"{shard_key}/{key} (no image member)")
             return None
-        if ordinal >= MAX_SAMPLES:
-            return None  # counted below: a shard this large is split by its writer in practice
+        if ordinal >= capacity - 1:
+            past_capacity += 1  # one error row below names them
+            return None
         where = f"{shard_key}/{member.name}"
         code = error = None
         if key in seen:
@@ -197,12 +202,20 @@ def plan_shard(fs: pafs.FileSystem, path: str, shard_key: str, stats: ShardStats
         made = sample(image, current)
         if made is not None:
             yield made
+    reasons = []
+    if past_capacity:
+        code, where = "too_many_samples", f"{shard_key}/(after sample {capacity - 1})"
+        reasons.append(f"{past_capacity} samples past the first {capacity - 1} of shard {shard_key} are not labelled "
+                       f"(a shard's ids hold {capacity - 1}): split the shard")
     if problem is not None:
-        # One row says where the shard stopped making sense; its ordinal is the next free one.
+        code = "truncated"
         where = f"{shard_key}/(after member {members[-1].name})" if members else f"{shard_key}/(first member)"
-        yield ObjectInfo(key=where, size=None, etag=etag, id=shard_id(identity, min(ordinal, MAX_SAMPLES - 1)),
-                         source_shard=shard_key, source_key="", offset=0, error_code="truncated",
-                         error=f"{where}: shard {shard_key} is {problem}")
+        reasons.append(f"shard {shard_key} is {problem}")
+    if reasons:
+        # One row for the whole shard, at the next free ordinal (the reserved last one when the
+        # shard is full), so it neither takes a sample's id nor moves between runs.
+        yield ObjectInfo(key=where, size=None, etag=etag, id=shard_id(identity, ordinal), source_shard=shard_key,
+                         source_key="", offset=0, error_code=code, error=f"{where}: {'; '.join(reasons)}")
     if stats is not None:
         stats.shards += 1
 

@@ -31,7 +31,7 @@ from batch_parse.storage.listing import ListingStats, iter_objects
 from batch_parse.storage.location import Location
 from batch_parse.storage.objects import ObjectInfo
 
-ROW_BITS = 23  # rows per file: 8,388,608
+ROW_BITS = 23  # ids per file: 8,388,608; the last is the file's own error row, so 8,388,607 rows are labelled
 _IDENTITY_BITS = 63 - ROW_BITS
 PLAN_THREADS = 8
 # A worker keeps the last row group's image column it read, for the next batch of the same rows.
@@ -71,8 +71,12 @@ def _open(fs: pafs.FileSystem, path: str) -> pq.ParquetFile:
     return pq.ParquetFile(fs.open_input_file(path))
 
 
-def plan_table(fs: pafs.FileSystem, path: str, file_key: str, image_column: str, key_column: str | None) -> Iterator[ObjectInfo]:
-    """The images of one Parquet file (footer, and the key column if named); one error row if it has none to give."""
+def plan_table(fs: pafs.FileSystem, path: str, file_key: str, image_column: str, key_column: str | None,
+               capacity: int = 1 << ROW_BITS) -> Iterator[ObjectInfo]:
+    """The images of one Parquet file (footer, and the key column if named); one error row if it has none to give.
+
+    A file has `capacity` ids: its rows take the first capacity - 1, and a file with more rows gets
+    one error row (the last id) saying how many were not labelled."""
 
     def error(reason: str) -> Iterator[ObjectInfo]:
         identity = hashlib.blake2b(file_key.encode(), digest_size=16).digest()
@@ -103,18 +107,23 @@ def plan_table(fs: pafs.FileSystem, path: str, file_key: str, image_column: str,
             layout.update(f",{chunk.file_offset}:{chunk.total_compressed_size}".encode())
     identity = layout.digest()
     etag = identity.hex()
-    row = 0
+    row, last = 0, capacity - 1
     for g in range(meta.num_row_groups):
-        count = meta.row_group(g).num_rows
-        keys = (table.read_row_group(g, columns=[key_column]).column(0).to_pylist() if key_column else
+        if row >= last:
+            break
+        count = min(meta.row_group(g).num_rows, last - row)
+        keys = (table.read_row_group(g, columns=[key_column]).column(0).to_pylist()[:count] if key_column else
                 [str(row + i) for i in range(count)])
         for i, source_key in enumerate(keys):
-            number = row + i
-            if number >= 1 << ROW_BITS:
-                return  # more rows than one file's id block holds: split the file
-            yield ObjectInfo(key=f"{file_key}/{number}", size=None, etag=etag, id=table_id(identity, number),
-                             source_shard=file_key, source_key=str(source_key), offset=number)
+            yield ObjectInfo(key=f"{file_key}/{row + i}", size=None, etag=etag, id=table_id(identity, row + i),
+                             source_shard=file_key, source_key=str(source_key), offset=row + i)
         row += count
+    if meta.num_rows > last:
+        where = f"{file_key}/(after row {last})"
+        yield ObjectInfo(key=where, size=None, etag=etag, id=table_id(identity, last), source_shard=file_key, source_key="",
+                         offset=0, error_code="too_many_rows",
+                         error=f"{where}: {meta.num_rows - last} rows past the first {last} of {file_key} are not labelled "
+                               f"(a file's ids hold {last}): split the file")
 
 
 class TableImages:
