@@ -82,3 +82,16 @@ def demo_output(tmp_path_factory) -> Path:
         ray.shutdown()
     assert summary.exit_code == 0
     return dst
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_server):
+    """One local Ray for a module's jobs (each run_job would otherwise start and stop its own),
+    started after the S3 credentials are in the environment, which Ray's workers inherit."""
+    import ray
+
+    from batch_parse.pipeline.job import connect_ray
+
+    connect_ray()
+    yield
+    ray.shutdown()

@@ -30,18 +30,6 @@ from batch_parse.export import export_output
 GROUP = "group_canvas.jpg"
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray for the module's reruns (each run_job would otherwise start and stop its own)."""
-    import ray
-
-    from batch_parse.pipeline.job import connect_ray
-
-    connect_ray()
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def out(demo_output, tmp_path) -> Path:
     """A copy of the demo's real output, this test's to change (timestamps kept: the index still covers it)."""

@@ -31,18 +31,6 @@ from corpus import EXPECTED, bad_inputs, group_jpegs, shared_dir
 MODEL = "stn-icnn/default"
 
 
-@pytest.fixture(scope="module")
-def ray_local(s3_server):
-    """One local Ray for the module, started after the S3 credentials are in the environment."""
-    import ray
-
-    from batch_parse.pipeline.job import connect_ray
-
-    connect_ray()
-    yield
-    ray.shutdown()
-
-
 def _put(s3_server, bucket: str, objects: dict[str, bytes]) -> None:
     client = s3_server.client()
     for key, data in objects.items():

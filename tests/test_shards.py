@@ -35,17 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = "stn-icnn/default"
 
 
-@pytest.fixture(scope="module")
-def ray_local(s3_server):
-    import ray
-
-    from batch_parse.pipeline.job import connect_ray
-
-    connect_ray()
-    yield
-    ray.shutdown()
-
-
 def _plan(folder: Path | str, endpoint: str | None = None) -> list:
     return list(ShardSamples(parse_location(str(folder), endpoint)))
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from batch_parse.pipeline.job import run_job
 from batch_parse.pipeline.options import JobOptions
@@ -18,17 +16,6 @@ from batch_parse.storage.tables import ROW_BITS, TableImages, read_table_images
 from shardfiles import write_table
 
 MODEL = "stn-icnn/default"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    from batch_parse.pipeline.job import connect_ray
-
-    connect_ray()
-    yield
-    ray.shutdown()
 
 
 def test_planning_reads_footers_and_rows_come_back_by_row_group(tmp_path, face_jpegs):
