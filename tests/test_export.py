@@ -318,6 +318,8 @@ def test_hf_parquet_loads_with_datasets(demo_output, truth, classes, tmp_path):
         t = truth[row["key"]]
         assert row["id"] == t.id and isinstance(row["label_map"], Image.Image)
         _equal(np.asarray(row["label_map"]), t.union, f"hf label_map {t.key}")
+        assert row["label_map"].mode == "P" and row["label_map"].getpalette()[:3 * len(CLASS_COLORS)] == [
+            v for colour in CLASS_COLORS for v in colour]  # a viewer shows the parts in their colours
         assert row["classes"] == sorted(set(np.unique(t.union).tolist()))
         assert row["image"].size == (t.width, t.height)  # embedded (--copy-images), upright
         assert [f["face_index"] for f in row["faces"]] == [f.index for f in t.faces]

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from batch_parse.export.faces import Originals, Photo, copied_name
 from batch_parse.labels import PART_NAMES
-from batch_parse.output.codec import encode_png
+from batch_parse.output.codec import encode_label_map
 from batch_parse.output.quality import PARSE_SCORE, PARSE_SCORE_DOC
 
 COLUMNS: tuple[str, ...] = ("label_map", *(f"{p}_{c}" for p in PART_NAMES for c in ("crop", "box", "confidence")))
@@ -103,7 +103,7 @@ def _row(photo: Photo, originals: Originals | None, num_classes: int) -> dict:
     scores = photo.parse_scores()
     return {
         "image": image, "id": photo.id, "key": photo.key, "width": photo.width, "height": photo.height,
-        "model_version": photo.model_version, PARSE_SCORE: min(scores) if scores else None, "label_map": _image(encode_png(label_map)),
+        "model_version": photo.model_version, PARSE_SCORE: min(scores) if scores else None, "label_map": _image(encode_label_map(label_map)),
         "classes": present.tolist(), "faces": faces,
     }  # fmt: skip
 
@@ -133,9 +133,10 @@ def card(images: int, faces: int, versions: list[str], sources: list[str], label
         "# batch-parse face parsing labels\n\n"
         f"Exported by `batch-parse export --to hf`: {images} image(s), {faces} face(s), labelled by "
         f"{', '.join(f'`{v}`' for v in versions) or 'batch-parse'} from {', '.join(f'`{s}`' for s in sources) or 'an unrecorded source'}.\n\n"
-        "One row per image: `image`, `label_map` (8-bit, pixel = class index, the union of the image's faces), `classes`\n"
-        "present, `parse_score` (the lowest of its faces') and `faces` (detector box, landmarks and score, `parse_score`,\n"
-        "`parts_found`, the face's own label map and six part crops with boxes and confidences).\n\n"
+        "One row per image: `image`, `label_map` (8-bit palette PNG: pixel = class index, palette = class colours; the union\n"
+        "of the image's faces), `classes` present, `parse_score` (the lowest of its faces') and `faces` (detector box,\n"
+        "landmarks and score, `parse_score`, `parts_found`, the face's own label map and six part crops with boxes and\n"
+        "confidences).\n\n"
         f"`parse_score`: {PARSE_SCORE_DOC}. `<part>_confidence`: the mean stage-2 probability over the pixels labelled as\n"
         "the part, 0 when the part was not found in its window.\n\n"
         "```python\nimport datasets\n"
