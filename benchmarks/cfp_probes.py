@@ -2,6 +2,7 @@
 
     python benchmarks/cfp_probes.py                                   # v2, v3 and their stage swaps, test persons
     python benchmarks/cfp_probes.py --models stn-icnn/v2,runs/x.safetensors --no-swaps --split val
+    python benchmarks/cfp_probes.py --models stn-icnn/v2,stn-icnn/v4 --no-swaps --json cfp.json
 
 What it measures: CFP (../shared/data/facepool/cfp) photos of one split of people (the face pool's
 own hash split of the person, batch_parse.train.datasets.hash_split, so `test` is the people no
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import sys
 from collections import defaultdict
@@ -83,6 +85,7 @@ def main(argv=None) -> None:
     p.add_argument("--split", default="test", choices=SPLITS, help="which people (default test)")
     p.add_argument("--limit", type=int, default=None, help="first N photos of the split")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, default=None, help="also write the hit rates as JSON (benchmarks/model_targets.py reads it)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     photos = cfp_photos(args.split, args.limit)
@@ -118,6 +121,10 @@ def main(argv=None) -> None:
             hits, n = tally[name, pose, ALL]
             cells = "".join(f"{100 * tally[name, pose, part][0] / max(tally[name, pose, part][1], 1):>10.1f}" for part in parts)
             print(f"  {name:<48} {pose:<8} {100 * hits / max(n, 1):>6.1f}{cells}")
+    if args.json:
+        rates = {f"{name}/{pose}/{part}": {"rate": hits / n, "probes": n} for (name, pose, part), (hits, n) in tally.items() if n}
+        args.json.write_text(json.dumps({"split": args.split, "photos": len(photos), "no_face": dict(missed), "probe_hits": rates},
+                                        indent=1, sort_keys=True))
 
 
 if __name__ == "__main__":

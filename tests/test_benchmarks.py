@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -84,12 +85,32 @@ def test_peer_speed_without_the_peer_code_is_one_line(tmp_path):
     assert done.stderr.strip() == f"error: BiSeNet peer code not found: {tmp_path / 'peers' / 'bisenet'} must hold face-parsing.PyTorch's model.py and resnet.py"
 
 
-def test_cfp_probes_scores_every_model_and_both_swaps():
+def test_cfp_probes_scores_every_model_and_both_swaps(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "cfp_probes.py"
-    done = subprocess.run([sys.executable, str(script), "--limit", "3"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, str(script), "--limit", "3", "--json", str(tmp_path / "cfp.json")],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = re.findall(r"^  (.+?)\s+(frontal|profile)\s+([\d.]+)((?:\s+[\d.]+){5})$", done.stdout, re.M)
     names = {name for name, _, _, _ in rows}
     assert names == {"stn-icnn/v2", "stn-icnn/v3", "stn-icnn/v2 + stn-icnn/v3's localiser",
                      "stn-icnn/v3 + stn-icnn/v2's localiser"}, done.stdout
     assert all(0 <= float(v) <= 100 for _, _, total, cells in rows for v in [total, *cells.split()]), done.stdout
+    rates = json.loads((tmp_path / "cfp.json").read_text())["probe_hits"]
+    for name, pose, total, _ in rows:  # the JSON holds what the table prints (a pose without probes: neither)
+        key = f"{name}/{pose}/all"
+        assert f"{100 * rates[key]['rate']:.1f}" == total if key in rates else total == "0.0"
+    assert any(key.endswith("/frontal/all") for key in rates)
+
+
+def test_model_targets_names_every_target_missed_and_every_place_below_the_baseline():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from model_targets import verdict
+
+    base = {"cfp/frontal": 77.7, "cfp/profile": 56.3, "probes/turned": 66.8, "f1/frontal": 90.34, "f1/profile": 81.76,
+            "skin/frontal": 0.0, "skin/profile": 0.0}
+    better = base | {"cfp/frontal": 79.5, "cfp/profile": 66.0, "probes/turned": 72.0, "f1/frontal": 90.34,
+                     "skin/frontal": 93.2, "skin/profile": 88.1}
+    assert verdict(base, better) == ([], [])
+    worse = better | {"f1/profile": 81.0, "skin/profile": 87.9}
+    missed, below = verdict(base, worse)
+    assert missed == ["skin/profile: 87.90 < 88.00"] and below == ["f1/profile: 81.00 < 81.76"]
