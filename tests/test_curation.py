@@ -147,6 +147,40 @@ def test_a_pandas_pruned_file_is_recognised_by_its_rows(out, ray_local):
     assert again.listed == again.already_done and again.data_files_read == 0
 
 
+def test_readers_take_a_pandas_rewritten_file_as_ours_before_any_rerun(out, tmp_path):
+    """Between a user's pandas rewrite and the next run, readers and exports keep the file's rows
+    (its pruned photo is left out, and said); an output with no file of ours left says how to fix it."""
+    import pandas as pd
+
+    import batch_parse
+
+    (target,) = (out / "data").glob("*.parquet")  # the demo's one file, split in two as a bigger run writes them
+    table = pq.read_table(target)
+    rows = table.num_rows
+    keys = table["key"].to_pylist()
+    second = pa.compute.is_in(table["key"], pa.array([GROUP, *sorted(set(keys) - {GROUP})[:2]]))
+    pq.write_table(table.filter(pa.compute.invert(second)), out / "data" / "a.parquet")
+    pq.write_table(table.filter(second), out / "data" / "b.parquet")
+    target.unlink()
+    frame = pd.read_parquet(out / "data" / "b.parquet")
+    frame.drop(frame[(frame["key"] == GROUP) & (frame["face_index"] == 3)].index).to_parquet(out / "data" / "b.parquet")
+    assert b"batch_parse" not in (pq.read_schema(out / "data" / "b.parquet").metadata or {})
+    with pytest.warns(UserWarning, match=r"1 image\(s\) have only some of their faces"):
+        faces = batch_parse.open_output(str(out))
+    assert faces.count_rows() == rows - 4 and GROUP not in faces.to_table(columns=["key"])["key"].to_pylist()
+    assert set(faces.to_table(columns=["key"])["key"].to_pylist()) == set(keys) - {GROUP}
+    assert faces.to_table(columns=["processed_at"])["processed_at"].null_count == 0  # pandas' timestamps read as ours
+    exported = export_output(str(out), tmp_path / "coco", "coco")
+    assert exported.incomplete == 1 and exported.images == len(set(keys)) - 1
+    print(f"case 3b: {rows} rows, one face pruned with pandas: open_output {faces.count_rows()}, "
+          f"export {exported.images} images (the pruned photo left out, said)")
+    (out / "data" / "a.parquet").unlink()  # nothing of ours left to take the metadata from
+    report = CliRunner().invoke(cli, ["inspect", str(out)])
+    assert report.exit_code == 1 and report.output.strip().splitlines()[-1].endswith(
+        "data/b.parquet holds batch-parse rows without batch-parse's metadata (rewritten by pandas or another tool?): "
+        "run the same `batch-parse run` once to give it back")
+
+
 # --- case 2: a copy of only data/ is checked against the source before anything counts as done ----
 
 

@@ -43,6 +43,7 @@ from batch_parse.output.schema import (
     STATUS_ERROR,
     STATUS_NO_FACE,
     STATUS_OK,
+    model_version_of,
 )
 
 TOOLS = ("labelstudio", "cvat")
@@ -105,7 +106,7 @@ def import_corrections(src: str | os.PathLike, out: str | os.PathLike, tool: str
             raise ValueError(f"{target} exists and is not an empty folder: import into a new one")
     faces = open_output(original)
     original = original.uri if isinstance(original, Location) else original  # as messages and the summary name it
-    versions = sorted({f"{f.metadata.get('model')}@{str(f.metadata.get('weights_sha256'))[:8]}" for f in faces.output.files})
+    versions = sorted({model_version_of(f.metadata) for f in faces.output.files})
     if len(versions) > 1:
         raise ValueError(f"{original} holds {len(versions)} model versions ({', '.join(versions)}): give the folder of the one exported")
     class_names = faces.class_names

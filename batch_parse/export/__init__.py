@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batch_parse.model.licence import Licence, output_licence
+from batch_parse.output.schema import model_version_of
 from batch_parse.storage.location import Location
 
 FORMATS = ("coco", "cvat", "labelstudio", "hf", "fiftyone")
@@ -50,7 +51,7 @@ def label_set(files) -> LabelSet:
 
     metas = [f.metadata for f in files]
     longest = max(metas, key=lambda m: len(file_class_names(m)))
-    versions = sorted({f"{m.get('model')}@{str(m.get('weights_sha256'))[:8]}" for m in metas})
+    versions = sorted({model_version_of(m) for m in metas})
     # One model per export (export_output refuses two unless --where picks one): its files share one licence.
     return LabelSet(file_class_names(longest), file_class_colors(longest), tuple(versions), output_licence(longest))
 
@@ -105,7 +106,7 @@ def export_output(dst: str | Location, out: str | os.PathLike, fmt: str, *, wher
     module = importlib.import_module(f"batch_parse.export.{fmt}")
     module.check_installed()  # before reading anything: a missing library is a one-line error, not a half export
     output = open_output(dst)
-    versions = sorted({f"{f.metadata.get('model')}@{str(f.metadata.get('weights_sha256'))[:8]}" for f in output.files})
+    versions = sorted({model_version_of(f.metadata) for f in output.files})
     if len(versions) > 1 and not (condition and "model_version" in condition.columns):
         # The same image labelled by two models would be exported twice, as two conflicting images.
         raise ValueError(f"{output.location.uri} holds {len(versions)} model versions ({', '.join(versions)}): export one, "

@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batch_parse.output.quality import PARSE_SCORE, parse_scores
-from batch_parse.output.schema import DERIVED_COLUMNS, LABEL_SOURCE_HUMAN, read_metadata
+from batch_parse.output.schema import DERIVED_COLUMNS, LABEL_SOURCE_HUMAN, lost_its_metadata, model_version_of, read_metadata
 from batch_parse.storage.location import Location, as_location
 from batch_parse.storage.s3 import StorageError, describe_error
 
@@ -34,7 +34,8 @@ class OutputFile:
     path: str  # as the filesystem spells it ('bucket/key' on S3)
     metadata: dict  # schema.read_metadata of the file
     num_rows: int
-    schema: pa.Schema | None = None
+    schema: pa.Schema | None = None  # an adopted file's: that of our files it was adopted by (its own may differ)
+    adopted: bool = False  # our rows without our metadata (rewritten by pandas & co): read cast to `schema`
 
 
 @dataclass
@@ -66,6 +67,8 @@ class Output:
                     required = source_columns(names, [c for c in columns if c not in optional or c in names])
                     _require_columns(parquet.schema_arrow, required, self.relative(file.path))
                     for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=required):
+                        if file.adopted:
+                            batch = _cast_like(batch, file.schema)
                         yield file, _with_nulls(derive_columns(batch, columns), columns)
             except OSError as exc:
                 raise StorageError(f"cannot read {self.relative(file.path)}: {describe_error(exc, self.location)}") from exc
@@ -77,8 +80,8 @@ class Output:
             required = source_columns(dataset.schema.names, columns)
             _require_columns(dataset.schema, required, self.relative(file.path))
             table = dataset.to_table(columns=required, filter=pc.field("id").isin(pa.array(ids, pa.int64())))
-            batch = derive_columns(table.combine_chunks().to_batches()[0] if table.num_rows else
-                                   pa.RecordBatch.from_pylist([], schema=table.schema), columns)  # fmt: skip
+            batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
+            batch = derive_columns(_cast_like(batch, file.schema) if file.adopted else batch, columns)
             return pa.Table.from_batches([batch.select(list(columns))])
         except OSError as exc:
             raise StorageError(f"cannot read {self.relative(file.path)}: {describe_error(exc, self.location)}") from exc
@@ -103,7 +106,7 @@ def open_output(dst: str | Location) -> Output:
     if not paths:
         raise ValueError(f"no Parquet files under {location.uri}: is this a batch-parse output location?")
 
-    def footer(path: str) -> OutputFile | str:
+    def footer(path: str) -> OutputFile | tuple[str, pa.Schema | None, int]:
         try:
             with filesystem.open_input_file(path) as stream:
                 parquet = pq.ParquetFile(stream)
@@ -111,21 +114,27 @@ def open_output(dst: str | Location) -> Output:
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {describe_error(exc, location)}") from exc
         except pa.ArrowInvalid:
-            return path  # not Parquet despite the name
+            return path, None, 0  # not Parquet despite the name
         try:
             return OutputFile(path, read_metadata(schema), num_rows, schema)
         except ValueError:
-            return path
+            return path, schema, num_rows
 
     with ThreadPoolExecutor(max_workers=min(FOOTER_THREADS, len(paths))) as pool:
         found = list(pool.map(footer, paths))
-    output = Output(
-        location=location,
-        filesystem=filesystem,
-        files=[f for f in found if isinstance(f, OutputFile)],
-        foreign=[f for f in found if isinstance(f, str)],
-    )
+    ours = [f for f in found if isinstance(f, OutputFile)]
+    output = Output(location=location, filesystem=filesystem, files=ours, foreign=[])
+    by_version = {model_version_of(f.metadata): f for f in ours}
+    for item in found:
+        if not isinstance(item, OutputFile):
+            adopted = _adopted(output, *item, by_version)
+            (output.files.append(adopted) if adopted is not None else output.foreign.append(item[0]))
+    output.files.sort(key=lambda f: f.path)
     if not output.files:
+        lost = [item[0] for item in found if item[1] is not None and lost_its_metadata(item[1])]
+        if lost:
+            raise ValueError(f"{output.relative(lost[0])} holds batch-parse rows without batch-parse's metadata (rewritten by "
+                             "pandas or another tool?): run the same `batch-parse run` once to give it back")
         raise ValueError(f"no batch-parse output under {location.uri}: {len(paths)} Parquet file(s), none written by batch-parse")
     human = [f for f in output.files if f.metadata.get("label_source") == LABEL_SOURCE_HUMAN]
     if human and len(human) < len(output.files):
@@ -134,6 +143,26 @@ def open_output(dst: str | Location) -> Output:
         output.files = [f for f in output.files if f.metadata.get("label_source") != LABEL_SOURCE_HUMAN]
         output.corrections = [f.path for f in human]
     return output
+
+
+def _adopted(output: Output, path: str, schema: pa.Schema | None, num_rows: int,
+             by_version: dict[str, OutputFile]) -> OutputFile | None:
+    """A file of our rows that lost our metadata (schema.lost_its_metadata), read as one of ours with
+    the metadata and schema of our files of its rows' model version; None if it is not that.
+
+    Between a user's pandas rewrite and the next run (which gives the file its metadata back,
+    pipeline/commit.py), readers and exports would otherwise leave all its rows out."""
+    if schema is None or not lost_its_metadata(schema):
+        return None
+    try:
+        with output.filesystem.open_input_file(path) as stream:
+            versions = pc.unique(pq.read_table(stream, columns=["model_version"])["model_version"]).to_pylist()
+    except (OSError, pa.ArrowInvalid):
+        return None
+    template = by_version.get(versions[0]) if len(versions) == 1 else None
+    if template is None:
+        return None  # rows of no model the output's own files name, or of several: not ours to vouch for
+    return OutputFile(path, template.metadata, num_rows, template.schema, adopted=True)
 
 
 def source_columns(names: Sequence[str], columns: Sequence[str]) -> list[str]:
@@ -157,6 +186,13 @@ def derive_columns(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.RecordBa
             score = parse_scores(confidences).astype(np.float32)
             batch = batch.append_column(column, pa.array(score, pa.float32(), mask=np.isnan(score)))
     return batch
+
+
+def _cast_like(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """An adopted file's batch with our column types (pandas writes e.g. timestamps in ns, lists of doubles)."""
+    arrays = [batch.column(i).cast(schema.field(name).type) if name in schema.names else batch.column(i)
+              for i, name in enumerate(batch.schema.names)]
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
 def _with_nulls(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.RecordBatch:

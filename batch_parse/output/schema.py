@@ -235,6 +235,26 @@ def output_schema(
     )
 
 
+# What makes a file's rows ours when its metadata is gone (pandas' to_parquet, polars and DuckDB
+# rewrite the file without it): our key columns plus the image's key and the model version. Such a
+# file is read as ours (with the metadata of our files of the same model version) and given its
+# metadata back by the next run (pipeline/commit.py).
+KEY_COLUMNS: tuple[str, ...] = ("id", "face_index", "face_count", "status", "error_code")
+ROWS_OF_OURS: tuple[str, ...] = (*KEY_COLUMNS, "key", "model_version")
+
+
+def model_version_of(meta: dict) -> str:
+    """The `model_version` value rows written with this file metadata carry (model@hash prefix)."""
+    return f"{meta.get('model')}@{str(meta.get('weights_sha256'))[:8]}"
+
+
+def lost_its_metadata(schema: pa.Schema) -> bool:
+    """A file with the columns of our rows but neither our metadata nor the columns of human corrections."""
+    names = schema.names
+    return (METADATA_KEY not in (schema.metadata or {}) and all(c in names for c in ROWS_OF_OURS)
+            and not all(f.name in names for f in CORRECTION_FIELDS))
+
+
 def read_metadata(schema: pa.Schema) -> dict:
     """The batch_parse metadata of a file's schema; raises ValueError for foreign files."""
     raw = (schema.metadata or {}).get(METADATA_KEY)

@@ -70,7 +70,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batch_parse.output.errors import RETRYABLE
-from batch_parse.output.schema import CORRECTION_FIELDS, LABEL_SOURCE_HUMAN, METADATA_KEY, STATUS_ERROR
+from batch_parse.output.schema import (CORRECTION_FIELDS, KEY_COLUMNS, LABEL_SOURCE_HUMAN, METADATA_KEY, ROWS_OF_OURS,
+                                      STATUS_ERROR, model_version_of)
 from batch_parse.storage import id_ranges
 
 MAX_INDEX_FILES = 16
@@ -91,7 +92,7 @@ _CHECKSUM_META = b"batch_parse_index_checksum"
 _REWRITE_PREFIX = "_rewrite-"
 # Rows of no_face / error images have a null face_index and face_count 0: they are the image's one row.
 _NO_FACE = -1
-_KEY_COLUMNS = ["id", "face_index", "face_count", "status", "error_code"]
+_KEY_COLUMNS = list(KEY_COLUMNS)
 
 Fence = Callable[[], None]
 FileCheck = Callable[[str, dict], None]
@@ -421,7 +422,7 @@ def _adopt(fs: pafs.FileSystem, path: str, template: _Template | None, fence: Fe
     if schema is None:
         return False
     meta = json.loads(schema.metadata[METADATA_KEY])
-    version = f"{meta.get('model')}@{str(meta.get('weights_sha256'))[:8]}"
+    version = model_version_of(meta)
     with fs.open_input_file(path) as f:
         table = pq.read_table(f)
     if pc.any(pc.not_equal(table["model_version"], version)).as_py():
@@ -450,7 +451,6 @@ def _restore(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 FOREIGN, CORRECTIONS, NOT_PARQUET = "foreign", "corrections", "not_parquet"
 # What marks a row as ours when its file lost our metadata (pandas, polars, DuckDB rewrites keep columns, not it).
-_OUR_COLUMNS = [*_KEY_COLUMNS, "key", "model_version"]
 _PARQUET_MAGIC = b"PAR1"
 
 
@@ -478,7 +478,7 @@ def _read_keys(fs: pafs.FileSystem, path: str) -> _Keys | str | None:
             if _is_corrections(metadata, schema.names):
                 return CORRECTIONS
             adopted = METADATA_KEY not in metadata
-            if any(c not in schema.names for c in (_OUR_COLUMNS if adopted else _KEY_COLUMNS)):
+            if any(c not in schema.names for c in (ROWS_OF_OURS if adopted else _KEY_COLUMNS)):
                 return FOREIGN
             table = parquet.read(columns=_KEY_COLUMNS)
     except (pa.ArrowInvalid, OSError) as exc:
