@@ -22,8 +22,10 @@ from PIL import Image
 
 from batch_parse.labels import MIRROR_CLASS, NUM_CLASSES, PARTS
 
-# Mirroring an image swaps the sides: brow_1 <-> brow_2, eye_1 <-> eye_2.
-_SWAP_SIDES = torch.tensor(MIRROR_CLASS, dtype=torch.long)
+# Mirroring an image swaps the sides: brow_1 <-> brow_2, eye_1 <-> eye_2; values past the classes
+# (train/points.py: human points, "unknown") have no side and stay.
+_SWAP_SIDES = torch.arange(256)
+_SWAP_SIDES[: len(MIRROR_CLASS)] = torch.tensor(MIRROR_CLASS, dtype=torch.long)
 # Window side = this many times the part's larger bounding-box side: room for localiser error.
 WINDOW_MARGIN = 1.6
 MIN_WINDOW_FRACTION = 0.06  # of the image side, so tiny or missing parts still get a window

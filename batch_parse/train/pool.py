@@ -16,13 +16,15 @@ Layout of a pool folder (numpy .npy files, so any tool can open them):
 
 Train rows are the train split of every source in order, then (`turns` > 0) turned copies of the
 first source's near-frontal train faces synthesised from their teacher meshes (synth_pose.py:
-the teacher cannot label profiles, so they are made from frontal faces whose labels it got right);
+the teacher cannot label profiles, so they are made from frontal faces whose labels it got right),
+then (`points`) its train faces with human points and no clean labels, labelled by the points only
+(points.py; named NAME~points; only stage a reads them);
 val and test rows come from the first source only (the others are extra training labels, e.g.
 self-training), never synthesised, so validation stays on real faces. A pool is written into a
 temporary folder and renamed into place, so a killed packing never leaves a half pool that looks
 whole.
 
-Usage: python -m batch_parse.train.pool DATA [EXTRA ...] POOL [--canvas 256] [--limit N] [--turns K]
+Usage: python -m batch_parse.train.pool DATA [EXTRA ...] POOL [--canvas 256] [--limit N] [--turns K] [--points]
        python -m batch_parse.train.pool --portable POOL DIR [--max-faces N]    (JPEG/PNG bytes that travel)
 """
 
@@ -109,12 +111,24 @@ def turn_plan(root: Path, names: list[str], turns: int, seed: int = 0) -> list[t
     return plan
 
 
-def pack(sources: list[str | Path], dst: str | Path, canvas: int = 256, limit: int | None = None, turns: int = 0) -> Path:
+def point_faces(root: Path, split: str = "train") -> list:
+    """The face pool's faces of `split` with human points and no clean teacher labels (points.py)."""
+    from batch_parse.train.facerecord import read_records
+
+    if not (root / "faces.jsonl").is_file():
+        return []
+    return [r for r in read_records(root) if r.split == split and r.written and not r.clean and r.probes
+            and (root / "images" / f"{r.name}.jpg").is_file()]
+
+
+def pack(sources: list[str | Path], dst: str | Path, canvas: int = 256, limit: int | None = None, turns: int = 0,
+         points: bool = False) -> Path:
     """Packs the Helen-layout (or CelebAMask-HQ) folders into a pool at dst; returns dst.
 
     turns: synthetic turned copies per near-frontal train face of the first source (needs the
-    face pool's meshes and the teacher's MediaPipe). An existing pool at dst is kept as it is
-    (delete it to rebuild)."""
+    face pool's meshes and the teacher's MediaPipe). points: add the first source's train faces
+    that have human points but no clean labels, labelled by their points only (points.py). An
+    existing pool at dst is kept as it is (delete it to rebuild)."""
     from batch_parse.train.augment import target_windows
 
     dst = Path(dst)
@@ -132,7 +146,8 @@ def pack(sources: list[str | Path], dst: str | Path, canvas: int = 256, limit: i
         datasets = [open_dataset(root, split) for root in roots]
         counts = [len(ds) if limit is None else min(limit, len(ds)) for ds in datasets]
         plan = turn_plan(roots[0], [datasets[0].names[i] for i in range(counts[0])], turns) if split == "train" and turns else []
-        n = sum(counts) + len(plan)
+        pointed = point_faces(roots[0])[:limit] if split == "train" and points else []
+        n = sum(counts) + len(plan) + len(pointed)
         images = np.lib.format.open_memmap(tmp / f"{split}_images.npy", "w+", np.uint8, (n, 3, canvas, canvas))
         labels = np.lib.format.open_memmap(tmp / f"{split}_labels.npy", "w+", np.uint8, (n, canvas, canvas))
         poses = np.zeros(n, np.uint8)
@@ -161,9 +176,25 @@ def pack(sources: list[str | Path], dst: str | Path, canvas: int = 256, limit: i
                 if row % 1000 == 0:
                     _log(f"{split}: {row}/{n} faces, turned copies included ({row / (time.time() - t0):.0f}/s)")
             info["synthetic_turns"] = len(plan)
+        if pointed:
+            from batch_parse.train.datasets import read_rgb
+            from batch_parse.train.points import POINT_NAME_SUFFIX, point_map
+
+            for record in pointed:
+                image = read_rgb(roots[0] / "images" / f"{record.name}.jpg")
+                h, w = image.shape[:2]
+                images[row] = square_resize(image, np.zeros((h, w), np.uint8), canvas)[0].numpy()
+                # Drawn at the canvas' own scale (a frame is square), so every disc has the same size.
+                labels[row] = point_map(canvas, canvas, record.probes, scale=canvas / max(h, w))
+                poses[row] = POSES.index(record.pose)
+                names.append(record.name + POINT_NAME_SUFFIX)
+                row += 1
+            info["point_faces"] = len(pointed)
         windows = np.zeros((n, 6, 4), np.float32)
-        for start in range(0, n, 512):  # in chunks: the whole split's label maps need not sit in memory
-            windows[start : start + 512] = target_windows(torch.from_numpy(np.asarray(labels[start : start + 512])).long()).numpy()
+        dense = n - len(pointed)  # point faces come last and have no part shapes to window
+        for start in range(0, dense, 512):  # in chunks: the whole split's label maps need not sit in memory
+            stop = min(start + 512, dense)
+            windows[start:stop] = target_windows(torch.from_numpy(np.asarray(labels[start:stop])).long()).numpy()
         images.flush()
         labels.flush()
         del images, labels
@@ -334,11 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--canvas", type=int, default=256, help="side of the packed faces (the training 'photo' size)")
     parser.add_argument("--limit", type=int, default=None, help="at most N faces of each folder and split")
     parser.add_argument("--turns", type=int, default=0, help="synthetic turned copies per near-frontal train face (face pools)")
+    parser.add_argument("--points", action="store_true",
+                        help="add the train faces with human points but no clean labels, labelled by their points (face pools)")
     args = parser.parse_args(argv)
     if len(args.folders) < 2:
         parser.error("give at least one labelled folder and the pool folder")
     try:
-        out = pack(args.folders[:-1], args.folders[-1], args.canvas, args.limit, args.turns)
+        out = pack(args.folders[:-1], args.folders[-1], args.canvas, args.limit, args.turns, args.points)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -55,6 +55,7 @@ class Recipe:
     stages: tuple[StageRun, ...]
     zoom_min: float = 0.6
     turns: int = 1  # synthetic turned copies per near-frontal face in the pool (pool.py, synth_pose.py)
+    points: bool = False  # add the faces labelled by human points only (pool.py, points.py): stage a reads them
 
 
 # v4: every stage gets at least 10x the samples stn-icnn/v2's fine-tuning gave it (model card:
@@ -118,7 +119,7 @@ def run_recipe(recipe: Recipe, home: Path, threads: int = 1, device: str = "cpu"
     home.mkdir(parents=True, exist_ok=True)
     if pool is None:
         pool = home / "pool"
-        pack([ensure_facepool(home, facepool, workers)], pool, turns=recipe.turns)
+        pack([ensure_facepool(home, facepool, workers)], pool, turns=recipe.turns, points=recipe.points)
     run = home / "runs" / recipe.name
     init = str(REGISTRY[recipe.init])
     todo = []

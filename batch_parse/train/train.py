@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from batch_parse.labels import BACKGROUND, COARSE_CLASSES, NUM_PART_CLASSES, PARTS, SKIN
+from batch_parse.labels import BACKGROUND, COARSE_CLASSES, NUM_CLASSES, NUM_PART_CLASSES, PARTS, SKIN
 from batch_parse.model.config import DEFAULT_CONFIG, ModelConfig
 from batch_parse.model.expand import with_classes
 from batch_parse.model.geometry import theta_to_windows, windows_to_theta
@@ -47,6 +47,7 @@ from batch_parse.model.weights import load_weights, save_weights
 from batch_parse.report.meter import Meter
 from batch_parse.train import augment
 from batch_parse.train.evaluate import evaluate, format_scores
+from batch_parse.train.points import IGNORE, POINT_BASE, is_point_face, point_loss
 from batch_parse.train.pool import PoolSplit, is_pool, open_pool, pack
 
 STAGES = ("a", "b", "c", "e2e")
@@ -85,7 +86,7 @@ def log(msg: str) -> None:
 def has_coarse(labels: torch.Tensor) -> torch.Tensor:
     """(N,S,S) -> (N,) bool: the label map draws the coarse classes (skin). A face's skin is never
     empty where its labeller knew the class, so a map without any is one whose labeller did not."""
-    return (labels >= NUM_PART_CLASSES).flatten(1).any(1)
+    return ((labels >= NUM_PART_CLASSES) & (labels < NUM_CLASSES)).flatten(1).any(1)
 
 
 class Batches:
@@ -94,10 +95,14 @@ class Batches:
     Its whole state (generator, epoch order, position) goes into the checkpoint, so a resumed
     stage draws the same batches it would have drawn."""
 
-    def __init__(self, split: PoolSplit, batch_size: int, seed: int, zoom_min: float = 0.4):
+    def __init__(self, split: PoolSplit, batch_size: int, seed: int, zoom_min: float = 0.4, dense_only: bool = False):
         self.split, self.batch_size, self.zoom_min = split, batch_size, zoom_min
+        # dense_only: leave out the faces labelled by human points only (points.py), for the stages
+        # that learn windows and part shapes. A pool without them draws exactly as before.
+        self.rows = (torch.from_numpy(np.flatnonzero([not is_point_face(n) for n in split.names])) if dense_only
+                     else torch.arange(len(split)))
         self.gen = torch.Generator().manual_seed(seed)
-        self.order, self.pos = torch.randperm(len(split), generator=self.gen), 0
+        self.order, self.pos = torch.randperm(len(self.rows), generator=self.gen), 0
 
     def state(self) -> dict:
         return {"gen": self.gen.get_state(), "order": self.order.clone(), "pos": self.pos}
@@ -108,8 +113,8 @@ class Batches:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.pos + self.batch_size > len(self.order):
-            self.order, self.pos = torch.randperm(len(self.split), generator=self.gen), 0
-        idx = self.order[self.pos : self.pos + self.batch_size]
+            self.order, self.pos = torch.randperm(len(self.rows), generator=self.gen), 0
+        idx = self.rows[self.order[self.pos : self.pos + self.batch_size]]
         self.pos += self.batch_size
         images, labels = self.split.rows(idx.numpy())
         labels = labels.long()
@@ -122,12 +127,18 @@ def stage1_loss(logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tens
     """Cross-entropy; for images whose labels lack the coarse classes (labelled False), a
     background pixel is right if it is background or any coarse class (their log-probs summed)."""
     logp = logits.log_softmax(1)
+    weak = point_loss(logp, target)  # faces labelled by human points only (points.py)
+    dense = target.masked_fill(target >= POINT_BASE, IGNORE)
     if logits.shape[1] > NUM_PART_CLASSES and not bool(labelled.all()):
         merged = torch.logsumexp(logp[:, [BACKGROUND, *COARSE_CLASSES]], 1)
         unlabelled = ~labelled[:, None, None]
         logp = logp.clone()
         logp[:, BACKGROUND] = torch.where(unlabelled, merged, logp[:, BACKGROUND])
-    return F.nll_loss(logp, target)
+    if weak is None:
+        return F.nll_loss(logp, dense, ignore_index=IGNORE)
+    if bool((dense == IGNORE).all()):
+        return weak  # a batch of point faces only: no pixel has a class
+    return F.nll_loss(logp, dense, ignore_index=IGNORE) + weak
 
 
 def stage1_batch(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
@@ -142,7 +153,7 @@ def stage_loss(model: STNiCNN, stage: str, images: torch.Tensor, labels: torch.T
     x = stage1_batch(images, cfg)
     if stage == "a":
         target = F.interpolate(labels[:, None].float(), size=x.shape[-2:], mode="nearest")[:, 0].long()
-        target[target >= cfg.num_classes] = BACKGROUND  # a 9-class model learns skin as background
+        target[(target >= cfg.num_classes) & (target < POINT_BASE)] = BACKGROUND  # a 9-class model learns skin as background
         labelled = has_coarse(labels) if labelled is None else labelled
         return stage1_loss(model.stage1(x), target, labelled)
     canvas = images.shape[-1]
@@ -313,7 +324,7 @@ def _train_stage(opts: TrainOptions, run: Path) -> Path:
     ckpt_path, best_path = run / f"stage_{opts.stage}.ckpt", run / f"stage_{opts.stage}.safetensors"
     curve_path = run / f"curve_{opts.stage}.json"
     batch_size = opts.batch_size or BATCH_SIZES[opts.stage]
-    batches = Batches(open_pool(pool, "train"), batch_size, opts.seed, opts.zoom_min)
+    batches = Batches(open_pool(pool, "train"), batch_size, opts.seed, opts.zoom_min, dense_only=opts.stage != "a")
     val_images, val_labels = validation_split(opts, pool)
     step, best, curve = 0, -math.inf, []
     if ckpt_path.is_file():

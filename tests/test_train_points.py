@@ -1,0 +1,116 @@
+"""Human points as a weak label (batch_parse/train/points.py): packed, augmented, scored, and kept
+away from the stages that need part shapes. Real face crops with ellipse labels (helenfiles.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from batch_parse.labels import F1_GROUPS, NUM_CLASSES
+from batch_parse.train import augment
+from batch_parse.train.facerecord import FaceRecord
+from batch_parse.train.points import IGNORE, POINT_BASE, POINT_GROUPS, is_point_face, point_loss, point_map
+from batch_parse.train.pool import open_pool, pack
+from batch_parse.train.train import Batches, TrainOptions, stage1_loss, train_stage
+from helenfiles import write_helen
+
+V3 = str(Path(__file__).resolve().parents[1] / "batch_parse" / "model" / "weights" / "stn-icnn-v3.safetensors")
+PROBES = [("eyes", [30.0, 40.0]), ("nose", [52.0, 60.0]), ("lower_lip", [50.0, 80.0]), ("ears", [5.0, 50.0])]
+
+
+def _record(name: str, clean: bool, probes: list) -> dict:
+    return asdict(FaceRecord(name=name, source="cfp", photo=f"{name}.jpg", split="train", face_index=0, box=[0, 0, 1, 1],
+                             score=1.0, landmarks=[[0, 0]] * 5, matrix=[[1, 0, 0], [0, 1, 0]], side=100, yaw=0.6,
+                             pose="profile", written=True, teacher="no_face", flip_agreement=None, clean=clean, probes=probes))
+
+
+@pytest.fixture(scope="module")
+def pointed_pool(tmp_path_factory) -> Path:
+    """A face pool of 8 clean faces plus 3 with human points only (one of them with no point of a known part)."""
+    root = write_helen(tmp_path_factory.mktemp("fp") / "facepool", {"train": 11, "val": 2, "test": 1})
+    train = (root / "exemplars.txt").read_text().split()
+    records = [_record(n, True, [("nose", [50.0, 50.0])]) for n in train[:8]]
+    for n in train[8:]:
+        with Image.open(root / "images" / f"{n}.jpg") as im:
+            im.resize((100, 100)).save(root / "images" / f"{n}.jpg")  # a face frame is square
+        records.append(_record(n, False, PROBES))
+    (root / "exemplars.txt").write_text("".join(f"{n}\n" for n in train[:8]))  # the clean ones, as facepool.py lists them
+    (root / "faces.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return pack([root], root.parent / "pool", canvas=128, points=True)
+
+
+def test_point_map_draws_a_disc_per_known_part_and_nothing_else():
+    m = point_map(100, 100, PROBES)
+    assert m[40, 30] == POINT_BASE + POINT_GROUPS.index("eyes") and m[60, 52] == POINT_BASE + POINT_GROUPS.index("nose")
+    assert m[50, 5] == IGNORE  # "ears" is no part of ours
+    values, counts = np.unique(m, return_counts=True)
+    assert set(values.tolist()) == {IGNORE, *(POINT_BASE + POINT_GROUPS.index(g) for g in ("eyes", "nose", "lower_lip"))}
+    assert all(12 <= c <= 30 for v, c in zip(values, counts) if v != IGNORE)  # discs of radius 2.5 px
+    scaled = point_map(200, 200, PROBES, scale=2.0)
+    assert scaled[80, 60] == POINT_BASE + POINT_GROUPS.index("eyes")
+
+
+def test_point_loss_is_minus_log_of_the_part_s_probability():
+    logits = torch.randn(1, NUM_CLASSES, 4, 4)
+    target = torch.full((1, 4, 4), IGNORE)
+    assert point_loss(logits.log_softmax(1), target) is None
+    target[0, 1, 2] = POINT_BASE + POINT_GROUPS.index("eyes")
+    p = logits.softmax(1)[0, :, 1, 2]
+    want = -math.log(float(p[list(F1_GROUPS["eyes"])].sum()))
+    assert point_loss(logits.log_softmax(1), target).item() == pytest.approx(want, rel=1e-5)
+    # The whole stage-1 loss of a face with points only is that, whatever its other pixels predict.
+    assert stage1_loss(logits, target, torch.tensor([False])).item() == pytest.approx(want, rel=1e-5)
+    # A 9-class model (no skin) is scored the same way.
+    assert point_loss(logits[:, :9].log_softmax(1), target).item() > 0
+
+
+def test_the_pool_holds_point_faces_last_and_only_stage_a_reads_them(pointed_pool):
+    info = json.loads((pointed_pool / "pool.json").read_text())
+    train = open_pool(pointed_pool, "train")
+    assert info["point_faces"] == 3 and len(train) == 11
+    assert [is_point_face(n) for n in train.names] == [False] * 8 + [True] * 3
+    _, labels = train.rows(np.arange(8, 11))
+    assert set(np.unique(labels.numpy()).tolist()) <= {IGNORE, *range(POINT_BASE, POINT_BASE + len(POINT_GROUPS))}
+    assert (labels >= POINT_BASE).any() and not train.windows[8:].any()
+    seen_a = set()
+    a = Batches(train, 4, seed=0, zoom_min=0.6)
+    c = Batches(train, 4, seed=0, zoom_min=0.6, dense_only=True)
+    for _ in range(12):
+        _, lab, _ = c.next()
+        assert int(lab.max()) < NUM_CLASSES  # b, c and e2e never see a point face
+        _, lab, _ = a.next()
+        seen_a.add(bool((lab >= POINT_BASE).any()))
+    assert True in seen_a
+
+
+def test_augmentation_moves_points_with_the_face_and_keeps_their_values(pointed_pool):
+    train = open_pool(pointed_pool, "train")
+    images, labels = train.rows(np.array([8, 9, 10] * 6))
+    gen = torch.Generator().manual_seed(3)
+    _, out = augment.augment(images.float() / 255, labels.long(), gen, zoom_min=0.6)
+    allowed = {0, IGNORE, *range(POINT_BASE, POINT_BASE + len(POINT_GROUPS))}  # background: outside, letterbox
+    assert set(torch.unique(out).tolist()) <= allowed
+    assert sum(bool((o >= POINT_BASE).any() & (o < IGNORE).any()) for o in out) >= 15  # points survive warps and mirrors
+
+
+def test_stage_a_trains_on_a_pool_with_point_faces(pointed_pool, tmp_path):
+    best = train_stage(TrainOptions(str(pointed_pool), str(tmp_path / "run"), "a", 3, 4, val_every=3, init=V3, canvas=128))
+    curve = json.loads((tmp_path / "run" / "curve_a.json").read_text())["curve"]
+    assert best.is_file() and all(math.isfinite(p["score"]) for p in curve)
+
+
+def test_a_pool_without_point_faces_draws_the_same_batches_either_way(pointed_pool, tmp_path):
+    """dense_only changes nothing where there is nothing to leave out (a resumed stage draws as before)."""
+    root = Path(json.loads((pointed_pool / "pool.json").read_text())["sources"][0])
+    plain = open_pool(pack([root], tmp_path / "plain", canvas=128), "train")
+    a, b = Batches(plain, 4, seed=1), Batches(plain, 4, seed=1, dense_only=True)
+    for _ in range(4):
+        for x, y in zip(a.next(), b.next()):
+            assert torch.equal(x, y)
