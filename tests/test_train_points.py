@@ -64,11 +64,25 @@ def test_point_loss_is_minus_log_of_the_part_s_probability():
     target[0, 1, 2] = POINT_BASE + POINT_GROUPS.index("eyes")
     p = logits.softmax(1)[0, :, 1, 2]
     want = -math.log(float(p[list(F1_GROUPS["eyes"])].sum()))
-    assert point_loss(logits.log_softmax(1), target).item() == pytest.approx(want, rel=1e-5)
+    assert point_loss(logits.log_softmax(1), target).item() == pytest.approx(want, rel=1e-5)  # one face
     # The whole stage-1 loss of a face with points only is that, whatever its other pixels predict.
     assert stage1_loss(logits, target, torch.tensor([False])).item() == pytest.approx(want, rel=1e-5)
     # A 9-class model (no skin) is scored the same way.
     assert point_loss(logits[:, :9].log_softmax(1), target).item() > 0
+
+
+def test_a_face_of_points_weighs_as_much_as_a_face_of_pixels():
+    """Not as much as the whole batch: points say where a part is, never where it is not."""
+    logits = torch.randn(4, NUM_CLASSES, 4, 4)
+    target = torch.randint(0, NUM_CLASSES, (4, 4, 4))
+    target[3] = IGNORE
+    target[3, 0, 0] = POINT_BASE + POINT_GROUPS.index("nose")
+    logp = logits.log_softmax(1)
+    dense = torch.nn.functional.nll_loss(logp[:3], target[:3])  # three faces of pixels: their mean
+    weak = point_loss(logp, target)
+    assert weak.shape == (4,) and weak[:3].eq(0).all()
+    want = (3 * dense + weak[3]) / 4
+    assert stage1_loss(logits, target, torch.ones(4, dtype=torch.bool)).item() == pytest.approx(want.item(), rel=1e-5)
 
 
 def test_the_pool_holds_point_faces_last_and_only_stage_a_reads_them(pointed_pool):

@@ -12,8 +12,11 @@ enters the pool as a label map that says only this (pool.py --points):
 The map is warped, mirrored and occluded with the image as any label map is (augment.py), so
 the points stay where their part is. Stage a scores such a pixel right when the predicted
 probabilities of the group's classes sum high (`point_loss`: -log of that sum, e.g. "left or
-right eye", since a point says which part, not which side the model calls it). Stages b, c and
-e2e learn windows and part shapes, which points do not give: they skip these faces.
+right eye", since a point says which part, not which side the model calls it). A face counts
+once, as every labelled face does (train.stage1_loss): its points weigh as much as another face's
+pixels, not as much as the whole batch's (that first weighting taught stage 1 to draw parts far
+too large: points say where a part is, never where it is not). Stages b, c and e2e learn windows
+and part shapes, which points do not give: they skip these faces.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ for _g, _group in enumerate(POINT_GROUPS):
 
 
 def point_loss(logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-    """Mean -log P(point's group) over the point pixels of `target` (B,H,W); None when there are none.
+    """(B,) per face: mean -log P(point's group) over its point pixels of `target` (B,H,W), 0 for a
+    face without any; None when the batch has none.
 
     logp: (B,C,H,W) log-probabilities of a model with C classes (a 9-class model lacks skin, which no
     group holds)."""
@@ -69,4 +73,8 @@ def point_loss(logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     groups = (target[mask] - POINT_BASE).long()
     picked = logp.permute(0, 2, 3, 1)[mask]  # (P, C)
     allowed = _GROUP_CLASSES[groups, : picked.shape[1]].to(picked.device).bool()
-    return -torch.logsumexp(picked.float().masked_fill(~allowed, float("-inf")), 1).mean()
+    nll = -torch.logsumexp(picked.float().masked_fill(~allowed, float("-inf")), 1)
+    face = mask.nonzero()[:, 0]
+    sums = torch.zeros(len(target), device=nll.device).index_add(0, face, nll)
+    counts = torch.zeros(len(target), device=nll.device).index_add(0, face, torch.ones_like(nll))
+    return sums / counts.clamp(min=1)

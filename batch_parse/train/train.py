@@ -136,9 +136,12 @@ def stage1_loss(logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tens
         logp[:, BACKGROUND] = torch.where(unlabelled, merged, logp[:, BACKGROUND])
     if weak is None:
         return F.nll_loss(logp, dense, ignore_index=IGNORE)
-    if bool((dense == IGNORE).all()):
-        return weak  # a batch of point faces only: no pixel has a class
-    return F.nll_loss(logp, dense, ignore_index=IGNORE) + weak
+    # Each face counts once: its labelled pixels' mean plus its points' mean (points.py), averaged
+    # over the batch. (Faces of a pool without points all have every pixel labelled, so the line
+    # above is the same mean.)
+    known = (dense != IGNORE).flatten(1).sum(1)
+    pixels = F.nll_loss(logp, dense, ignore_index=IGNORE, reduction="none").flatten(1).sum(1) / known.clamp(min=1)
+    return (pixels + weak).mean()
 
 
 def stage1_batch(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
