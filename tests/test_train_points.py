@@ -128,3 +128,33 @@ def test_a_pool_without_point_faces_draws_the_same_batches_either_way(pointed_po
     for _ in range(4):
         for x, y in zip(a.next(), b.next()):
             assert torch.equal(x, y)
+
+
+def test_the_localiser_learns_no_window_for_a_part_the_face_hides(pointed_pool):
+    """Stage b's loss ignores a hidden part's window (its target would be mid-image), and only that."""
+    from batch_parse.model.weights import load_weights
+    from batch_parse.train.train import stage_loss
+
+    model, _ = load_weights(V3)
+    model.eval()
+    images, labels = open_pool(pointed_pool, "train").rows(np.arange(4))
+    images, labels = images.float() / 255, labels.long()
+    hidden = labels.clone()
+    hidden[0][torch.isin(hidden[0], torch.tensor([3]))] = 0  # face 0's first eye gone (class 3)
+    assert augment.present_parts(hidden)[0].tolist().count(False) == 1 and augment.present_parts(labels).all()
+    gen = torch.Generator()
+    base = stage_loss(model, "b", images, hidden, gen)
+    original = model.localise
+
+    def moved(part: int, face: int = 0):
+        def localise(probs):
+            theta = original(probs).clone()
+            theta[face, part] += 0.5
+            return theta
+        return localise
+
+    eye = [i for i, present in enumerate(augment.present_parts(hidden)[0].tolist()) if not present][0]
+    model.localise = moved(eye)
+    assert stage_loss(model, "b", images, hidden, gen).item() == pytest.approx(base.item(), rel=1e-6)
+    model.localise = moved((eye + 1) % 6)
+    assert stage_loss(model, "b", images, hidden, gen).item() > base.item()

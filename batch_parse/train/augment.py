@@ -184,6 +184,11 @@ def target_windows(labels: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def present_parts(labels: torch.Tensor) -> torch.Tensor:
+    """(B,S,S) labels -> (B,P) bool: the part has at least one pixel (a turned face hides its far eye)."""
+    return torch.stack([torch.isin(labels, torch.tensor(part.classes)).flatten(1).any(1) for part in PARTS], 1)
+
+
 def _extent(occupied: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     big = coords.numel()
     lo = torch.where(occupied, coords, torch.full_like(coords, big)).amin(1)
