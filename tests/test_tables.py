@@ -79,3 +79,15 @@ def test_a_file_with_more_rows_than_its_ids_gets_one_row_counting_the_rest(tmp_p
     assert over.error == ("big.parquet/(after row 3): 3 rows past the first 3 of big.parquet are not labelled "
                           "(a file's ids hold 3): split the file")
     assert over.id == planned[0].id + 3 and len({p.id for p in planned}) == 4
+
+
+def test_originals_by_a_key_that_names_no_container_are_one_line_not_found(tmp_path, face_jpegs):
+    from batch_parse.storage.originals import _from_shards
+    from batch_parse.storage.tables import fetch_table_images
+
+    write_table(tmp_path / "a.parquet", face_jpegs(2))
+    source = parse_location(str(tmp_path))
+    got = fetch_table_images(source, ["a.parquet/1", "photo.jpg"], "image")
+    assert got[0] == face_jpegs(2)[1] and (got[1].code, got[1].message) == ("not_found", "photo.jpg: not a row of a .parquet file")
+    (bad,) = _from_shards(source, ["photo.jpg"])
+    assert (bad.code, bad.message) == ("not_found", "photo.jpg: not a key inside a .tar shard")

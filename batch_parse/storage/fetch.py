@@ -12,7 +12,7 @@ import random
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -48,6 +48,22 @@ class FetchError:
     # False when trying again within seconds cannot help (e.g. the bucket is gone); the code still
     # says whether a later run retries it.
     retry_now: bool = field(default=True, compare=False)
+
+
+def group_by_container(keys: Sequence[str], container_of: Callable[[str], str | None],
+                       not_inside: str) -> tuple[list[bytes | FetchError | None], dict[str, list[int]]]:
+    """For reading originals out of containers (shards, Parquet files): each container's key
+    positions, in key order, and a result list holding a not_found FetchError ("KEY: not_inside")
+    for every key that names no container and None for the others, to be filled per container."""
+    out: list[bytes | FetchError | None] = [None] * len(keys)
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        container = container_of(key)
+        if container is None:
+            out[i] = FetchError("not_found", f"{key}: {not_inside}", retry_now=False)
+        else:
+            groups.setdefault(container, []).append(i)
+    return out, groups
 
 
 def fetch_objects(

@@ -18,10 +18,11 @@ import queue
 import re
 import stat
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import botocore.exceptions as boto_errors
 
@@ -46,6 +47,11 @@ SYSTEM_FOLDERS = frozenset({
 # holding millions of names.
 EXAMPLES_KEPT = 5
 LIST_THREADS = 8
+# Containers (tar shards, Parquet files) planned at once: their headers and footers are ranged
+# reads, latency-bound on S3.
+PLAN_THREADS = 8
+T = TypeVar("T")
+R = TypeVar("R")
 FAN_OUT = 32  # prefixes wanted before listing them in parallel
 MAX_DEPTH = 3  # levels of folders looked into to find them
 FLAT_OBJECTS = 1000  # more objects than this directly in a folder: one thread lists it whole
@@ -404,3 +410,16 @@ def _unescape(component: str) -> bytes | None:
     except UnicodeDecodeError:
         return data
     return None  # valid UTF-8: key_component would have left the name as it was
+
+
+def planned_in_order(containers: Iterable[T], plan: Callable[[T], R], threads: int = PLAN_THREADS) -> Iterator[R]:
+    """plan(container) for each container on `threads` threads, results in listing order, at most
+    2 x threads in flight: the driver holds a few containers' plans, never the whole corpus's."""
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        for container in containers:
+            pending.append(pool.submit(plan, container))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

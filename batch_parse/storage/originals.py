@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from batch_parse.storage.fetch import FetchError, fetch_members, fetch_objects
+from batch_parse.storage.fetch import FetchError, fetch_members, fetch_objects, group_by_container
 from batch_parse.storage.location import Location, parse_location
 from batch_parse.storage.s3 import describe_error
 from batch_parse.storage.shards import member_list, split_shard_key
@@ -53,14 +53,7 @@ def fetch_originals(metadata: dict, keys: Sequence[str], output: Location | None
 def _from_shards(source: Location, keys: list[str]) -> list[bytes | FetchError]:
     """Images inside shards, by their `key` (shard/member): each shard's headers walked once, then ranged reads."""
     fs = source.filesystem()
-    out: list[bytes | FetchError | None] = [None] * len(keys)
-    by_shard: dict[str, list[int]] = {}
-    for i, key in enumerate(keys):
-        shard, member = split_shard_key(key)
-        if shard is None:
-            out[i] = FetchError("not_found", f"{key}: not a key inside a .tar shard", retry_now=False)
-        else:
-            by_shard.setdefault(shard, []).append(i)
+    out, by_shard = group_by_container(keys, lambda key: split_shard_key(key)[0], "not a key inside a .tar shard")
     for shard, rows in by_shard.items():
         path = source.fs_path(shard_relative(source, shard))
         try:

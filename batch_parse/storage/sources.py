@@ -11,15 +11,13 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
-from batch_parse.storage.listing import ListingStats, is_image_key, iter_objects
+from batch_parse.storage.listing import ListingStats, is_image_key, iter_objects, planned_in_order
 from batch_parse.storage.location import Location
 from batch_parse.storage.objects import ObjectInfo
 from batch_parse.storage.shards import ShardStats, is_shard_key, plan_shard
 from batch_parse.storage.tables import is_parquet_key
 
-PLAN_THREADS = 8  # shards whose headers are read at once (ranged reads: latency-bound on S3)
 _PROBE = 200  # objects looked at by `auto`
 
 
@@ -39,8 +37,8 @@ def resolve_format(source: Location, fmt: str, object_list: str | None = None) -
 class ShardSamples:
     """The images of a source of WebDataset shards, planned from their headers; `stats` as a listing's.
 
-    Shards are planned PLAN_THREADS at a time and their samples yielded as each shard is done:
-    the driver holds at most PLAN_THREADS shards' sample lists, never the corpus's keys.
+    Shards are planned listing.PLAN_THREADS at a time and their samples yielded as each shard is done:
+    the driver holds at most a few shards' sample lists, never the corpus's keys.
     """
 
     def __init__(self, source: Location, object_list: str | None = None):
@@ -63,22 +61,12 @@ class ShardSamples:
             stats = ShardStats()  # one per shard: the threads share nothing
             return list(plan_shard(fs, path, shard.key, stats)), stats
 
-        def done(future) -> list[ObjectInfo]:
-            samples, stats = future.result()
+        for samples, stats in planned_in_order(self.listing, plan):
             self.stats.images += stats.samples - 1  # the listing counted the shard itself as one
             # Samples without an image (captions only) are skipped like non-image objects, with examples.
             self.stats.skipped_non_image += stats.samples_without_image
             self.stats.non_image_examples += stats.examples[: max(0, 5 - len(self.stats.non_image_examples))]
-            return samples
-
-        with ThreadPoolExecutor(PLAN_THREADS) as pool:
-            pending = []
-            for shard in self.listing:
-                pending.append(pool.submit(plan, shard))
-                if len(pending) >= 2 * PLAN_THREADS:  # bounded: a few shards in flight
-                    yield from done(pending.pop(0))
-            for future in pending:
-                yield from done(future)
+            yield from samples
 
 
 def shard_relative(source: Location, shard_key: str) -> str:

@@ -20,20 +20,18 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from batch_parse.storage.fetch import FetchError
-from batch_parse.storage.listing import ListingStats, iter_objects
+from batch_parse.storage.fetch import FetchError, group_by_container
+from batch_parse.storage.listing import ListingStats, iter_objects, planned_in_order
 from batch_parse.storage.location import Location
 from batch_parse.storage.objects import ObjectInfo
 
 ROW_BITS = 23  # ids per file: 8,388,608; the last is the file's own error row, so 8,388,607 rows are labelled
 _IDENTITY_BITS = 63 - ROW_BITS
-PLAN_THREADS = 8
 # A worker keeps the last row group's image column it read, for the next batch of the same rows.
 _CACHE_BYTES = 512 << 20
 
@@ -127,7 +125,7 @@ def plan_table(fs: pafs.FileSystem, path: str, file_key: str, image_column: str,
 
 
 class TableImages:
-    """The images of a source of Parquet files, planned PLAN_THREADS files at a time; `stats` as a listing's."""
+    """The images of a source of Parquet files, planned listing.PLAN_THREADS files at a time; `stats` as a listing's."""
 
     def __init__(self, source: Location, object_list: str | None = None, image_column: str = "image",
                  key_column: str | None = None):
@@ -152,18 +150,9 @@ class TableImages:
             path = self.source.fs_path(shard_relative(self.source, info.key))
             return list(plan_table(fs, path, info.key, self.image_column, self.key_column))
 
-        with ThreadPoolExecutor(PLAN_THREADS) as pool:
-            pending = []
-            for info in self.listing:
-                pending.append(pool.submit(plan, info))
-                if len(pending) >= 2 * PLAN_THREADS:
-                    images = pending.pop(0).result()
-                    count += len(images)
-                    yield from images
-            for future in pending:
-                images = future.result()
-                count += len(images)
-                yield from images
+        for images in planned_in_order(self.listing, plan):
+            count += len(images)
+            yield from images
         self.stats.images = count
 
 
@@ -217,14 +206,7 @@ def read_table_images(source: Location, file_key: str, etag: str, rows: list[int
 
 def fetch_table_images(source: Location, keys: list[str], image_column: str, key_column: str | None = None) -> list[bytes | FetchError]:
     """Originals of rows of a Parquet source by their `key` ("<file>/<row>"), for render, export and import."""
-    out: list[bytes | FetchError | None] = [None] * len(keys)
-    by_file: dict[str, list[int]] = {}
-    for i, key in enumerate(keys):
-        file_key, row = split_table_key(key)
-        if file_key is None:
-            out[i] = FetchError("not_found", f"{key}: not a row of a .parquet file", retry_now=False)
-        else:
-            by_file.setdefault(file_key, []).append(i)
+    out, by_file = group_by_container(keys, lambda key: split_table_key(key)[0], "not a row of a .parquet file")
     for file_key, indices in by_file.items():
         rows = [split_table_key(keys[i])[1] for i in indices]
         for i, data in zip(indices, read_table_images(source, file_key, "original", rows, image_column)):
