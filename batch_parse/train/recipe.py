@@ -168,8 +168,8 @@ def train_in_parallel(todo: list, run: Path, jobs: int) -> None:
                 log(f"stage {s.stage}: {s.steps} steps x {s.batch_size}, lr {s.lr} (in its own process)")
                 running[pool.submit(train_stage, opts)] = s.stage
                 waiting.remove((s, opts))
-            if not running:
-                raise RuntimeError(f"stages {', '.join(s.stage for s, _ in waiting)} wait on stages that are not in the recipe")
+            if not running:  # nothing can start and nothing runs: a stage they start from finished short of its budget
+                raise RuntimeError(f"stages {', '.join(s.stage for s, _ in waiting)} cannot start: what they start from is not done")
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 stage = running.pop(future)
