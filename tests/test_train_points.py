@@ -25,23 +25,27 @@ V3 = str(Path(__file__).resolve().parents[1] / "batch_parse" / "model" / "weight
 PROBES = [("eyes", [30.0, 40.0]), ("nose", [52.0, 60.0]), ("lower_lip", [50.0, 80.0]), ("ears", [5.0, 50.0])]
 
 
-def _record(name: str, clean: bool, probes: list) -> dict:
-    return asdict(FaceRecord(name=name, source="cfp", photo=f"{name}.jpg", split="train", face_index=0, box=[0, 0, 1, 1],
+def _record(name: str, clean: bool, probes: list, split: str = "train") -> dict:
+    return asdict(FaceRecord(name=name, source="cfp", photo=f"{name}.jpg", split=split, face_index=0, box=[0, 0, 1, 1],
                              score=1.0, landmarks=[[0, 0]] * 5, matrix=[[1, 0, 0], [0, 1, 0]], side=100, yaw=0.6,
                              pose="profile", written=True, teacher="no_face", flip_agreement=None, clean=clean, probes=probes))
 
 
 @pytest.fixture(scope="module")
 def pointed_pool(tmp_path_factory) -> Path:
-    """A face pool of 8 clean faces plus 3 with human points only (one of them with no point of a known part)."""
-    root = write_helen(tmp_path_factory.mktemp("fp") / "facepool", {"train": 11, "val": 2, "test": 1})
+    """A face pool of 8 clean train faces plus 3 with human points only (one of them with no point
+    of a known part); its val split 2 clean faces and 1 with points only."""
+    root = write_helen(tmp_path_factory.mktemp("fp") / "facepool", {"train": 11, "val": 3, "test": 1})
     train = (root / "exemplars.txt").read_text().split()
+    val = (root / "tuning.txt").read_text().split()
     records = [_record(n, True, [("nose", [50.0, 50.0])]) for n in train[:8]]
-    for n in train[8:]:
+    for n, split in [(n, "train") for n in train[8:]] + [(val[2], "val")]:
         with Image.open(root / "images" / f"{n}.jpg") as im:
             im.resize((100, 100)).save(root / "images" / f"{n}.jpg")  # a face frame is square
-        records.append(_record(n, False, PROBES))
-    (root / "exemplars.txt").write_text("".join(f"{n}\n" for n in train[:8]))  # the clean ones, as facepool.py lists them
+        records.append(_record(n, False, PROBES, split))
+    # The clean ones, as facepool.py lists them
+    (root / "exemplars.txt").write_text("".join(f"{n}\n" for n in train[:8]))
+    (root / "tuning.txt").write_text("".join(f"{n}\n" for n in val[:2]))
     (root / "faces.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return pack([root], root.parent / "pool", canvas=128, points=True)
 
@@ -88,7 +92,7 @@ def test_a_face_of_points_weighs_as_much_as_a_face_of_pixels():
 def test_the_pool_holds_point_faces_last_and_only_stage_a_reads_them(pointed_pool):
     info = json.loads((pointed_pool / "pool.json").read_text())
     train = open_pool(pointed_pool, "train")
-    assert info["point_faces"] == 3 and len(train) == 11
+    assert info["splits"]["train"]["point_faces"] == 3 and info["splits"]["val"]["point_faces"] == 1 and len(train) == 11
     assert [is_point_face(n) for n in train.names] == [False] * 8 + [True] * 3
     _, labels = train.rows(np.arange(8, 11))
     assert set(np.unique(labels.numpy()).tolist()) <= {IGNORE, *range(POINT_BASE, POINT_BASE + len(POINT_GROUPS))}
@@ -118,6 +122,44 @@ def test_stage_a_trains_on_a_pool_with_point_faces(pointed_pool, tmp_path):
     best = train_stage(TrainOptions(str(pointed_pool), str(tmp_path / "run"), "a", 3, 4, val_every=3, init=V3, canvas=128))
     curve = json.loads((tmp_path / "run" / "curve_a.json").read_text())["curve"]
     assert best.is_file() and all(math.isfinite(p["score"]) for p in curve)
+    assert all(0 <= p["metrics"]["point hits"] <= 1 for p in curve)  # selected on the val persons' points too
+
+
+def test_validation_scores_stage_1_on_the_val_split_s_point_faces(pointed_pool):
+    """The val split ends with its point faces; stage a is scored on them as well, the others never see them."""
+    from batch_parse.model.weights import load_weights
+    from batch_parse.train.points import point_hits
+    from batch_parse.train.train import stage1_batch, validation_score, validation_split
+
+    val = open_pool(pointed_pool, "val")
+    assert [is_point_face(n) for n in val.names] == [False, False, True]
+    images, labels = validation_split(TrainOptions(str(pointed_pool), "", "a", 1), pointed_pool)
+    assert len(images) == 3 and int(labels[2].max()) == IGNORE and int(labels[:2].max()) < NUM_CLASSES
+    model, _ = load_weights(V3)
+    model.eval()
+    score, text, metrics = validation_score(model, "a", images, labels)
+    with torch.no_grad():
+        logits = model.stage1(stage1_batch(images[2:], model.cfg))
+    pred = torch.nn.functional.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+    hits, n = point_hits(pred, labels[2:])
+    assert n > 0 and metrics["point hits"] == hits / n and "point hits" in text
+    assert score == sum(metrics.values()) / 3  # part IoU, skin IoU, point hits
+    dense_only = validation_score(model, "a", images[:2], labels[:2])
+    assert dense_only[2]["part IoU"] == metrics["part IoU"] and "point hits" not in dense_only[2]
+    for stage in ("b", "c"):  # they learn windows and shapes, which points do not give
+        assert validation_score(model, stage, images, labels)[0] == validation_score(model, stage, images[:2], labels[:2])[0]
+
+
+def test_point_hits_counts_point_pixels_inside_their_part():
+    from batch_parse.train.points import point_hits
+
+    target = torch.from_numpy(point_map(40, 40, [("eyes", [10.0, 10.0]), ("nose", [30.0, 30.0])])).long()[None]
+    pred = torch.zeros_like(target)
+    pred[0, :20] = min(F1_GROUPS["eyes"])  # the eye's disc falls on an eye, the nose's on background
+    hits, n = point_hits(pred, target)
+    eye_pixels = int((target == POINT_BASE + POINT_GROUPS.index("eyes")).sum())
+    assert hits == eye_pixels and n == int((target != IGNORE).sum()) > hits
+    assert point_hits(pred, torch.full_like(target, IGNORE)) == (0, 0)
 
 
 def test_a_pool_without_point_faces_draws_the_same_batches_either_way(pointed_pool, tmp_path):

@@ -110,7 +110,7 @@ def test_the_recipe_restarts_skipping_what_is_done(tiny_pool, tmp_path):
     out = run_recipe(RECIPES["smoke"], home, pool=tiny_pool)
     run = home / "runs" / "smoke"
     for s in RECIPES["smoke"].stages:
-        assert json.loads((run / f"stage_{s.stage}.json").read_text())["steps"] == s.steps
+        assert json.loads((run / f"stage_{s.phase}.json").read_text())["steps"] == s.steps
     model, info = load_weights(out)
     assert model.cfg.num_classes == 10 and info["stage"] == "e2e"
     assert (run / "curves.png").stat().st_size > 10_000
@@ -119,7 +119,7 @@ def test_the_recipe_restarts_skipping_what_is_done(tiny_pool, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in run.glob("stage_*.ckpt")}
     done = subprocess.run([sys.executable, "-m", "batch_parse.train.recipe", "--recipe", "smoke", "--home", str(home), "--pool", str(tiny_pool)],
                           check=True, capture_output=True, text=True)
-    assert done.stderr.count("done (") == 4
+    assert done.stderr.count("done (") == len(RECIPES["smoke"].stages) == 6
     assert before == {p.name: p.stat().st_mtime_ns for p in run.glob("stage_*.ckpt")}
 
 
@@ -146,3 +146,38 @@ def test_a_stage_is_trained_by_one_process_at_a_time(tiny_pool, tmp_path):
         with pytest.raises(RuntimeError, match="stage c of .* is being trained by another process"):
             train_stage(TrainOptions(str(tiny_pool), str(run), "c", 2, 4, val_every=2, init=V3))
     assert not (run / "stage_c.ckpt").exists()
+
+
+def test_a_phase_starts_from_the_phases_it_names(tiny_pool, tmp_path):
+    """A stage trained again under a name of its own starts from the best weights of the phase it
+    names (a recipe's second stage a, on human points): its step-0 score is that phase's best."""
+    from batch_parse.train.train import TrainOptions, train_stage
+
+    run = tmp_path / "run"
+    common = dict(val_every=2, val_images=4, init=V3, precision="fp32")
+    train_stage(TrainOptions(str(tiny_pool), str(run), "a", 4, 3, lr=3e-3, **common))
+    train_stage(TrainOptions(str(tiny_pool), str(run), "a", 2, 3, name="a-again", start=(("stage1", "a"),), **common))
+    a = json.loads((run / "curve_a.json").read_text())
+    again = json.loads((run / "curve_a-again.json").read_text())
+    assert again["phase"] == "a-again" and again["stage"] == "a" and a["phase"] == "a"
+    assert again["curve"][0]["score"] == max(p["score"] for p in a["curve"])
+    assert (run / "stage_a-again.json").is_file() and (run / "stage_a-again.safetensors").is_file()
+    b_path = train_stage(TrainOptions(str(tiny_pool), str(run), "b", 2, 3, name="b-again", start=(("stage1", "a-again"),), **common))
+    again_best, _ = load_weights(run / "stage_a-again.safetensors")
+    b_model, _ = load_weights(b_path)
+    for key, value in again_best.stage1.state_dict().items():
+        assert torch.equal(value, b_model.stage1.state_dict()[key]), key  # b trains the localiser only
+
+
+@pytest.mark.parametrize("name, start, message", [
+    ("a/b", None, "phase name 'a/b'"),
+    ("x", (("stage1", "missing"),), "starts its stage1 from phase missing, which has no weights"),
+    ("x", (("decoder", "a"),), "expected one of stage1, localiser, stage2"),
+    ("x", (("stage1", "x"),), "from another phase"),
+])
+def test_a_phase_with_a_bad_name_or_start_is_refused(tiny_pool, tmp_path, name, start, message):
+    from batch_parse.train.train import TrainOptions, train_stage
+
+    with pytest.raises(ValueError, match=message):
+        train_stage(TrainOptions(str(tiny_pool), str(tmp_path), "a", 1, 2, name=name, start=start, init=V3))
+    assert not list(tmp_path.glob("stage_*.ckpt"))

@@ -18,7 +18,10 @@ STAGE_TITLES = {"a": "a: stage-1 iCNN", "b": "b: localiser", "c": "c: part iCNNs
 
 
 def read_curves(run: Path) -> dict[str, dict]:
-    return {stage: json.loads(path.read_text()) for stage in STAGE_TITLES if (path := run / f"curve_{stage}.json").is_file()}
+    """phase -> its curve file, in training order: by stage, a stage's phases by name (a, a-points, b ...)."""
+    curves = {path.stem.removeprefix("curve_"): json.loads(path.read_text()) for path in run.glob("curve_*.json")}
+    order = list(STAGE_TITLES)
+    return dict(sorted(curves.items(), key=lambda kv: (order.index(kv[1]["stage"]), kv[0])))
 
 
 def reference_scores(reference: str, pool: Path, stages: list[str], val_images: int = 200) -> dict[str, dict[str, float]]:
@@ -44,9 +47,11 @@ def plot_curves(run: str | Path, out: str | Path, pool: str | Path | None = None
     if not curves:
         raise ValueError(f"{run} has no curve_<stage>.json: nothing to plot")
     pool = Path(pool) if pool else run.parent.parent / "pool"
-    refs = reference_scores(reference, pool, list(curves)) if reference and (pool / "pool.json").is_file() else {}
+    stages = sorted({data["stage"] for data in curves.values()}, key=list(STAGE_TITLES).index)
+    refs = reference_scores(reference, pool, stages) if reference and (pool / "pool.json").is_file() else {}
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
-    for ax, (stage, data) in zip(axes[0], curves.items()):
+    for ax, (phase, data) in zip(axes[0], curves.items()):
+        stage = data["stage"]
         points = data["curve"]
         for i, metric in enumerate(points[-1].get("metrics", {})):
             xs = [p["samples"] for p in points if metric in p.get("metrics", {})]
@@ -55,7 +60,7 @@ def plot_curves(run: str | Path, out: str | Path, pool: str | Path | None = None
             ax.plot(xs, ys, "-o", ms=3, color=colour, label=f"{label or run.name} {metric}")
             if metric in refs.get(stage, {}):
                 ax.axhline(refs[stage][metric], ls="--", color=colour, lw=1, label=f"{reference} {metric}")
-        ax.set_title(STAGE_TITLES[stage])
+        ax.set_title(STAGE_TITLES[stage] if phase == stage else f"{phase}: {STAGE_TITLES[stage].split(': ')[1]}")
         ax.set_xlabel("training samples")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

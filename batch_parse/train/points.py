@@ -78,3 +78,15 @@ def point_loss(logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     sums = torch.zeros(len(target), device=nll.device).index_add(0, face, nll)
     counts = torch.zeros(len(target), device=nll.device).index_add(0, face, torch.ones_like(nll))
     return sums / counts.clamp(min=1)
+
+
+def point_hits(pred: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
+    """(hits, point pixels): the pixels of `target`'s point discs where the predicted class map
+    `pred` (same shape, long) holds a class of the point's group. The weak label's own score: how
+    often the model puts a part where a person placed it (as probes.probe_hits does on one pixel)."""
+    mask = (target >= POINT_BASE) & (target < POINT_BASE + len(POINT_GROUPS))
+    if not bool(mask.any()):
+        return 0, 0
+    groups = (target[mask] - POINT_BASE).long()
+    allowed = _GROUP_CLASSES.to(pred.device)[groups, pred[mask].clamp(max=NUM_CLASSES - 1)]
+    return int(allowed.sum().item()), int(mask.sum().item())

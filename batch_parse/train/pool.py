@@ -18,9 +18,10 @@ Train rows are the train split of every source in order, then (`turns` > 0) turn
 first source's near-frontal train faces synthesised from their teacher meshes (synth_pose.py:
 the teacher cannot label profiles, so they are made from frontal faces whose labels it got right),
 then (`points`) its train faces with human points and no clean labels, labelled by the points only
-(points.py; named NAME~points; only stage a reads them);
+(points.py; named NAME~points; only stage a learns from them);
 val and test rows come from the first source only (the others are extra training labels, e.g.
-self-training), never synthesised, so validation stays on real faces. A pool is written into a
+self-training), never synthesised, so validation stays on real faces; with `points`, each split
+ends with its own point faces (validation scores stage 1 on them). A pool is written into a
 temporary folder and renamed into place, so a killed packing never leaves a half pool that looks
 whole.
 
@@ -126,8 +127,8 @@ def pack(sources: list[str | Path], dst: str | Path, canvas: int = 256, limit: i
     """Packs the Helen-layout (or CelebAMask-HQ) folders into a pool at dst; returns dst.
 
     turns: synthetic turned copies per near-frontal train face of the first source (needs the
-    face pool's meshes and the teacher's MediaPipe). points: add the first source's train faces
-    that have human points but no clean labels, labelled by their points only (points.py). An
+    face pool's meshes and the teacher's MediaPipe). points: add the first source's faces (every
+    split) that have human points but no clean labels, labelled by their points only (points.py). An
     existing pool at dst is kept as it is (delete it to rebuild)."""
     from batch_parse.train.augment import target_windows
 
@@ -146,7 +147,9 @@ def pack(sources: list[str | Path], dst: str | Path, canvas: int = 256, limit: i
         datasets = [open_dataset(root, split) for root in roots]
         counts = [len(ds) if limit is None else min(limit, len(ds)) for ds in datasets]
         plan = turn_plan(roots[0], [datasets[0].names[i] for i in range(counts[0])], turns) if split == "train" and turns else []
-        pointed = point_faces(roots[0])[:limit] if split == "train" and points else []
+        # In every split: the val split's point faces let a phase that learns from points be
+        # selected on points of persons it never saw (train.validation_score).
+        pointed = point_faces(roots[0], split)[:limit] if points else []
         n = sum(counts) + len(plan) + len(pointed)
         images = np.lib.format.open_memmap(tmp / f"{split}_images.npy", "w+", np.uint8, (n, 3, canvas, canvas))
         labels = np.lib.format.open_memmap(tmp / f"{split}_labels.npy", "w+", np.uint8, (n, canvas, canvas))
@@ -189,7 +192,6 @@ def pack(sources: list[str | Path], dst: str | Path, canvas: int = 256, limit: i
                 poses[row] = POSES.index(record.pose)
                 names.append(record.name + POINT_NAME_SUFFIX)
                 row += 1
-            info["point_faces"] = len(pointed)
         windows = np.zeros((n, 6, 4), np.float32)
         dense = n - len(pointed)  # point faces come last and have no part shapes to window
         for start in range(0, dense, 512):  # in chunks: the whole split's label maps need not sit in memory
@@ -201,7 +203,7 @@ def pack(sources: list[str | Path], dst: str | Path, canvas: int = 256, limit: i
         np.save(tmp / f"{split}_windows.npy", windows)
         np.save(tmp / f"{split}_poses.npy", poses)
         (tmp / f"{split}_names.json").write_text(json.dumps(names))
-        info["splits"][split] = {"count": n}
+        info["splits"][split] = {"count": n, **({"point_faces": len(pointed)} if points else {})}
         _log(f"{split}: {n} faces packed")
     (tmp / MARKER).write_text(json.dumps(info, indent=1))
     shutil.rmtree(dst, ignore_errors=True)
@@ -366,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="at most N faces of each folder and split")
     parser.add_argument("--turns", type=int, default=0, help="synthetic turned copies per near-frontal train face (face pools)")
     parser.add_argument("--points", action="store_true",
-                        help="add the train faces with human points but no clean labels, labelled by their points (face pools)")
+                        help="add the faces with human points but no clean labels, labelled by their points (face pools)")
     args = parser.parse_args(argv)
     if len(args.folders) < 2:
         parser.error("give at least one labelled folder and the pool folder")

@@ -1,4 +1,4 @@
-"""A whole training recipe run as one resumable job: face pool -> packed pool -> stages a, b, c, e2e.
+"""A whole training recipe run as one resumable job: face pool -> packed pools -> stages a, b, c, e2e.
 
 Training the shipped weights takes hours of a small CPU, longer than any one sitting, so the
 recipe is written to be started again and again: every step it takes leaves a mark in the
@@ -9,6 +9,7 @@ log in HOME/train.log.
 
     HOME/facepool/          the teacher-labelled face pool (python -m batch_parse.train.facepool)
     HOME/pool/              that pool packed for training (batch_parse.train.pool)
+    HOME/pool-points/       the same with the faces labelled by human points (for phases that read them)
     HOME/runs/<recipe>/     each stage's checkpoint, best weights, curve; <recipe>.safetensors
                             (fp16, the shippable file) and curves.png when all stages are done
 
@@ -41,11 +42,20 @@ def shared_data() -> Path:
 
 @dataclass(frozen=True)
 class StageRun:
+    """One phase of a recipe: a stage (train.STAGES) trained for a budget, under a name of its own
+    when the stage is trained more than once, from the phases `start` names (train.DEFAULT_START)."""
     stage: str
     steps: int
     lr: float
     batch_size: int
     val_every: int
+    name: str | None = None  # default the stage
+    start: tuple[tuple[str, str], ...] | None = None  # (network, phase) pairs; default train.DEFAULT_START
+    points: bool = False  # trains on the pool with the faces labelled by human points (pool.py, points.py)
+
+    @property
+    def phase(self) -> str:
+        return self.name or self.stage
 
 
 @dataclass(frozen=True)
@@ -55,12 +65,15 @@ class Recipe:
     stages: tuple[StageRun, ...]
     zoom_min: float = 0.6
     turns: int = 1  # synthetic turned copies per near-frontal face in the pool (pool.py, synth_pose.py)
-    points: bool = False  # add the faces labelled by human points only (pool.py, points.py): stage a reads them
 
 
 # v4: every stage gets at least 10x the samples stn-icnn/v2's fine-tuning gave it (model card:
 # a 400x16 = 6,400 of v2's own, 21,000 counting v1's; b 150x32; c 220x32; e2e 160x16), from v3
 # (which already has the skin class), rates of v2's fine-tuning.
+# Then human points (points.py), which the ablation kept (model card: 800x16 at 1e-4 from stage a
+# lifted CFP profile probes 59.1 -> 64.5 over the same steps without them): stage 1 fine-tuned on
+# the pool with point faces, selected on the val persons' points as well as on the teacher's labels,
+# and the localiser (trained on the dense stage 1) fine-tuned on what that stage 1 sees.
 RECIPES = {
     "v4": Recipe("v4", "stn-icnn/v3", (
         StageRun("a", 4000, 3e-4, 16, 250),
@@ -68,7 +81,9 @@ RECIPES = {
         # b from a localiser already at theta L1 0.0152 on the new stage 1: 3e-4 lifted it to 0.0293
         # in 150 steps (still 0.0264 at 300), so a fine-tuning rate.
         StageRun("b", 1500, 1e-4, 32, 150),
-        StageRun("e2e", 1600, 2e-4, 16, 160),
+        StageRun("a", 800, 1e-4, 16, 100, name="a-points", start=(("stage1", "a"),), points=True),
+        StageRun("b", 450, 5e-5, 32, 75, name="b-points", start=(("stage1", "a-points"), ("localiser", "b"))),
+        StageRun("e2e", 1600, 2e-4, 16, 160, start=(("stage1", "b-points"), ("localiser", "b-points"), ("stage2", "c"))),
     )),
     # One H100/H200 in under 8 minutes (scripts/train-gpu), from a portable pool of ~3,000 faces:
     # larger batches, the same samples-per-stage order as v4.
@@ -80,7 +95,10 @@ RECIPES = {
     )),
     # A few minutes end to end: checks the machinery (tests, a new machine), not for shipping.
     "smoke": Recipe("smoke", "stn-icnn/v3", (
-        StageRun("a", 4, 3e-4, 4, 2), StageRun("c", 4, 3e-4, 4, 2), StageRun("b", 4, 3e-4, 4, 2), StageRun("e2e", 2, 2e-4, 4, 2),
+        StageRun("a", 4, 3e-4, 4, 2), StageRun("c", 4, 3e-4, 4, 2), StageRun("b", 4, 3e-4, 4, 2),
+        StageRun("a", 2, 1e-4, 4, 2, name="a-points", start=(("stage1", "a"),), points=True),
+        StageRun("b", 2, 5e-5, 4, 2, name="b-points", start=(("stage1", "a-points"), ("localiser", "b"))),
+        StageRun("e2e", 2, 2e-4, 4, 2, start=(("stage1", "b-points"), ("localiser", "b-points"), ("stage2", "c"))),
     )),
 }
 
@@ -119,22 +137,26 @@ def run_recipe(recipe: Recipe, home: Path, threads: int = 1, device: str = "cpu"
     from batch_parse.train.train import TrainOptions, export_weights, stage_done, train_stage
 
     home.mkdir(parents=True, exist_ok=True)
+    pools = {False: pool, True: pool}  # a pool given is used by every phase
     if pool is None:
-        pool = home / "pool"
-        pack([ensure_facepool(home, facepool, workers)], pool, turns=recipe.turns, points=recipe.points)
+        # HOME/pool-points: the same faces and turns, and the faces labelled by human points only.
+        # Packed only for a recipe with a phase that reads it; each is packed once.
+        for points in sorted({s.points for s in recipe.stages}):
+            pools[points] = pack([ensure_facepool(home, facepool, workers)], home / ("pool-points" if points else "pool"),
+                                 turns=recipe.turns, points=points)
     run = home / "runs" / recipe.name
     init = str(REGISTRY[recipe.init])
     todo = []
     for s in recipe.stages:
-        if stage_done(run, s.stage, s.steps):
-            log(f"stage {s.stage}: done ({s.steps} steps), skipped")
+        if stage_done(run, s.phase, s.steps):
+            log(f"stage {s.phase}: done ({s.steps} steps), skipped")
         else:
-            todo.append((s, TrainOptions(str(pool), str(run), s.stage, s.steps, s.batch_size, val_every=s.val_every,
+            todo.append((s, TrainOptions(str(pools[s.points]), str(run), s.stage, s.steps, s.batch_size, val_every=s.val_every,
                                          threads=threads, lr=s.lr, zoom_min=recipe.zoom_min, init=init, device=device,
-                                         precision=precision)))
+                                         precision=precision, name=s.name, start=s.start)))
     if jobs <= 1:
         for s, opts in todo:
-            log(f"stage {s.stage}: {s.steps} steps x {s.batch_size}, lr {s.lr}")
+            log(f"stage {s.phase}: {s.steps} steps x {s.batch_size}, lr {s.lr}")
             train_stage(opts)
     else:
         train_in_parallel(todo, run, jobs)
@@ -149,27 +171,27 @@ def train_in_parallel(todo: list, run: Path, jobs: int) -> None:
     """Up to `jobs` stages at once, each in its own process, a stage as soon as what it starts from is done.
 
     Stages a and c are independent (c learns the parts on the labelled windows, not on a's output),
-    so two cores train them side by side; b waits for a, e2e for b and c (train.NEEDS)."""
+    so two cores train them side by side; b waits for a, e2e for b and c (TrainOptions.needs)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from batch_parse.train.train import NEEDS, stage_done, train_stage
+    from batch_parse.train.train import stage_done, train_stage
 
-    budget = {s.stage: s.steps for s, _ in todo}
+    budget = {s.phase: s.steps for s, _ in todo}
     waiting, running = list(todo), {}
 
-    def ready(stage: str) -> bool:
-        return all(dep not in budget or stage_done(run, dep, budget[dep]) for dep in NEEDS[stage])
+    def ready(opts) -> bool:
+        return all(dep not in budget or stage_done(run, dep, budget[dep]) for dep in opts.needs)
 
     # spawn: a fresh interpreter per stage (torch's thread pools do not survive a fork).
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         while waiting or running:
-            for s, opts in [(s, o) for s, o in waiting if ready(s.stage)][: jobs - len(running)]:
-                log(f"stage {s.stage}: {s.steps} steps x {s.batch_size}, lr {s.lr} (in its own process)")
-                running[pool.submit(train_stage, opts)] = s.stage
+            for s, opts in [(s, o) for s, o in waiting if ready(o)][: jobs - len(running)]:
+                log(f"stage {s.phase}: {s.steps} steps x {s.batch_size}, lr {s.lr} (in its own process)")
+                running[pool.submit(train_stage, opts)] = s.phase
                 waiting.remove((s, opts))
             if not running:  # nothing can start and nothing runs: a stage they start from finished short of its budget
-                raise RuntimeError(f"stages {', '.join(s.stage for s, _ in waiting)} cannot start: what they start from is not done")
+                raise RuntimeError(f"stages {', '.join(s.phase for s, _ in waiting)} cannot start: what they start from is not done")
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 stage = running.pop(future)

@@ -27,6 +27,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -47,11 +48,16 @@ from batch_parse.model.weights import load_weights, save_weights
 from batch_parse.report.meter import Meter
 from batch_parse.train import augment
 from batch_parse.train.evaluate import evaluate, format_scores
-from batch_parse.train.points import IGNORE, POINT_BASE, is_point_face, point_loss
+from batch_parse.train.points import IGNORE, POINT_BASE, is_point_face, point_hits, point_loss
 from batch_parse.train.pool import PoolSplit, is_pool, open_pool, pack
 
 STAGES = ("a", "b", "c", "e2e")
-NEEDS = {"a": (), "c": (), "b": ("a",), "e2e": ("b", "c")}  # what each stage starts from (initial_model)
+NETWORKS = ("stage1", "localiser", "stage2")  # the model's parts a stage trains or starts from
+# What each stage's networks start from: (network, phase) pairs, a phase's best weights giving the
+# network. A recipe may train one stage in several phases (a second stage a on human points,
+# say) and say which phase the next starts from: TrainOptions.name and .start.
+DEFAULT_START: dict[str, tuple[tuple[str, str], ...]] = {
+    "a": (), "c": (), "b": (("stage1", "a"),), "e2e": (("stage1", "b"), ("localiser", "b"), ("stage2", "c"))}
 LEARNING_RATES = {"a": 9e-4, "b": 8e-4, "c": 8e-4, "e2e": 2.5e-3}  # the authors' values
 BATCH_SIZES = {"a": 16, "b": 32, "c": 32, "e2e": 16}
 
@@ -77,6 +83,21 @@ class TrainOptions:
     precision: str = "auto"  # "bf16": autocast the forward pass; "auto": bf16 on CUDA and CPUs with native bf16
     checkpoint_minutes: float = 3.0  # resumable state written at least this often (and at every validation)
     channels_last: bool | None = None  # None: with bf16 (oneDNN's bf16 convolutions want NHWC; benchmarks/train_speed.py)
+    name: str | None = None  # the phase's name, which names its files in RUN_DIR (stage_<name>.*); default the stage
+    start: tuple[tuple[str, str], ...] | None = None  # (network, phase) pairs; default DEFAULT_START[stage]
+
+    @property
+    def phase(self) -> str:
+        return self.name or self.stage
+
+    @property
+    def starts(self) -> tuple[tuple[str, str], ...]:
+        return DEFAULT_START[self.stage] if self.start is None else self.start
+
+    @property
+    def needs(self) -> set[str]:
+        """The phases whose weights this one starts from: they must be done first."""
+        return {phase for _, phase in self.starts}
 
 
 def log(msg: str) -> None:
@@ -194,43 +215,55 @@ def set_modes(model: STNiCNN, stage: str) -> None:
 
 
 def initial_model(opts: TrainOptions, run: Path) -> STNiCNN:
-    """Stage b starts from a; e2e from b's A+B and c's C; a and c from scratch (or opts.init)."""
+    """opts.init (or from scratch), then each network of opts.starts from that phase's best weights
+    (by default b's stage 1 from a; e2e's stage 1 and localiser from b, its part networks from c)."""
     model = STNiCNN(DEFAULT_CONFIG)
     if opts.init:
         # A 9-class init (v2) grows the skin class without changing what it predicts (expand.py).
         model.load_state_dict(with_classes(load_weights(opts.init)[0], DEFAULT_CONFIG.num_classes).state_dict())
-    if opts.stage == "b":
-        a, _ = load_weights(run / "stage_a.safetensors")
-        model.stage1.load_state_dict(a.stage1.state_dict())
-    if opts.stage == "e2e":
-        b, _ = load_weights(run / "stage_b.safetensors")
-        c, _ = load_weights(run / "stage_c.safetensors")
-        model.stage1.load_state_dict(b.stage1.state_dict())
-        model.localiser.load_state_dict(b.localiser.state_dict())
-        model.stage2.load_state_dict(c.stage2.state_dict())
+    sources: dict[str, STNiCNN] = {}
+    for network, phase in opts.starts:
+        path = run / f"stage_{phase}.safetensors"
+        if not path.is_file():
+            raise ValueError(f"stage {opts.phase} starts its {network} from phase {phase}, which has no weights in {path}")
+        if phase not in sources:
+            sources[phase] = load_weights(path)[0]
+        getattr(model, network).load_state_dict(getattr(sources[phase], network).state_dict())
     return model
 
 
 def validation_split(opts: "TrainOptions", pool: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first val_images faces of the pool's val split: float 0..1 images, long labels."""
+    """The first val_images labelled faces of the pool's val split, then (a pool packed with
+    points) up to val_images of its faces labelled by human points: float 0..1 images, long labels."""
     val = open_pool(pool, "val")
     if len(val) == 0:
         # A small dataset of the user's with no val split still trains; its selection is then
         # on faces it learns from, which the log says.
         log(f"{pool}: the val split is empty; validating on the first train faces")
         val = open_pool(pool, "train")
-    n = min(opts.val_images, len(val))
-    if n == 0:
+    pointed = np.array([is_point_face(n) for n in val.names], bool)
+    rows = np.concatenate([np.flatnonzero(~pointed)[: opts.val_images], np.flatnonzero(pointed)[: opts.val_images]])
+    if len(rows) == 0:
         raise ValueError(f"{pool}: no faces to train or validate on")
-    images, labels = val.rows(np.arange(n))
+    images, labels = val.rows(rows)
     return images.float() / 255, labels.long()
+
+
+def point_rows(labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the faces labelled by points only (their maps are IGNORE but for the points)."""
+    return (labels == IGNORE).flatten(1).any(1)
 
 
 def validation_score(model: STNiCNN, stage: str, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, str, dict]:
     """(score, text, metrics); higher score is better. a: part IoU at 128 (with skin: mean of part
-    and skin IoU); b: -window error; c: part F1 on label windows; e2e: overall F1 of the whole model
-    at the pool's resolution (the authors' selection)."""
+    and skin IoU; with faces labelled by human points: and the share of their point pixels that
+    stage 1 puts in the point's part); b: -window error; c: part F1 on label windows; e2e: overall
+    F1 of the whole model at the pool's resolution (the authors' selection). Only stage a reads
+    the point faces."""
     model.eval()
+    pointed = point_rows(labels)
+    point_images, point_labels = (images[pointed], labels[pointed]) if stage == "a" and bool(pointed.any()) else (None, None)
+    images, labels = images[~pointed], labels[~pointed]
     canvas = images.shape[-1]
     if stage == "e2e":
         samples = [(str(i), (im.permute(1, 2, 0) * 255).round().byte().numpy(), lab.byte().numpy())
@@ -258,12 +291,20 @@ def validation_score(model: STNiCNN, stage: str, images: torch.Tensor, labels: t
             t_part, p_part = (target < NUM_PART_CLASSES) * target, (pred < NUM_PART_CLASSES) * pred
             fg = (t_part > 0) | (p_part > 0)
             iou = ((p_part == t_part) & fg).sum().item() / max(1, fg.sum().item())
-            if model.cfg.num_classes <= SKIN:
-                return iou, f"stage-1 part IoU {iou:.4f}", {"part IoU": iou}
-            t_skin, p_skin = target == SKIN, pred == SKIN
-            skin = (t_skin & p_skin).sum().item() / max(1, (t_skin | p_skin).sum().item())
-            # Selected on both: the new class must be learnt without losing the parts.
-            return (iou + skin) / 2, f"stage-1 part IoU {iou:.4f} skin IoU {skin:.4f}", {"part IoU": iou, "skin IoU": skin}
+            metrics = {"part IoU": iou}
+            if model.cfg.num_classes > SKIN:
+                # Selected on both: the new class must be learnt without losing the parts.
+                t_skin, p_skin = target == SKIN, pred == SKIN
+                metrics["skin IoU"] = (t_skin & p_skin).sum().item() / max(1, (t_skin | p_skin).sum().item())
+            if point_images is not None:
+                # And on people's points, where the teacher's labels are missing or wrong (profiles):
+                # a phase that learns from points must be judged by points it did not learn from.
+                point_probs = model.stage1(stage1_batch(point_images.to(device), model.cfg))
+                pred = F.interpolate(point_probs.float(), size=point_labels.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+                hits, n = point_hits(pred, point_labels.to(device))
+                metrics["point hits"] = hits / max(1, n)
+            text = "stage-1 " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            return sum(metrics.values()) / len(metrics), text, metrics
         target = windows_to_theta(augment.target_windows(labels.cpu()), [(canvas, canvas)] * len(images), model.cfg).to(device)
         err = F.l1_loss(model.localise(probs), target).item()
         return -err, f"theta L1 {err:.5f}", {"theta L1": err}
@@ -302,15 +343,21 @@ def _save_atomic(obj: dict, path: Path) -> None:
 def train_stage(opts: TrainOptions) -> Path:
     if opts.stage not in STAGES:
         raise ValueError(f"unknown stage {opts.stage!r}: expected one of {', '.join(STAGES)}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", opts.phase):
+        raise ValueError(f"phase name {opts.phase!r}: letters, digits, '-', '_' and '.' only (it names files)")
+    for network, phase in opts.starts:
+        if network not in NETWORKS or phase == opts.phase:
+            raise ValueError(f"stage {opts.phase} starts its {network!r} from {phase!r}: expected one of "
+                             f"{', '.join(NETWORKS)} from another phase")
     run = Path(opts.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     # Two processes on one stage would write the same checkpoint; the kernel drops the lock
     # however the holder ends, so a killed run never blocks its own resumption.
-    with open(run / f"stage_{opts.stage}.lock", "w") as lock:
+    with open(run / f"stage_{opts.phase}.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"stage {opts.stage} of {run} is being trained by another process") from None
+            raise RuntimeError(f"stage {opts.phase} of {run} is being trained by another process") from None
         return _train_stage(opts, run)
 
 
@@ -328,8 +375,8 @@ def _train_stage(opts: TrainOptions, run: Path) -> Path:
     params = trainable(model, opts.stage)
     optimizer = torch.optim.Adam(params, lr=opts.lr or LEARNING_RATES[opts.stage])
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, opts.steps) / opts.steps)))
-    ckpt_path, best_path = run / f"stage_{opts.stage}.ckpt", run / f"stage_{opts.stage}.safetensors"
-    curve_path = run / f"curve_{opts.stage}.json"
+    ckpt_path, best_path = run / f"stage_{opts.phase}.ckpt", run / f"stage_{opts.phase}.safetensors"
+    curve_path = run / f"curve_{opts.phase}.json"
     batch_size = opts.batch_size or BATCH_SIZES[opts.stage]
     batches = Batches(open_pool(pool, "train"), batch_size, opts.seed, opts.zoom_min, dense_only=opts.stage != "a")
     val_images, val_labels = validation_split(opts, pool)
@@ -341,29 +388,29 @@ def _train_stage(opts: TrainOptions, run: Path) -> Path:
         schedule.load_state_dict(state["schedule"])
         batches.load_state(state["data"])
         step, best, curve = state["step"], state["best"], state["curve"]
-        log(f"stage {opts.stage}: resumed at step {step} (best {best:.4f})")
+        log(f"stage {opts.phase}: resumed at step {step} (best {best:.4f})")
     if step == 0:
         # The curve starts where the stage starts (its init), so a flat or falling curve shows.
         score, text, metrics = validation_score(model, opts.stage, val_images, val_labels)
         curve.append({"step": 0, "samples": 0, "score": score, "text": text, "metrics": metrics})
-        log(f"stage {opts.stage}: before training: {text}")
+        log(f"stage {opts.phase}: before training: {text}")
         # The stage's starting point competes too: a fine-tuning that never beats it keeps it (the
         # authors' selection for e2e, and as much for the others: v4's stage b, from a localiser
         # already at theta L1 0.0152, stood at 0.0293 after 150 steps of its first, high rate).
         best = score
-        save_weights(model, best_path, info={"stage": opts.stage, "step": 0, "val": text})
+        save_weights(model, best_path, info={"stage": opts.stage, "phase": opts.phase, "step": 0, "val": text})
 
     def checkpoint() -> None:
         _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                       "data": batches.state(), "step": step, "best": best, "curve": curve}, ckpt_path)
-        curve_path.write_text(json.dumps({"stage": opts.stage, "batch_size": batch_size, "steps": opts.steps, "curve": curve}, indent=1))
+        curve_path.write_text(json.dumps({"stage": opts.stage, "phase": opts.phase, "batch_size": batch_size, "steps": opts.steps, "curve": curve}, indent=1))
 
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    log(f"stage {opts.stage}: {len(batches.split)} training faces, {opts.steps} steps of {batch_size} on {device}"
+    log(f"stage {opts.phase}: {len(batches.split)} training faces, {opts.steps} steps of {batch_size} on {device}"
         f"{' (bf16 autocast)' if bf16 else ''}{' channels-last' if channels_last else ''}, pool {pool}")
     t0, last_ckpt, seen, running = time.time(), time.monotonic(), 0, None
     # A bar on a terminal (steps, smoothed rate, ETA); a log keeps its every-25-steps lines only.
-    meter = Meter(opts.steps, f"stage {opts.stage}:", unit="steps", log_interval=float("inf"))
+    meter = Meter(opts.steps, f"stage {opts.phase}:", unit="steps", log_interval=float("inf"))
     meter.set(step)
 
     def note(msg: str) -> None:
@@ -384,15 +431,15 @@ def _train_stage(opts: TrainOptions, run: Path) -> Path:
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         meter.set(step, f"loss {running:.4f}")
         if step % 25 == 0:
-            note(f"stage {opts.stage} step {step}/{opts.steps} loss {running:.4f} lr {schedule.get_last_lr()[0]:.2e} {seen / (time.time() - t0):.1f} img/s")
+            note(f"stage {opts.phase} step {step}/{opts.steps} loss {running:.4f} lr {schedule.get_last_lr()[0]:.2e} {seen / (time.time() - t0):.1f} img/s")
         if step % opts.val_every == 0 or step == opts.steps:
             score, text, metrics = validation_score(model, opts.stage, val_images, val_labels)
             curve.append({"step": step, "samples": step * batch_size, "score": score, "text": text, "metrics": metrics})
             improved = score > best
             if improved:
                 best = score
-                save_weights(model, best_path, info={"stage": opts.stage, "step": step, "val": text})
-            note(f"stage {opts.stage} step {step}: val {text}{' (best, saved)' if improved else ''}")
+                save_weights(model, best_path, info={"stage": opts.stage, "phase": opts.phase, "step": step, "val": text})
+            note(f"stage {opts.phase} step {step}: val {text}{' (best, saved)' if improved else ''}")
             checkpoint()
             last_ckpt = time.monotonic()
         elif time.monotonic() - last_ckpt > opts.checkpoint_minutes * 60:
@@ -401,7 +448,7 @@ def _train_stage(opts: TrainOptions, run: Path) -> Path:
     meter.bar.close()  # its figures are in the lines above: no closing line
     if not ckpt_path.is_file() or step == 0:
         checkpoint()
-    (run / f"stage_{opts.stage}.json").write_text(json.dumps({"steps": step, "best": best}))
+    (run / f"stage_{opts.phase}.json").write_text(json.dumps({"steps": step, "best": best}))
     return best_path
 
 
