@@ -8,7 +8,6 @@ The verbs themselves live in batch_parse.cli.main.
 
 from __future__ import annotations
 
-import signal
 import sys
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
@@ -17,7 +16,9 @@ INTERRUPTED = "Error: interrupted"
 
 def main() -> None:
     """Run the `batch-parse` command (what the console script and `python -m batch_parse.cli` call)."""
-    _hear_sigint()
+    # A SIGINT the process was started with ignored (`cmd &` in a script, nohup) stays ignored, as
+    # every Unix command leaves it: a Ctrl-C meant for the script's foreground must not stop a batch
+    # run in its background (SIGTERM stops it; what it committed is kept).
     try:
         # Imported here, not at the top: a SIGINT during these imports raises KeyboardInterrupt
         # before click runs, which would otherwise end the process with a traceback and -SIGINT.
@@ -37,24 +38,3 @@ def exit_interrupted() -> None:
     except (OSError, ValueError):  # stderr closed or gone (a closed pipe): the exit code still says it
         pass
     sys.exit(EXIT_INTERRUPTED)
-
-
-def _hear_sigint() -> None:
-    """Take SIGINT back when this process was started with it ignored.
-
-    A command started by `cmd &` in a script (bash without job control ignores SIGINT and SIGQUIT
-    for it), by a launcher that does the same, or by anything those started (a CI runner, pytest and
-    its subprocesses) inherits SIGINT as SIG_IGN; Python then installs no KeyboardInterrupt handler
-    and the kernel drops every SIGINT. One Ctrl-C or `kill -INT` did nothing: `run` waiting on its
-    input never ended (tests/test_hostile_inputs.py::test_ctrl_c_exits_130 timed out after 60 s in
-    CI), and only SIGKILL, with no line and no clean-up, stopped it. batch-parse is a batch command
-    whose contract is that SIGINT stops it with exit 130, so it does not keep that inherited
-    ignore. A handler, unlike SIG_IGN, is reset at exec: the processes it starts get the default
-    back (Ray's daemons block SIGINT themselves). Interactive shells with job control put a
-    background job in its own process group, so a terminal's Ctrl-C still does not reach it.
-    """
-    try:
-        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-    except ValueError:  # not the main thread (main() called from a thread): signals are not ours to set
-        pass
