@@ -278,7 +278,7 @@ def test_console_entry_point_matches_module():
     )
     assert done.returncode == 0 and done.stdout.startswith("Usage: batch-parse "), done.stdout + done.stderr
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'batch-parse = "batch_parse.cli.main:cli"' in pyproject
+    assert 'batch-parse = "batch_parse.cli:main"' in pyproject
 
 
 def test_eval_scores_reframed_photos_whole_and_face_first(runner: CliRunner, tmp_path: Path):

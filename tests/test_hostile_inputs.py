@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import resource
+import shutil
 import signal
 import struct
 import subprocess
@@ -337,29 +338,102 @@ def test_a_full_disk_before_the_run_names_the_path(tmp_path, face_jpegs):
         subprocess.run(["umount", str(disk)], check=True)
 
 
+def _start_cli(args: list[str], **popen) -> subprocess.Popen:
+    """The CLI as a terminal's shell starts a foreground command: SIGINT at its default. A test run
+    may inherit SIGINT ignored (bash ignores it for `cmd &` in a script, and so for a CI runner, pytest
+    and its children), and a command started so keeps ignoring it, as Unix commands do: both CI
+    failures of this test before were that (SigIgn had SIGINT; the child sat in read() for 60 s)."""
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": REPO}
+    return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
+
+
+def _interrupt_and_wait(process: subprocess.Popen) -> str:
+    """One SIGINT, then the CLI's stderr; on a 60 s timeout, fail with what the child was doing."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"no exit 60 s after SIGINT\n{_what_it_does(process.pid)}")
+
+
+def _what_it_does(pid: int) -> str:
+    """A stuck child's signal masks (SigIgn/SigCgt bit 1 = SIGINT), kernel wait and Python stacks (py-spy, if here)."""
+    lines = []
+    try:
+        lines += [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(("State", "Sig"))]
+        lines.append(f"wchan: {Path(f'/proc/{pid}/wchan').read_text()}")
+    except OSError as e:
+        lines.append(f"/proc/{pid}: {e}")
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if py_spy:
+        dump = subprocess.run([py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60, check=False)
+        lines.append(dump.stdout + dump.stderr)
+    else:
+        lines.append("(py-spy not installed: `pip install py-spy` for the child's Python stacks)")
+    return "\n".join(lines)
+
+
 def test_ctrl_c_exits_130(tmp_path):
     """SIGINT while the CLI waits (reading a spec from a FIFO no one writes): exit 130 and one line, as shells expect."""
     fifo = tmp_path / "spec.yaml"
     os.mkfifo(fifo)
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": REPO}
-    process = subprocess.Popen([sys.executable, "-m", "batch_parse.cli", "run", "--spec", str(fifo)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start_cli(["-m", "batch_parse.cli", "run", "--spec", str(fifo)])
     writer = None
     try:
         deadline = time.monotonic() + 60
         while writer is None:  # opening the write end succeeds once the CLI has the FIFO open for reading
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, _what_it_does(process.pid)  # (communicate() would wait for ever)
             try:
                 writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
             except OSError:
                 time.sleep(0.05)
-        time.sleep(0.2)  # it now waits in read()
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
+        time.sleep(0.2)  # it now waits in read() (or is about to: an interrupt before it must end the run alike)
+        stderr = _interrupt_and_wait(process)
     finally:
         if writer is not None:
             os.close(writer)
         if process.poll() is None:
             process.kill()
+            process.communicate()
     assert process.returncode == EXIT_INTERRUPTED == 130
+    assert stderr.strip() == "Error: interrupted" and "Traceback" not in stderr, stderr
+
+
+# Run as `python -m batch_parse.cli` runs, except that importing click (main.py's first import, made
+# once batch_parse.cli's entry has started) leaves a mark and sleeps: a SIGINT sent after the mark
+# lands mid-import, before click runs, whatever the machine's load. No timed assert but the 60 s
+# deadline: a SIGINT caught and dropped by code shows as the run going on (missing spec: exit 1).
+_PAUSE_IN_IMPORT = """
+import runpy, sys, time
+mark, sys.argv = sys.argv[1], ["batch-parse", *sys.argv[2:]]
+class PauseAtClick:
+    def find_spec(self, name, path=None, target=None):
+        if name == "click":
+            sys.meta_path.remove(self)
+            open(mark, "w").close()
+            time.sleep(300)
+        return None
+sys.meta_path.insert(0, PauseAtClick())
+runpy.run_module("batch_parse.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_ctrl_c_during_start_up_exits_130(tmp_path):
+    """SIGINT while the CLI still imports (click, pyarrow...: seconds on a busy machine): the same line and code."""
+    mark = tmp_path / "importing-click"
+    process = _start_cli(["-c", _PAUSE_IN_IMPORT, str(mark), "run", "--spec", str(tmp_path / "missing.yaml")])
+    try:
+        deadline = time.monotonic() + 60
+        while not mark.exists():
+            assert process.poll() is None, process.communicate()  # it ended without importing click
+            assert time.monotonic() < deadline, _what_it_does(process.pid)
+            time.sleep(0.05)
+        stderr = _interrupt_and_wait(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == EXIT_INTERRUPTED, stderr
     assert stderr.strip() == "Error: interrupted" and "Traceback" not in stderr, stderr

@@ -1,5 +1,5 @@
 """`python -m batch_parse.cli`: the `batch-parse` command where its console script is not installed."""
 
-from batch_parse.cli.main import cli
+from batch_parse.cli import main
 
-cli(prog_name="batch-parse")
+main()

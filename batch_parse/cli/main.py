@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from batch_parse import __version__
+from batch_parse.cli import EXIT_INTERRUPTED, exit_interrupted  # noqa: F401 (EXIT_INTERRUPTED: read from here too)
 from batch_parse.cli import corrections, demo, export, jobs, model, progress
 from batch_parse.cli.redact import echo, redact
 from batch_parse.cli.policy import policy_options
@@ -16,7 +17,6 @@ from batch_parse.report import REVIEW_MIN_FACE
 
 _DEFAULTS = JobOptions(source="", output="")
 _MESSAGE_LIMIT = 500
-EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 
 
 class _Group(click.Group):
@@ -49,10 +49,13 @@ class _Group(click.Group):
             sys.exit(e.exit_code)
         except click.Abort as e:
             if isinstance(e.__cause__, KeyboardInterrupt):  # Ctrl-C (SIGINT): 128 + 2, as shells expect
-                click.echo("Error: interrupted", err=True)
-                sys.exit(EXIT_INTERRUPTED)
+                exit_interrupted()
             click.echo("Error: aborted", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:
+            # Click turns an interrupt into Abort only inside its context; one that lands in its
+            # prelude (reading argv, the shell-completion check) comes out bare, and is still Ctrl-C.
+            exit_interrupted()
         # With standalone_mode=False click returns ctx.exit()'s code instead of exiting.
         sys.exit(rv if isinstance(rv, int) else 0)
 
