@@ -181,3 +181,23 @@ def test_a_phase_with_a_bad_name_or_start_is_refused(tiny_pool, tmp_path, name, 
     with pytest.raises(ValueError, match=message):
         train_stage(TrainOptions(str(tiny_pool), str(tmp_path), "a", 1, 2, name=name, start=start, init=V3))
     assert not list(tmp_path.glob("stage_*.ckpt"))
+
+
+def test_assemble_writes_the_model_e2e_starts_from(tiny_pool, tmp_path):
+    """The networks of three phases' best weights in one fp16 file: e2e's starting model, scorable before e2e."""
+    from batch_parse.train.assemble import main as assemble_main
+    from batch_parse.train.train import TrainOptions, train_stage
+
+    run = tmp_path / "run"
+    for stage in ("a", "c"):
+        train_stage(TrainOptions(str(tiny_pool), str(run), stage, 2, 3, val_every=2, val_images=4, init=V3, precision="fp32"))
+    out = tmp_path / "assembled.safetensors"
+    assert assemble_main([str(run), str(out), "--stage1", "a", "--localiser", "c", "--stage2", "c"]) == 0
+    model, info = load_weights(out)
+    a, c = load_weights(run / "stage_a.safetensors")[0], load_weights(run / "stage_c.safetensors")[0]
+    for network, source in (("stage1", a), ("localiser", c), ("stage2", c)):
+        for key, value in getattr(source, network).state_dict().items():
+            assert torch.equal(getattr(model, network).state_dict()[key], value.half().float()), (network, key)
+    assert info["stage1"] == "a" and info["stage2"] == "c"
+    assert assemble_main([str(run), str(tmp_path / "x.safetensors"), "--localiser", "b"]) == 2  # b was never trained
+    assert not (tmp_path / "x.safetensors").exists()
