@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-STAGE_TITLES = {"a": "a: stage-1 iCNN", "b": "b: localiser", "c": "c: part iCNNs", "e2e": "end to end"}
+STAGE_TITLES = {"a": "stage-1 iCNN", "b": "localiser", "c": "part iCNNs", "e2e": "end to end"}  # a plot is titled "PHASE: title"
 
 
 def read_curves(run: Path) -> dict[str, dict]:
@@ -60,7 +60,7 @@ def plot_curves(run: str | Path, out: str | Path, pool: str | Path | None = None
             ax.plot(xs, ys, "-o", ms=3, color=colour, label=f"{label or run.name} {metric}")
             if metric in refs.get(stage, {}):
                 ax.axhline(refs[stage][metric], ls="--", color=colour, lw=1, label=f"{reference} {metric}")
-        ax.set_title(STAGE_TITLES[stage] if phase == stage else f"{phase}: {STAGE_TITLES[stage].split(': ')[1]}")
+        ax.set_title(f"{phase}: {STAGE_TITLES[stage]}")
         ax.set_xlabel("training samples")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

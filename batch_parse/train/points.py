@@ -61,16 +61,26 @@ for _g, _group in enumerate(POINT_GROUPS):
     _GROUP_CLASSES[_g, list(F1_GROUPS[_group])] = 1
 
 
+def point_pixels(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask of `target`'s point pixels, each such pixel's group index into POINT_GROUPS)."""
+    mask = (target >= POINT_BASE) & (target < POINT_BASE + len(POINT_GROUPS))
+    return mask, (target[mask] - POINT_BASE).long()
+
+
+def point_rows(labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the faces labelled by points only (their maps are IGNORE but for the points)."""
+    return (labels == IGNORE).flatten(1).any(1)
+
+
 def point_loss(logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     """(B,) per face: mean -log P(point's group) over its point pixels of `target` (B,H,W), 0 for a
     face without any; None when the batch has none.
 
     logp: (B,C,H,W) log-probabilities of a model with C classes (a 9-class model lacks skin, which no
     group holds)."""
-    mask = (target >= POINT_BASE) & (target < POINT_BASE + len(POINT_GROUPS))
+    mask, groups = point_pixels(target)
     if not bool(mask.any()):
         return None
-    groups = (target[mask] - POINT_BASE).long()
     picked = logp.permute(0, 2, 3, 1)[mask]  # (P, C)
     allowed = _GROUP_CLASSES[groups, : picked.shape[1]].to(picked.device).bool()
     nll = -torch.logsumexp(picked.float().masked_fill(~allowed, float("-inf")), 1)
@@ -84,9 +94,8 @@ def point_hits(pred: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
     """(hits, point pixels): the pixels of `target`'s point discs where the predicted class map
     `pred` (same shape, long) holds a class of the point's group. The weak label's own score: how
     often the model puts a part where a person placed it (as probes.probe_hits does on one pixel)."""
-    mask = (target >= POINT_BASE) & (target < POINT_BASE + len(POINT_GROUPS))
+    mask, groups = point_pixels(target)
     if not bool(mask.any()):
         return 0, 0
-    groups = (target[mask] - POINT_BASE).long()
     allowed = _GROUP_CLASSES.to(pred.device)[groups, pred[mask].clamp(max=NUM_CLASSES - 1)]
     return int(allowed.sum().item()), int(mask.sum().item())

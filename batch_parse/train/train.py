@@ -48,7 +48,7 @@ from batch_parse.model.weights import load_weights, save_weights
 from batch_parse.report.meter import Meter
 from batch_parse.train import augment
 from batch_parse.train.evaluate import evaluate, format_scores
-from batch_parse.train.points import IGNORE, POINT_BASE, is_point_face, point_hits, point_loss
+from batch_parse.train.points import IGNORE, POINT_BASE, is_point_face, point_hits, point_loss, point_rows
 from batch_parse.train.pool import PoolSplit, is_pool, open_pool, pack
 
 STAGES = ("a", "b", "c", "e2e")
@@ -247,11 +247,6 @@ def validation_split(opts: "TrainOptions", pool: Path) -> tuple[torch.Tensor, to
         raise ValueError(f"{pool}: no faces to train or validate on")
     images, labels = val.rows(rows)
     return images.float() / 255, labels.long()
-
-
-def point_rows(labels: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: the faces labelled by points only (their maps are IGNORE but for the points)."""
-    return (labels == IGNORE).flatten(1).any(1)
 
 
 def validation_score(model: STNiCNN, stage: str, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, str, dict]:
