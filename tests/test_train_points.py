@@ -200,3 +200,25 @@ def test_the_localiser_learns_no_window_for_a_part_the_face_hides(pointed_pool):
     assert stage_loss(model, "b", images, hidden, gen).item() == pytest.approx(base.item(), rel=1e-6)
     model.localise = moved((eye + 1) % 6)
     assert stage_loss(model, "b", images, hidden, gen).item() > base.item()
+
+
+def test_a_portable_pool_travels_what_training_reads(pointed_pool, tmp_path):
+    """A portable pool (for a GPU machine) keeps a train subset and the val faces validation reads,
+    point faces included, with the label maps bit for bit; unpacked, it trains like the pool it came from."""
+    from batch_parse.train.pool import export_portable, unpack_portable
+
+    portable = export_portable(pointed_pool, tmp_path / "portable", max_faces=6, val_faces=1)
+    info = json.loads((portable / "portable.json").read_text())["splits"]
+    assert info["train"]["count"] == 6 and info["val"] == {"count": 2, "point_faces": 1}
+    pool = unpack_portable(portable, tmp_path / "pool")
+    source_val, val = open_pool(pointed_pool, "val"), open_pool(pool, "val")
+    assert val.names == [source_val.names[0], source_val.names[2]]  # first labelled face, first point face
+    for split, source in (("val", source_val), ("train", open_pool(pointed_pool, "train"))):
+        part = open_pool(pool, split)
+        rows = np.array([source.names.index(n) for n in part.names])
+        assert (part.labels[:] == source.labels[rows]).all() and (part.windows == source.windows[rows]).all()
+        error = np.abs(part.images[:].astype(int) - source.images[rows].astype(int)).mean()
+        assert error < 3, f"{split}: JPEG changed the faces by {error:.1f} levels on average"
+    assert json.loads((pool / "pool.json").read_text())["splits"]["val"]["point_faces"] == 1
+    best = train_stage(TrainOptions(str(pool), str(tmp_path / "run"), "a", 2, 4, val_every=2, init=V3, canvas=128))
+    assert best.is_file() and "point hits" in json.loads((tmp_path / "run" / "curve_a.json").read_text())["curve"][-1]["metrics"]

@@ -85,13 +85,16 @@ RECIPES = {
         StageRun("b", 450, 5e-5, 32, 75, name="b-points", start=(("stage1", "a-points"), ("localiser", "b"))),
         StageRun("e2e", 1600, 2e-4, 16, 160, start=(("stage1", "b-points"), ("localiser", "b-points"), ("stage2", "c"))),
     )),
-    # One H100/H200 in under 8 minutes (scripts/train-gpu), from a portable pool of ~3,000 faces:
-    # larger batches, the same samples-per-stage order as v4.
+    # One H100/H200 in under 8 minutes (scripts/train-gpu), from a portable pool of ~3,000 faces
+    # made from HOME/pool-points (so the points phases have point faces): larger batches, v4's
+    # phases in v4's order, with about v4's samples per phase. Never run yet (no GPU lent).
     "gpu": Recipe("gpu", "stn-icnn/v3", (
         StageRun("a", 2000, 6e-4, 64, 250),
         StageRun("c", 1200, 6e-4, 64, 200),
-        StageRun("b", 800, 6e-4, 64, 200),
-        StageRun("e2e", 600, 4e-4, 32, 150),
+        StageRun("b", 800, 2e-4, 64, 200),
+        StageRun("a", 200, 2e-4, 64, 50, name="a-points", start=(("stage1", "a"),), points=True),
+        StageRun("b", 250, 1e-4, 64, 50, name="b-points", start=(("stage1", "a-points"), ("localiser", "b"))),
+        StageRun("e2e", 800, 4e-4, 32, 160, start=(("stage1", "b-points"), ("localiser", "b-points"), ("stage2", "c"))),
     )),
     # A few minutes end to end: checks the machinery (tests, a new machine), not for shipping.
     "smoke": Recipe("smoke", "stn-icnn/v3", (
