@@ -82,6 +82,10 @@ PART_NAMES: tuple[str, ...] = tuple(p.name for p in PARTS)
 # coarse regions that only stage 1 predicts: the localiser and paste-back never see them.
 NUM_PART_CLASSES = 1 + max(c for p in PARTS for c in p.classes)
 COARSE_CLASSES: tuple[int, ...] = tuple(range(NUM_PART_CLASSES, NUM_CLASSES))
+# The order a face's classes are handed to editors that paint regions in order (Label Studio: a
+# later region wins where two overlap): coarse regions first, as they lie under the parts, so a
+# part a reviewer grows over skin stays the part when it comes back.
+PAINT_ORDER: tuple[int, ...] = (*COARSE_CLASSES, *range(1, NUM_PART_CLASSES))
 
 
 def class_names(num_classes: int) -> tuple[str, ...]:

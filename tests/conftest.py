@@ -64,10 +64,7 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def demo_output(tmp_path_factory) -> Path:
-    """The labelling job's real output for the bundled demo photos (local Ray, batch size 4), made
-    once for every module that reads it (exports, imports); tests copy it before changing it."""
+def _label_demo(tmp_path_factory, **options) -> Path:
     import ray
 
     from batch_parse.demo import IMAGES_DIR
@@ -77,11 +74,25 @@ def demo_output(tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("demo-output") / "labels"
     connect_ray()
     try:
-        summary = run_job(JobOptions(source=str(IMAGES_DIR), output=str(dst), batch_size=4))
+        summary = run_job(JobOptions(source=str(IMAGES_DIR), output=str(dst), batch_size=4, **options))
     finally:
         ray.shutdown()
     assert summary.exit_code == 0
     return dst
+
+
+@pytest.fixture(scope="session")
+def demo_output(tmp_path_factory) -> Path:
+    """The labelling job's real output for the bundled demo photos (local Ray, batch size 4, the
+    default model), made once for every module that reads it (exports, imports); tests copy it
+    before changing it."""
+    return _label_demo(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def demo_output_9_classes(tmp_path_factory) -> Path:
+    """The same by stn-icnn/v2, a model without `skin`: what a class the model lacks does to imports."""
+    return _label_demo(tmp_path_factory, model="stn-icnn/v2")
 
 
 @pytest.fixture(scope="module")

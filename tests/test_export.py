@@ -29,7 +29,7 @@ from batch_parse.export import export_output
 from batch_parse.storage.location import parse_location
 from batch_parse.export.faces import Face, Photo
 from batch_parse.export.where import parse_where
-from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, LANDMARK_NAMES, PART_NAMES, PARTS
+from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, CLASS_PART, LANDMARK_NAMES, PART_NAMES
 
 GROUP = "group_canvas.jpg"
 EXIF_ROTATED = "astronaut_exif_rotated.jpg"
@@ -88,12 +88,12 @@ def _truth(rows: list[dict]) -> Truth:
 
 @pytest.fixture(scope="module")
 def classes(demo_output) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
-    """The demo output's classes and colours as its files record them: the default (9-class) model's."""
+    """The demo output's classes and colours as its files record them: the default (10-class) model's."""
     from batch_parse.output.schema import file_class_colors, file_class_names, read_metadata
 
     meta = read_metadata(pq.read_schema(next((demo_output / "data").glob("*.parquet"))))
     names = file_class_names(meta)
-    assert names == CLASS_NAMES[:9] and "skin" not in names  # what makes the checks below mean something
+    assert names == CLASS_NAMES and "skin" in names  # every export below carries skin (9-class files: test_skin.py)
     return names, file_class_colors(meta)
 
 
@@ -140,7 +140,7 @@ def test_coco_masks_decode_with_pycocotools(demo_output, truth, classes, tmp_pat
     coco = COCO(str(out / "annotations.json"))
     (face_cat,) = coco.getCatIds(catNms=["face"])
     parts = [c for c in coco.getCatIds() if c != face_cat]
-    # The output's own classes only: no `skin` category for the 9-class default model's labels.
+    # The output's own classes, skin included (a 9-class output has no `skin` category: test_skin.py).
     assert [(c["id"], c["name"]) for c in coco.loadCats(parts)] == list(enumerate(classes[0]))[1:]
     assert coco.loadCats(face_cat)[0]["keypoints"] == list(LANDMARK_NAMES)
     faces_total = sum(len(t.faces) for t in truth.values())
@@ -161,9 +161,10 @@ def test_coco_masks_decode_with_pycocotools(demo_output, truth, classes, tmp_pat
             assert ann["area"] == mask.sum()
             assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
             assert ann["attributes"]["face_score"] == pytest.approx(t.faces[face].score)
-            # The region's score is the confidence of its part (the lips and inner mouth: mouth's).
-            part = next(i for i, p in enumerate(PARTS) if ann["category_id"] in p.classes)
-            assert ann["score"] == pytest.approx(t.faces[face].confidences[part])
+            # The region's score is the confidence of its part (the lips and inner mouth: mouth's; none
+            # for skin, which no part window parses).
+            part = CLASS_PART[ann["category_id"]]
+            assert ann["score"] == (None if part is None else pytest.approx(t.faces[face].confidences[part]))
             assert ann["attributes"]["parse_score"] == pytest.approx(t.faces[face].parse_score)
         _check_union_and_instances(t, instances, f"coco {t.key}")
         # One face annotation per face: box, the five landmarks as keypoints, its parts' union, parse score.
@@ -245,7 +246,7 @@ def test_labelstudio_tasks_decode_with_label_studio_converter(demo_output, truth
     assert "BRUSH_TO_NUMPY" in converter.supported_formats
     brush = converter._schema["parts"]
     assert brush["type"] == "BrushLabels" and brush["to_name"] == ["image"]
-    assert brush["labels"] == list(classes[0][1:])  # no `skin` for an annotator to paint: the model has none
+    assert brush["labels"] == list(classes[0][1:])  # the output's classes: what an annotator may paint
     assert [brush["labels_attrs"][n]["background"] for n in classes[0][1:]] == ["#" + bytes(c).hex() for c in classes[1][1:]]
 
     tasks = json.loads((out / "tasks.json").read_text())
@@ -283,9 +284,9 @@ def test_labelstudio_tasks_decode_with_label_studio_converter(demo_output, truth
             layer = np.load(layers / f"task-{i}-annotation-{i}-by--parts-{label}-{n}.npy")
             face = int(r["id"].split("-")[0].removeprefix("face"))
             instances[(face, CLASS_NAMES.index(label))] = layer == 255
-            part = next(i for i, p in enumerate(PARTS) if CLASS_NAMES.index(label) in p.classes)
+            part = CLASS_PART[CLASS_NAMES.index(label)]
             want = next(f for f in t.faces if f.index == face)
-            assert r["score"] == pytest.approx(want.confidences[part]), f"{t.key} face {face} {label}"
+            assert r["score"] == (None if part is None else pytest.approx(want.confidences[part])), f"{t.key} face {face} {label}"
         _check_union_and_instances(t, instances, f"labelstudio {t.key}")
     assert len(list(layers.iterdir())) == sum(len(t.instances) for t in truth.values())
 
@@ -760,7 +761,7 @@ def test_label_maps_are_palette_pngs_in_the_class_colours_with_the_class_indices
             indices = np.asarray(png)
             rgb = np.asarray(png.convert("RGB"))
         np.testing.assert_array_equal(palette, CLASS_COLORS)
-        assert indices.max() < 9 and (indices > 0).any()  # indices of the 9-class model's classes, not colours
+        assert indices.max() < len(CLASS_NAMES) and (indices > 0).any()  # class indices, not colours
         np.testing.assert_array_equal(rgb, np.asarray(CLASS_COLORS, np.uint8)[indices])
         np.testing.assert_array_equal(decode_label_map(data), indices)
         grey = io.BytesIO()

@@ -498,21 +498,28 @@ def test_cli_train_rejects_a_missing_extra_folder(pool_dir, tmp_path):
 # --- registry --------------------------------------------------------------------------------------
 
 
-def test_registry_v1_and_v2_resolve_and_load():
+def test_registry_every_version_resolves_and_loads():
+    import dataclasses
+
+    from batch_parse.labels import NUM_CLASSES, NUM_PART_CLASSES
     from batch_parse.model.stn_icnn import STNiCNN
     from batch_parse.model.weights import REGISTRY, load_weights, resolve
 
-    assert {"stn-icnn/default", "stn-icnn/v1"} <= set(REGISTRY)
-    name, path = resolve("stn-icnn/v1")
-    assert name == "stn-icnn/v1" and path.is_file()
-    model, info = load_weights(path)
-    assert isinstance(model, STNiCNN) and not model.training and isinstance(info, dict)
-    _, default_path = resolve("stn-icnn/default")
-    assert default_path.is_file()
-    # The default is v2; v1 stays a different file, so earlier outputs can be reproduced.
-    assert default_path == resolve("stn-icnn/v2")[1] != path
-    v2, _ = load_weights(default_path)
-    assert v2.cfg == model.cfg  # same architecture and geometry: v2 is a fine-tune of v1
+    versions = ("stn-icnn/v1", "stn-icnn/v2", "stn-icnn/v3", "stn-icnn/v4")
+    assert {"stn-icnn/default", *versions} <= set(REGISTRY)
+    paths = {}
+    for version in versions:
+        name, paths[version] = resolve(version)
+        assert name == version and paths[version].is_file()
+    assert len(set(paths.values())) == len(versions), "each version is its own file"
+    # The default is v4; the earlier versions stay loadable, so earlier outputs can be reproduced.
+    assert resolve("stn-icnn/default")[1] == paths["stn-icnn/v4"]
+    v1, info = load_weights(paths["stn-icnn/v1"])
+    assert isinstance(v1, STNiCNN) and not v1.training and isinstance(info, dict)
+    v4, _ = load_weights(paths["stn-icnn/v4"])
+    assert (v1.cfg.num_classes, v4.cfg.num_classes) == (NUM_PART_CLASSES, NUM_CLASSES)  # v4 labels skin
+    # Same architecture and geometry otherwise: v4 descends from v1 through v2 and v3.
+    assert dataclasses.replace(v4.cfg, num_classes=v1.cfg.num_classes) == v1.cfg
 
 
 # --- errors ----------------------------------------------------------------------------------------

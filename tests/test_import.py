@@ -29,7 +29,7 @@ from batch_parse.corrections.labelstudio import decode_brush
 from batch_parse.corrections.split import FaceRegion, split_photo, union
 from batch_parse.demo import demo_images
 from batch_parse.export import export_output
-from batch_parse.labels import CLASS_COLORS, CLASS_NAMES
+from batch_parse.labels import CLASS_COLORS, CLASS_NAMES, SKIN
 from batch_parse.output.codec import decode_label_map
 from batch_parse.output.schema import COLUMN_DOCS, CORRECTION_FIELDS
 
@@ -176,10 +176,11 @@ def test_labelstudio_round_trip(demo_output, original, tmp_path):
         if k != face:
             hidden |= np.pad(r.label_map != 0, ((r.y, height - r.y - r.label_map.shape[0]), (r.x, width - r.x - r.label_map.shape[1])))
     drawn = before.copy()
-    # 1. The upper lip grown by 2 px onto background (the region keeps our id face1-upper_lip).
+    # 1. The upper lip grown by 2 px onto skin and background (the region keeps our id face1-upper_lip;
+    #    the skin region under it comes earlier in the result, so the lip wins there).
     lip = by_id[f"face{face}-upper_lip"]
     lip_mask = decode_brush(lip["value"]["rle"], width * height).reshape(height, width)
-    grown = _dilate(lip_mask, 2) & (before == 0) & mine
+    grown = _dilate(lip_mask, 2) & np.isin(before, (0, SKIN)) & mine
     lip["value"]["rle"] = brush.mask2rle(((lip_mask | grown) * 255).astype(np.uint8))
     drawn[grown] = CLASS_NAMES.index("upper_lip")
     # 2. Its brow_1 deleted.
@@ -193,7 +194,7 @@ def test_labelstudio_round_trip(demo_output, original, tmp_path):
     cx, cy = int(x0 + 0.75 * (x1 - x0)), int(y0 + 0.55 * (y1 - y0))
     patch = np.zeros((height, width), bool)
     patch[cy : cy + 5, cx : cx + 5] = True
-    patch &= before == 0
+    patch &= np.isin(before, (0, SKIN))
     centres = np.array([r.centre() for r in regions])
     ys, xs = np.nonzero(patch)
     assert patch.sum() > 10 and all(np.argmin(((centres - [x, y]) ** 2).sum(1)) == face for x, y in zip(xs, ys))
@@ -354,12 +355,13 @@ def test_labelstudio_bad_input_is_one_line_and_writes_nothing(demo_output, origi
     assert not (tmp_path / "o").exists()
 
 
-def test_a_class_the_model_lacks_is_refused_before_reading_or_skipped(demo_output, original, tmp_path):
-    """An annotator's `skin` stroke on the default (9-class) model's labels: one line naming the task
-    before anything is read or written; with --skip-unknown-labels the stroke is left out, noted,
-    and the photo's rows come back exactly as the model labelled them."""
+def test_a_class_the_model_lacks_is_refused_before_reading_or_skipped(demo_output_9_classes, tmp_path):
+    """An annotator's `skin` stroke on a 9-class model's labels (stn-icnn/v2): one line naming the
+    task before anything is read or written; with --skip-unknown-labels the stroke is left out,
+    noted, and the photo's rows come back exactly as the model labelled them."""
     from label_studio_converter import brush
 
+    demo_output, original = demo_output_9_classes, _rows(demo_output_9_classes)
     exported, _ = _labelstudio_export(demo_output, tmp_path)
     target = next(t for t in exported if t["data"]["key"] == GROUP)
     rows, _, before, _ = _photo(original, GROUP)
@@ -371,7 +373,7 @@ def test_a_class_the_model_lacks_is_refused_before_reading_or_skipped(demo_outpu
         "original_height": height, "value": {"format": "rle", "rle": brush.mask2rle(cheek), "brushlabels": ["skin"]}})  # fmt: skip
     src = _write(tmp_path, "skin.json", exported)
     out = tmp_path / "refused"
-    with pytest.raises(ValueError, match=r"task \d+ \(key 'group_canvas.jpg'\) paints 'skin', a class stn-icnn/default@\w+ does "
+    with pytest.raises(ValueError, match=r"task \d+ \(key 'group_canvas.jpg'\) paints 'skin', a class stn-icnn/v2@\w+ does "
                                          r"not label .*--skip-unknown-labels") as caught:
         import_corrections(src, out, "labelstudio", str(demo_output))
     assert "\n" not in str(caught.value) and not out.exists()
@@ -386,6 +388,17 @@ def test_a_class_the_model_lacks_is_refused_before_reading_or_skipped(demo_outpu
     _equal_maps = [np.array_equal(decode_label_map(r["label_map"]), decode_label_map(original[(r["id"], r["face_index"])]["label_map"]))
                    for r in group]  # fmt: skip
     assert all(_equal_maps)
+    # CVAT: a labelmap.txt whose `nose` an annotator renamed `skin`, refused the same way.
+    cvat = tmp_path / "cvat"
+    export_output(str(demo_output), cvat, "cvat")
+    archive = cvat / "segmentation-mask-1.1.zip"
+    with zipfile.ZipFile(archive) as source:
+        labelmap = source.read("labelmap.txt").decode()
+    assert "skin:" not in labelmap
+    src = _cvat_zip(archive, {"labelmap.txt": labelmap.replace("nose:", "skin:").encode()}, "skin")
+    with pytest.raises(ValueError, match="paints 'skin', a class stn-icnn/v2@") as caught:
+        import_corrections(src, tmp_path / "refused-cvat", "cvat", str(demo_output))
+    assert "\n" not in str(caught.value) and not (tmp_path / "refused-cvat").exists()
 
 
 # -- CVAT --------------------------------------------------------------------------------------
@@ -425,7 +438,7 @@ def test_cvat_round_trip(demo_output, original, tmp_path):
     drawn[relabelled] = CLASS_NAMES.index("eye_2")
     lip = (owner == face) & (before == CLASS_NAMES.index("lower_lip"))
     centres = np.array([r.centre() for r in regions])
-    widened = _dilate(lip, 1) & (before == 0) & _inside(regions[face], width, height)
+    widened = _dilate(lip, 1) & np.isin(before, (0, SKIN)) & _inside(regions[face], width, height)
     ys, xs = np.nonzero(widened)
     nearest = np.array([np.argmin(((centres - [x, y]) ** 2).sum(1)) for x, y in zip(xs, ys)])
     assert relabelled.any() and widened.any() and (nearest == face).all()
@@ -481,15 +494,12 @@ def test_cvat_bad_input_is_one_line_and_writes_nothing(demo_output, tmp_path):
         for name in source.namelist():
             if name != "labelmap.txt":
                 target.writestr(name, source.read(name))
-    with zipfile.ZipFile(archive) as source:
-        labelmap = source.read("labelmap.txt").decode()
     cases = [
         (_write(tmp_path, "not.zip", "PK but not a zip"), "is not a zip archive"),
         (_write(tmp_path, "export.json", [{"data": {}, "annotations": []}]), "is not a zip archive"),
         (no_labelmap, "has no labelmap.txt"),
         (_cvat_zip(archive, {item: _rgb_png(group[:-1])}, "size"), f"the mask is {group.shape[1]}x{group.shape[0] - 1}, the image"),
         (_cvat_zip(archive, {item: buffer.getvalue()}, "colour"), r"colour \(1, 2, 3\) is no label of labelmap.txt"),
-        (_cvat_zip(archive, {"labelmap.txt": labelmap.replace("nose:", "skin:").encode()}, "skin"), "paints 'skin', a class stn-icnn/default@"),
         (_cvat_zip(archive, {"SegmentationClass/somebody_else.png": _rgb_png(group)}, "stranger"), "somebody_else.png matches no image"),
     ]
     for n, (src, message) in enumerate(cases):

@@ -117,15 +117,17 @@ def test_add_skin_fills_stage_one_face_where_stage_two_said_background():
 def test_named_weights_load_with_their_own_classes(faces):
     from batch_parse.model.parser import load_parser
 
-    for name, classes in (("stn-icnn/v1", CLASS_NAMES[:9]), ("stn-icnn/v2", CLASS_NAMES[:9]), ("stn-icnn/v3", CLASS_NAMES)):
+    named = (("stn-icnn/v1", CLASS_NAMES[:9]), ("stn-icnn/v2", CLASS_NAMES[:9]), ("stn-icnn/v3", CLASS_NAMES),
+             ("stn-icnn/v4", CLASS_NAMES), ("stn-icnn/default", CLASS_NAMES))
+    for name, classes in named:
         parser = load_parser(name, device="cpu")
         assert parser.class_names == classes == parser.cfg.class_names, name
-    v3 = load_parser("stn-icnn/v3", device="cpu")
-    for r in v3.parse(faces):  # tight face crops: skin around the parts, the parts still there
-        area = r.label_map.size
-        assert r.class_pixels[SKIN] > 0.15 * area
-        assert all(r.class_pixels[c] > 0 for c in (3, 4, 5, 6, 8))
-        assert r.class_pixels[SKIN] < 0.95 * area
+    for name in ("stn-icnn/v3", "stn-icnn/default"):
+        for r in load_parser(name, device="cpu").parse(faces):  # tight face crops: skin around the parts, the parts still there
+            area = r.label_map.size
+            assert r.class_pixels[SKIN] > 0.15 * area, name
+            assert all(r.class_pixels[c] > 0 for c in (3, 4, 5, 6, 8)), name
+            assert r.class_pixels[SKIN] < 0.95 * area, name
 
 
 # ---- training: skin-less labels, augmentation ----

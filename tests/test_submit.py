@@ -270,15 +270,21 @@ def test_runtime_env_ships_this_checkout_and_the_spec(tmp_path: Path):
     )
     spec = load_job_spec(path)
     plain = _runtime_env(spec, tmp_path, pin_pip=False)
+    # Of the weights that ship in the package, only the file of the spec's model (the default: v4)
+    # travels; all of them together would pass the 100 MiB a Ray job's upload may hold.
+    others = [f"model/weights/stn-icnn-v{v}.safetensors" for v in (1, 2, 3)]
     assert plain == {
         "working_dir": str(tmp_path),
         "py_modules": [str(Path(batch_parse.__file__).parent)],
-        "excludes": ["__pycache__", "*.pyc"],
+        "excludes": ["__pycache__", "*.pyc", *others],
         "pip": ["simplejpeg"],
         "env_vars": {"HF_HUB_OFFLINE": "1"},
     }
     pinned = _runtime_env(spec, tmp_path, pin_pip=True)
     assert pinned["pip"] == ["simplejpeg", f"batch-parse=={version('batch-parse')}"]
+    path.write_text(path.read_text() + "model: stn-icnn/v2\n")
+    v2 = _runtime_env(load_job_spec(path), tmp_path, pin_pip=False)
+    assert v2["excludes"][2:] == [f"model/weights/stn-icnn-v{v}.safetensors" for v in (1, 3, 4)]
 
 
 def test_missing_or_wrong_token_is_one_line(ray_head: RayHead, tmp_path: Path):

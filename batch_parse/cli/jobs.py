@@ -112,14 +112,24 @@ def _client(address: str):
             os.environ["RAY_API_SERVER_ADDRESS"] = saved
 
 
+def _weights_not_read(model: str) -> list[str]:
+    """Exclude patterns for the package's weights files other than the one `model` names."""
+    from batch_parse.model.registry import REGISTRY
+
+    read = REGISTRY.get(model)
+    return sorted({f"model/weights/{path.name}" for path in REGISTRY.values() if path != read})
+
+
 def _runtime_env(spec, spec_dir: Path, pin_pip: bool) -> dict:
     import batch_parse
 
     runtime_env: dict = {
         "working_dir": str(spec_dir),
-        # Ship this checkout's package so the cluster runs exactly the code that was validated here.
+        # Ship this checkout's package so the cluster runs exactly the code that was validated here,
+        # with the one weights file the job reads: every version ships in the package (28 MB
+        # each), and all of them would pass the 100 MiB a Ray job's upload may hold.
         "py_modules": [str(Path(batch_parse.__file__).parent)],
-        "excludes": ["__pycache__", "*.pyc"],
+        "excludes": ["__pycache__", "*.pyc", *_weights_not_read(spec.options.model)],
     }
     pip = list(spec.runtime_env.get("pip") or [])
     if pin_pip:

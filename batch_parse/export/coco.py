@@ -5,7 +5,7 @@ Part categories: ids are our class indices, one per class of the output's model 
 `class_names`: no `skin` category for 9-class weights; background has none), masks are
 pycocotools' compressed RLE over the whole image, `bbox` and `area` are pycocotools' own, and
 `score` is the confidence of the part the class belongs to (`mouth` for the three lip/mouth
-classes). The `face` category (id FACE_CATEGORY_ID) is a keypoint category: its annotations hold
+classes; none for skin, which no part window parses). The `face` category (id FACE_CATEGORY_ID) is a keypoint category: its annotations hold
 the detector box as `bbox` ([x, y, w, h], pixel edges, clipped to the image), the five landmarks
 as `keypoints` ([x, y, 2] each in pixel-index coordinates, as COCO's own; [0, 0, 0] and
 num_keypoints 0 for whole-image rows), the union of the face's parts as `segmentation`, and the

@@ -24,7 +24,7 @@ from PIL import Image
 
 from batch_parse.export import IMAGES_DIR
 from batch_parse.export.where import Where
-from batch_parse.labels import BACKGROUND, NUM_CLASSES
+from batch_parse.labels import BACKGROUND, NUM_CLASSES, PAINT_ORDER
 from batch_parse.output.codec import add_face, decode_label_map
 from batch_parse.output.quality import (
     CONFIDENCE_COLUMNS,
@@ -115,14 +115,16 @@ class Photo:
         return self._maps
 
     def parts(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(position in faces, class, (height, width) bool mask) for every class present in every face:
-        the instances of COCO, CVAT's SegmentationObject and Label Studio; disjoint, their union is label_maps()[0]."""
+        """(position in faces, class, (height, width) bool mask) for every class present in every face,
+        a face's classes in labels.PAINT_ORDER (skin before the parts): the instances of COCO, CVAT's
+        SegmentationObject and Label Studio; disjoint, their union is label_maps()[0]."""
         label_map, owner = self.label_maps()
         for position in range(len(self.faces)):
             mine = owner == position
             present = np.bincount(label_map[mine], minlength=NUM_CLASSES)
-            for cls in np.flatnonzero(present[1:]) + 1:
-                yield position, int(cls), mine & (label_map == cls)
+            for cls in PAINT_ORDER:
+                if present[cls]:
+                    yield position, cls, mine & (label_map == cls)
 
     def face_mask(self, position: int) -> np.ndarray:
         """(height, width) bool: the pixels of the union that belong to faces[position] (all its parts)."""

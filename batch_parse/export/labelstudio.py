@@ -8,7 +8,7 @@ with our colours, for the classes of the output's model only (its metadata's `cl
 Code), then Import tasks.json.
 
 Parse quality, where Label Studio sorts and filters by it: each brush region's `score` is its
-part's confidence and each face box's `score` the face's parse score (output/quality.py); the
+part's confidence (none for skin) and each face box's `score` the face's parse score (output/quality.py); the
 prediction's `score` (the Data Manager's "Prediction score" column) is the image's lowest parse
 score, and the task `data` holds columns to sort and filter by: `parse_score` (lowest over the
 faces), `parse_score_mean`, `face_score_min` (detector), `smallest_face_px`, `parts_missing`

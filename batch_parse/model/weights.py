@@ -7,7 +7,6 @@ unpickles anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from safetensors.torch import save_file
 from batch_parse.model.config import ModelConfig
 from batch_parse.model.stn_icnn import STNiCNN
 
-from batch_parse.model.registry import FORMAT, REGISTRY, WEIGHTS_DIR  # noqa: F401 (re-exported)
+from batch_parse.model.registry import FORMAT, REGISTRY, WEIGHTS_DIR, file_sha256  # noqa: F401 (re-exported)
 
 
 class WeightsError(ValueError):
@@ -37,14 +36,6 @@ def resolve(name_or_path: str) -> tuple[str, Path]:
         known = ", ".join(REGISTRY)
         raise WeightsError(f"no weights named {name_or_path!r} and no such file (known names: {known})")
     return path.stem, path
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _persistent_keys(model: torch.nn.Module) -> dict[str, torch.Size]:
