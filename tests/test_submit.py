@@ -260,8 +260,9 @@ def test_runtime_env_ships_this_checkout_and_the_spec(tmp_path: Path):
     from importlib.metadata import version
 
     import batch_parse
-    from batch_parse.cli.jobs import _runtime_env
+    from batch_parse.cli.jobs import _runtime_env, _weights_not_read
     from batch_parse.jobspec import load_job_spec
+    from batch_parse.model.registry import REGISTRY
 
     path = tmp_path / "job.yaml"
     path.write_text(
@@ -285,6 +286,7 @@ def test_runtime_env_ships_this_checkout_and_the_spec(tmp_path: Path):
     path.write_text(path.read_text() + "model: stn-icnn/v2\n")
     v2 = _runtime_env(load_job_spec(path), tmp_path, pin_pip=False)
     assert v2["excludes"][2:] == [f"model/weights/stn-icnn-v{v}.safetensors" for v in (1, 3, 4)]
+    assert _weights_not_read(str(REGISTRY["stn-icnn/v2"])) == v2["excludes"][2:]  # the same file named by its path
 
 
 def test_missing_or_wrong_token_is_one_line(ray_head: RayHead, tmp_path: Path):

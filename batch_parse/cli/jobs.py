@@ -113,11 +113,12 @@ def _client(address: str):
 
 
 def _weights_not_read(model: str) -> list[str]:
-    """Exclude patterns for the package's weights files other than the one `model` names."""
+    """Exclude patterns for the package's weights files other than the one `model` names (by
+    registry name, or as a path to one of them)."""
     from batch_parse.model.registry import REGISTRY
 
-    read = REGISTRY.get(model)
-    return sorted({f"model/weights/{path.name}" for path in REGISTRY.values() if path != read})
+    read = REGISTRY.get(model, Path(model).expanduser()).resolve()
+    return sorted({f"model/weights/{path.name}" for path in REGISTRY.values() if path.resolve() != read})
 
 
 def _runtime_env(spec, spec_dir: Path, pin_pip: bool) -> dict:

@@ -33,6 +33,7 @@ from batch_parse.faces.detector import Detections
 from batch_parse.model import geometry
 from batch_parse.model.fuse import optimize_for_inference
 from batch_parse.model.stn_icnn import STNiCNN
+from batch_parse.model.registry import DEFAULT
 from batch_parse.model.weights import file_sha256, load_weights, resolve
 
 
@@ -296,7 +297,7 @@ def part_confidences(part_probs: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(out, 1)
 
 
-def load_parser(name_or_path: str = "stn-icnn/default", device: str | None = None, precision: str = "auto") -> FaceParser:
+def load_parser(name_or_path: str = DEFAULT, device: str | None = None, precision: str = "auto") -> FaceParser:
     """A ready FaceParser from a registry name (e.g. "stn-icnn/default") or a .safetensors path."""
     name, path = resolve(name_or_path)
     model, _ = load_weights(path)

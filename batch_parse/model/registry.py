@@ -11,12 +11,13 @@ from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 FORMAT = "batch-parse/stn-icnn/1"  # the `format` key of a weights file's safetensors metadata
+DEFAULT = "stn-icnn/default"  # the name a run uses unless told; which version it names moves
 
 # Named weights that ship inside the package (MODEL_CARD.md describes each). Every earlier version
 # stays loadable by name so that earlier outputs can be reproduced; "default" is what a run uses
 # unless told (v4: at least v2 on every figure of benchmarks/model_targets.py, and it labels skin).
 REGISTRY: dict[str, Path] = {
-    "stn-icnn/default": WEIGHTS_DIR / "stn-icnn-v4.safetensors",
+    DEFAULT: WEIGHTS_DIR / "stn-icnn-v4.safetensors",
     "stn-icnn/v4": WEIGHTS_DIR / "stn-icnn-v4.safetensors",  # + skin (10 classes), trained to convergence
     "stn-icnn/v3": WEIGHTS_DIR / "stn-icnn-v3.safetensors",  # + skin (10 classes)
     "stn-icnn/v2": WEIGHTS_DIR / "stn-icnn-v2.safetensors",
@@ -33,10 +34,10 @@ def file_sha256(path: Path) -> str:
 
 
 def version_named(sha256: str) -> str | None:
-    """The registry's version name (not `stn-icnn/default`, which moves) of the weights with this
-    SHA-256, if they ship in the package: what to pass as --model to reproduce an older output."""
+    """The registry's version name (not DEFAULT, which moves) of the weights with this SHA-256, if
+    they ship in the package: what to pass as --model to reproduce an older output."""
     for name, path in REGISTRY.items():
-        if name != "stn-icnn/default" and path.is_file() and file_sha256(path) == sha256:
+        if name != DEFAULT and path.is_file() and file_sha256(path) == sha256:
             return name
     return None
 

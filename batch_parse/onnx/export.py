@@ -22,6 +22,7 @@ from batch_parse.faces import mtcnn
 from batch_parse.labels import PART_NAMES
 from batch_parse.model.fuse import optimize_for_inference
 from batch_parse.model.licence import DETECTOR, SHIPPED
+from batch_parse.model.registry import DEFAULT
 from batch_parse.model.weights import file_sha256, load_weights, resolve
 
 FORMAT = "batch-parse-onnx/1"
@@ -71,7 +72,7 @@ def _describe(path: Path, inputs: dict[str, str], outputs: dict[str, str]) -> di
     return {"file": path.name, "sha256": file_sha256(path), "inputs": inputs, "outputs": outputs}
 
 
-def export_onnx(out_dir: str | Path, model: str = "stn-icnn/default", detector: bool = True,
+def export_onnx(out_dir: str | Path, model: str = DEFAULT, detector: bool = True,
                 opset: int = DEFAULT_OPSET) -> Path:
     """Write the graphs and the manifest into out_dir (created); returns the manifest's path."""
     out = Path(out_dir)

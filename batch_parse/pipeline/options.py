@@ -6,10 +6,11 @@ from dataclasses import dataclass, field, fields
 
 from batch_parse.storage.location import Location, parse_location
 from batch_parse.faces.policy import DEFAULT_POLICY, FACE_MODES, InferencePolicy  # noqa: F401 (FACE_MODES: re-exported)
+from batch_parse.model.registry import DEFAULT
 
 CROP_FORMATS = ("jpeg", "png")
 SOURCE_FORMATS = ("auto", "files", "webdataset", "parquet")  # storage/sources.py
-DEFAULT_MODEL = "stn-icnn/default"
+DEFAULT_MODEL = DEFAULT  # model.registry's: one name for the default weights
 # Pillow refuses more than 2x its own limit (~179 MP); we cap lower: a 50 MP photo is
 # ~150 MB as RGB, which is already more than a worker should hold per image.
 DEFAULT_MAX_PIXELS = 50_000_000
